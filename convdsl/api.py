@@ -1,0 +1,187 @@
+"""The Python API: compile a ``.conv`` file or string for a backend, then call it.
+
+>>> import numpy as np, convdsl
+>>> net = convdsl.compile_string('''
+... input x: f32[N, 3, 8, 8]
+... output y = conv2d(x, 4, kernel=3, padding=same, activation=relu)
+... ''')
+>>> net.inputs["x"].shape, net.outputs["y"].shape
+((N, 3, 8, 8), (N, 4, 8, 8))
+>>> net(x=np.ones((2, 3, 8, 8), np.float32))["y"].shape
+(2, 4, 8, 8)
+
+Every user mistake raises ``convdsl.ConvdslError`` carrying diagnostics with file, line and
+column; anything else escaping is a bug in convdsl.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convdsl import weights as weights_io
+from convdsl.backends.numpy.interpreter import NumpyExecutable
+from convdsl.diagnostics import ConvdslError, Diagnostic, DiagnosticSink, Source, error
+from convdsl.ir.graph import Graph, Param
+from convdsl.ir.types import TensorType, format_shape
+from convdsl.passes.pipeline import compile_source
+
+BACKENDS = ("numpy",)
+
+
+class Network:
+    """A checked network bound to parameters and a backend; call it with named arrays."""
+
+    def __init__(self, graph: Graph, backend: str = "numpy",
+                 weights: Mapping[str, np.ndarray] | None = None, seed: int = 0) -> None:
+        if backend not in BACKENDS:
+            raise error(f"unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
+        self.graph = graph
+        self.backend = backend
+        self.weights: dict[str, np.ndarray] = (
+            weights_io.init_params(graph.params, seed)
+            if weights is None
+            else weights_io.check_weights(weights, graph.params, "weights")
+        )
+        self._executable = NumpyExecutable(graph, self.weights)
+
+    # ---- inspection ------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.graph.name
+
+    @property
+    def inputs(self) -> dict[str, TensorType]:
+        return {self.graph.values[v].name: self.graph.type_of(v) for v in self.graph.inputs}
+
+    @property
+    def outputs(self) -> dict[str, TensorType]:
+        return {name: self.graph.type_of(v) for name, v in self.graph.outputs}
+
+    @property
+    def params(self) -> dict[str, Param]:
+        return dict(self.graph.params)
+
+    # ---- weights ---------------------------------------------------------------------------
+
+    def load_weights(self, path: str | Path) -> None:
+        """Replace every parameter with the arrays of an ``.npz`` file (checked by name/shape)."""
+        self.set_weights(weights_io.read_npz(path), origin=str(path))
+
+    def set_weights(self, arrays: Mapping[str, np.ndarray], origin: str = "weights") -> None:
+        self.weights = weights_io.check_weights(arrays, self.graph.params, origin)
+        self._executable = NumpyExecutable(self.graph, self.weights)
+
+    def save_weights(self, path: str | Path, overwrite: bool = False) -> None:
+        weights_io.save_npz(path, self.weights, overwrite=overwrite)
+
+    # ---- running ---------------------------------------------------------------------------
+
+    def random_inputs(self, seed: int = 0, batch: int = 1) -> dict[str, np.ndarray]:
+        """Standard-normal arrays for every input, symbolic dims bound to ``batch``."""
+        rng = np.random.default_rng(seed)
+        return {
+            name: rng.standard_normal(
+                tuple(d if isinstance(d, int) else batch for d in t.shape)
+            ).astype(t.dtype.numpy)
+            for name, t in self.inputs.items()
+        }
+
+    def __call__(self, inputs: Mapping[str, Any] | None = None, **named: Any) -> dict[str, np.ndarray]:
+        """Run the network: named input arrays in, named output arrays out."""
+        given = {**(inputs or {}), **named}
+        by_id = self._check_inputs(given)
+        results = self._executable.run(by_id)
+        return {name: results[v] for name, v in self.graph.outputs}
+
+    run = __call__
+
+    def _check_inputs(self, given: Mapping[str, Any]) -> dict[int, np.ndarray]:
+        sink = DiagnosticSink()
+        bindings: dict[str, tuple[int, str]] = {}
+        arrays: dict[int, np.ndarray] = {}
+        expected = {self.graph.values[v].name: v for v in self.graph.inputs}
+        for name in given:
+            if name not in expected:
+                sink.error(f"unexpected input '{name}'; the network's inputs are "
+                           f"{', '.join(expected)}")
+        for name, value_id in expected.items():
+            declared = self.graph.values[value_id]
+            span = declared.span
+            t = self.graph.type_of(value_id)
+            if name not in given:
+                sink.error(f"missing input '{name}' ({t})", span)
+                continue
+            array = np.asarray(given[name])
+            if array.dtype.kind not in "fiub":
+                sink.error(f"input '{name}': expected a numeric array, found dtype {array.dtype}",
+                           span)
+                continue
+            problem = _shape_problem(t, array.shape, name, bindings)
+            if problem:
+                sink.error(f"input '{name}': expected shape {format_shape(t.shape)}, found "
+                           f"{format_shape(array.shape)}{problem}", span)
+                continue
+            arrays[value_id] = np.ascontiguousarray(array, dtype=t.dtype.numpy)
+        sink.raise_if_errors()
+        return arrays
+
+
+def _shape_problem(t: TensorType, shape: tuple[int, ...], name: str,
+                   bindings: dict[str, tuple[int, str]]) -> str:
+    if len(shape) != t.rank:
+        return f" (rank {len(shape)}, expected {t.rank})"
+    for axis, (want, got) in enumerate(zip(t.shape, shape, strict=True)):
+        if isinstance(want, int):
+            if want != got:
+                return f" (dim {axis} is {got}, expected {want})"
+        elif got < 1:
+            return f" ({want} must be at least 1)"
+        elif want in bindings and bindings[want][0] != got:
+            size, other = bindings[want]
+            return f" ({want} is {got} here but {size} in input '{other}')"
+        else:
+            bindings[want] = (got, name)
+    return ""
+
+
+def compile_string(text: str, name: str = "<string>", *, backend: str = "numpy",
+                   opt_level: int = 2, weights: str | Path | Mapping[str, np.ndarray] | None = None,
+                   seed: int = 0, verify: bool = False) -> Network:
+    """Compile ``.conv`` source text; ``name`` is the file name used in diagnostics."""
+    graph = compile_source(Source(name, text), opt_level=opt_level, check=verify)
+    arrays = weights_io.read_npz(weights) if isinstance(weights, str | Path) else weights
+    origin = str(weights) if isinstance(weights, str | Path) else "weights"
+    net = Network(graph, backend=backend, seed=seed)
+    if arrays is not None:
+        net.set_weights(arrays, origin=origin)
+    return net
+
+
+def compile_file(path: str | Path, *, backend: str = "numpy", opt_level: int = 2,
+                 weights: str | Path | Mapping[str, np.ndarray] | None = None, seed: int = 0,
+                 verify: bool = False) -> Network:
+    """Compile a ``.conv`` file (see ``compile_string``)."""
+    return compile_string(read_source(path).text, str(path), backend=backend,
+                          opt_level=opt_level, weights=weights, seed=seed, verify=verify)
+
+
+def read_source(path: str | Path) -> Source:
+    path = Path(path)
+    try:
+        return Source(str(path), path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, expected a .conv file") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror})") from None
+
+
+__all__ = ["ConvdslError", "Diagnostic", "Network", "compile_file", "compile_string"]

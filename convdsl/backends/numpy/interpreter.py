@@ -1,0 +1,152 @@
+"""The NumPy interpreter: the reference backend and the executable specification.
+
+Runs a typed, resolved graph node by node. Each op is one short function from the node's
+inputs, attributes and parameters to its outputs, built on the array kernels in ``kernels``.
+An intermediate array is released after its last reader, so peak memory follows liveness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from convdsl.backends.numpy import kernels as k
+from convdsl.diagnostics import InternalError
+from convdsl.ir.graph import Graph, Node
+
+Array = np.ndarray
+Params = Mapping[str, Array]
+OpFn = Callable[[Node, Sequence[Array], Params], Array]
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "none": lambda x: x,
+    "relu": k.relu,
+    "relu6": k.relu6,
+    "sigmoid": k.sigmoid,
+    "tanh": k.tanh,
+    "gelu": lambda x: k.gelu(x, approximate="none"),
+    "silu": k.silu,
+    "hard_swish": k.hard_swish,
+}
+
+
+def _bias(node: Node, params: Params) -> Array | None:
+    return params[node.param("bias")] if node.attrs["bias"] else None
+
+
+def _conv(node: Node, xs: Sequence[Array], params: Params) -> Array:
+    a = node.attrs
+    y = k.conv(xs[0], params[node.param("weight")], _bias(node, params), stride=a["stride"],
+               dilation=a["dilation"], pads=a["pads"], groups=a["groups"])
+    return ACTIVATIONS[a["activation"]](y)
+
+
+def _conv_transpose(node: Node, xs: Sequence[Array], params: Params) -> Array:
+    a = node.attrs
+    y = k.conv_transpose(xs[0], params[node.param("weight")], _bias(node, params),
+                         stride=a["stride"], dilation=a["dilation"], pads=a["pads"],
+                         output_padding=a["output_padding"], groups=a["groups"])
+    return ACTIVATIONS[a["activation"]](y)
+
+
+def _max_pool(node: Node, xs: Sequence[Array], params: Params) -> Array:
+    a = node.attrs
+    return k.max_pool(xs[0], kernel=a["kernel"], stride=a["stride"], dilation=a["dilation"],
+                      pads=a["pads"], ceil_mode=a["ceil_mode"])
+
+
+def _avg_pool(node: Node, xs: Sequence[Array], params: Params) -> Array:
+    a = node.attrs
+    return k.avg_pool(xs[0], kernel=a["kernel"], stride=a["stride"], pads=a["pads"],
+                      ceil_mode=a["ceil_mode"], include_pad=a["include_pad"])
+
+
+def _batch_norm(node: Node, xs: Sequence[Array], params: Params) -> Array:
+    weight, bias, mean, var = (params[node.param(r)]
+                               for r in ("weight", "bias", "running_mean", "running_var"))
+    return k.batch_norm(xs[0], weight, bias, mean, var, eps=node.attrs["eps"])
+
+
+def _unary(fn: Callable[..., Array], *attr_names: str) -> OpFn:
+    def run(node: Node, xs: Sequence[Array], params: Params) -> Array:
+        return fn(xs[0], **{name: node.attrs[name] for name in attr_names})
+
+    return run
+
+
+def _with_attrs(fn: Callable[..., Array]) -> OpFn:
+    """Ops whose resolved attributes are exactly the kernel's keyword arguments."""
+
+    def run(node: Node, xs: Sequence[Array], params: Params) -> Array:
+        return fn(xs[0], **dict(node.attrs))
+
+    return run
+
+
+OP_FUNCTIONS: dict[str, OpFn] = {
+    **{f"conv{r}d": _conv for r in (1, 2, 3)},
+    **{f"depthwise{r}d": _conv for r in (1, 2, 3)},
+    **{f"conv_transpose{r}d": _conv_transpose for r in (1, 2, 3)},
+    **{f"max_pool{r}d": _max_pool for r in (1, 2, 3)},
+    **{f"avg_pool{r}d": _avg_pool for r in (1, 2, 3)},
+    "add": lambda node, xs, params: k.add(xs[0], xs[1]),
+    "mul": lambda node, xs, params: k.mul(xs[0], xs[1]),
+    "relu": _unary(k.relu),
+    "relu6": _unary(k.relu6),
+    "leaky_relu": _unary(k.leaky_relu, "alpha"),
+    "elu": _unary(k.elu, "alpha"),
+    "sigmoid": _unary(k.sigmoid),
+    "tanh": _unary(k.tanh),
+    "gelu": _unary(k.gelu, "approximate"),
+    "silu": _unary(k.silu),
+    "hard_sigmoid": _unary(k.hard_sigmoid),
+    "hard_swish": _unary(k.hard_swish),
+    "softmax": _unary(k.softmax),
+    "batch_norm": _batch_norm,
+    "global_avg_pool": _unary(k.global_avg_pool),
+    "global_max_pool": _unary(k.global_max_pool),
+    "concat": lambda node, xs, params: k.concat(list(xs)),
+    "upscale": _with_attrs(k.upscale),
+    "pixel_shuffle": _with_attrs(k.pixel_shuffle),
+    "pad": _with_attrs(k.pad),
+    "crop": _with_attrs(k.crop),
+}
+
+
+class NumpyExecutable:
+    """A graph bound to its parameters, runnable on NumPy arrays."""
+
+    def __init__(self, graph: Graph, params: Params) -> None:
+        self.graph = graph
+        self.params = params
+        missing = [n.op for n in graph.nodes if n.op not in OP_FUNCTIONS]
+        if missing:
+            raise InternalError(f"the NumPy interpreter has no implementation of {missing}")
+        self._last_reader = _last_readers(graph)
+
+    def run(self, inputs: Mapping[int, Array]) -> dict[int, Array]:
+        """Value id -> array for the graph inputs; returns value id -> array for the outputs."""
+        env: dict[int, Array] = dict(inputs)
+        keep = {value for _, value in self.graph.outputs}
+        for index, node in enumerate(self.graph.nodes):
+            args = [env[v] for v in node.inputs]
+            try:
+                result = OP_FUNCTIONS[node.op](node, args, self.params)
+            except Exception as exc:  # noqa: BLE001 - any crash here is our bug; say where
+                raise InternalError(f"the NumPy interpreter failed on {node.op} '{node.name}': "
+                                    f"{type(exc).__name__}: {exc}", node.span) from exc
+            env[node.output] = result
+            for value in node.inputs:
+                if self._last_reader.get(value) == index and value not in keep:
+                    env.pop(value, None)
+        return {value: env[value] for _, value in self.graph.outputs}
+
+
+def _last_readers(graph: Graph) -> dict[int, int]:
+    last: dict[int, int] = {}
+    for index, node in enumerate(graph.nodes):
+        for value in node.inputs:
+            last[value] = index
+    return last
+

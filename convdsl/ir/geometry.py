@@ -1,0 +1,84 @@
+"""The padding and output-size formulas, in one place.
+
+Every stage that needs a window geometry (the shape checker, the NumPy interpreter, later
+backends) calls these functions; none re-derives them. All sizes are per spatial axis.
+
+Notation: ``n`` input length, ``k`` kernel size, ``s`` stride, ``d`` dilation,
+``before``/``after`` padding at the start/end of the axis. The *effective kernel* of a dilated
+window is ``d * (k - 1) + 1``: dilation spaces the taps, it never inflates the weights.
+"""
+
+from __future__ import annotations
+
+Pads = tuple[tuple[int, int], ...]
+
+
+def effective_kernel(k: int, d: int) -> int:
+    """Extent covered by ``k`` taps spaced ``d`` apart."""
+    return d * (k - 1) + 1
+
+
+def conv_output_size(n: int, k: int, s: int, d: int, before: int, after: int) -> int:
+    """Output length of a strided, dilated window over a padded axis (floor mode).
+
+    ``floor((n + before + after - d*(k-1) - 1) / s) + 1``; may be < 1 when the effective kernel
+    is larger than the padded input, which the shape checker reports.
+    """
+    return (n + before + after - effective_kernel(k, d)) // s + 1
+
+
+def same_padding(n: int, k: int, s: int, d: int) -> tuple[int, int]:
+    """TensorFlow/Keras ``same``: output ``ceil(n / s)``; an odd total puts the extra after.
+
+    total = max((ceil(n/s) - 1) * s + d*(k-1) + 1 - n, 0); before = total // 2.
+    """
+    out = -(-n // s)
+    total = max((out - 1) * s + effective_kernel(k, d) - n, 0)
+    return total // 2, total - total // 2
+
+
+def causal_padding(k: int, d: int) -> tuple[int, int]:
+    """1-D ``causal``: all ``d*(k-1)`` padding before, so output t sees inputs <= t only."""
+    return effective_kernel(k, d) - 1, 0
+
+
+def conv_transpose_full_size(n: int, k: int, s: int, d: int) -> int:
+    """Length of a transposed conv's output before any padding is cropped: ``(n-1)*s + d*(k-1) + 1``."""
+    return (n - 1) * s + effective_kernel(k, d)
+
+
+def conv_transpose_output_size(
+    n: int, k: int, s: int, d: int, before: int, after: int, output_padding: int
+) -> int:
+    """PyTorch ``ConvTranspose`` output: ``(n-1)*s - before - after + d*(k-1) + 1 + output_padding``.
+
+    ``before``/``after`` crop the full result; ``output_padding`` extends the end (positions past
+    the full result hold only the bias).
+    """
+    return conv_transpose_full_size(n, k, s, d) - before - after + output_padding
+
+
+def transpose_same_padding(n: int, k: int, s: int, d: int) -> tuple[int, int, int]:
+    """Keras ``Conv2DTranspose(padding="same")``: output exactly ``n * s``.
+
+    Returns ``(before, after, output_padding)``. The crop is ``max(d*(k-1) + 1 - s, 0)``, split
+    with the extra after (the adjoint of ``same`` conv); when the effective kernel is shorter than
+    the stride the missing tail is ``output_padding``.
+    """
+    ek = effective_kernel(k, d)
+    total = max(ek - s, 0)
+    before, after = total // 2, total - total // 2
+    output_padding = n * s - conv_transpose_output_size(n, k, s, d, before, after, 0)
+    return before, after, output_padding
+
+
+def pool_output_size(n: int, k: int, s: int, d: int, before: int, after: int, ceil_mode: bool) -> int:
+    """Pooling output length; ``ceil_mode`` rounds up but, as in PyTorch, never starts a window
+    entirely inside the end padding."""
+    span = n + before + after - effective_kernel(k, d)
+    if not ceil_mode:
+        return span // s + 1
+    out = -(-span // s) + 1
+    if (out - 1) * s >= n + before:
+        out -= 1
+    return out

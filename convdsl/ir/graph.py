@@ -1,0 +1,157 @@
+"""The IR graph: plain, frozen, typed data.
+
+A ``Graph`` holds ``Value``s (tensors, identified by integer id), ``Node``s in a topological
+order (each an op with input/output value ids, attributes and the span of the source that made
+it), the graph's named inputs and outputs, and its parameters. Passes never mutate a graph:
+they build a new one (``dataclasses.replace``). Consumers of a value are computed, not stored.
+
+Before shape inference value types are ``None`` and attributes are as the user wrote them;
+after it every value is typed, attributes are resolved to explicit per-axis form (``padding=same``
+becomes ``pads=((0, 1), (0, 1))``) and ``params`` lists every parameter with its shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from convdsl.diagnostics import Source, Span
+from convdsl.ir.types import Dim, DType, TensorType
+
+
+class Attrs(Mapping[str, Any]):
+    """An immutable, hashable mapping of attribute name to value (ints, strs, tuples, ...)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        merged = dict(items or {}, **kwargs)
+        self._items: tuple[tuple[str, Any], ...] = tuple(sorted(merged.items()))
+
+    def __getitem__(self, key: str) -> Any:
+        for name, value in self._items:
+            if name == key:
+                return value
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Attrs) and self._items == other._items
+
+    def __repr__(self) -> str:
+        return "Attrs(" + ", ".join(f"{k}={v!r}" for k, v in self._items) + ")"
+
+    def replace(self, **changes: Any) -> Attrs:
+        return Attrs(dict(self._items), **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """A tensor: ``name`` is what the user called it (made unique), ``type`` is None until inferred."""
+
+    id: int
+    name: str
+    type: TensorType | None
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One op application. ``name`` is the layer name: its parameters are ``{name}.{role}``.
+
+    ``arg_spans`` maps an argument name to where the user wrote it, so an error about
+    ``kernel`` points at ``kernel=7`` rather than at the whole call.
+    """
+
+    op: str
+    name: str
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    attrs: Attrs
+    span: Span = field(compare=False)
+    arg_spans: Mapping[str, Span] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def output(self) -> int:
+        """The single output of a one-output op."""
+        (value,) = self.outputs
+        return value
+
+    def param(self, role: str) -> str:
+        return f"{self.name}.{role}"
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """A learned array owned by a node: ``name`` is ``{layer}.{role}`` (e.g. ``score4.weight``).
+
+    ``init`` says how it is initialized without a weights file (see ``convdsl.weights``), and
+    ``fan_in`` scales that initialization.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: DType
+    init: str
+    fan_in: int
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """A shape annotation (``: [N, 64, 56, 56]``) on a statement; ``_`` dims match anything."""
+
+    value: int
+    dims: tuple[Dim, ...]
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Graph:
+    name: str
+    source: Source
+    values: Mapping[int, Value]
+    inputs: tuple[int, ...]
+    nodes: tuple[Node, ...]
+    outputs: tuple[tuple[str, int], ...]
+    params: Mapping[str, Param] = field(default_factory=dict)
+    expectations: tuple[Expectation, ...] = ()
+
+    def type_of(self, value: int) -> TensorType:
+        """The inferred type of a value (only valid after shape inference)."""
+        value_type = self.values[value].type
+        if value_type is None:
+            from convdsl.diagnostics import InternalError
+
+            raise InternalError(f"value %{self.values[value].name} used before shape inference")
+        return value_type
+
+    def input_types(self, node: Node) -> list[TensorType]:
+        return [self.type_of(v) for v in node.inputs]
+
+    def producers(self) -> dict[int, Node]:
+        """Value id -> the node that writes it (graph inputs have none)."""
+        return {out: node for node in self.nodes for out in node.outputs}
+
+    def consumers(self) -> dict[int, list[Node]]:
+        """Value id -> the nodes that read it, in schedule order."""
+        readers: dict[int, list[Node]] = {v: [] for v in self.values}
+        for node in self.nodes:
+            for v in dict.fromkeys(node.inputs):
+                readers[v].append(node)
+        return readers
+
+    def input_names(self) -> list[str]:
+        return [self.values[v].name for v in self.inputs]
+
+    def output_names(self) -> list[str]:
+        return [name for name, _ in self.outputs]

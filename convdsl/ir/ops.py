@@ -1,0 +1,220 @@
+"""The op table: every op of the language declared once.
+
+A row (``OpDef``) gives the op's name, its arguments (kinds, defaults, allowed keywords), its shape
+rule (``convdsl.ir.shape_rules``), its fusion class and a one-line description. The front end
+binds calls against ``args``; the shape pass calls ``infer``; each backend keeps one function per
+op name and a test checks that every row has one in every backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from convdsl.ir import shape_rules as rules
+
+
+class ArgKind(Enum):
+    TENSOR = "a tensor"
+    TENSORS = "tensors"  # variadic positional tensors (concat)
+    SHAPE_OF = "a tensor (used for its shape)"
+    INT = "an integer"
+    FLOAT = "a number"
+    BOOL = "true or false"
+    ENUM = "one of"
+    INTS = "an integer or a list of integers (one per axis)"
+    PADDING = "valid, same, causal, an integer, a list per axis, or a list of [before, after] pairs"
+    OFFSET = "an integer, a list per axis, or center"
+
+
+REQUIRED: Any = object()
+"""Default of an argument the user must give."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArgSpec:
+    name: str
+    kind: ArgKind
+    default: Any = REQUIRED
+    choices: tuple[str, ...] = ()
+    positional: bool = True
+
+    @property
+    def is_tensor(self) -> bool:
+        return self.kind in (ArgKind.TENSOR, ArgKind.TENSORS, ArgKind.SHAPE_OF)
+
+
+class FusionClass(Enum):
+    """How the optimizer may combine an op with its neighbours."""
+
+    CONV = "conv"  # a reduction window with an epilogue: bias, activation, skip-add
+    ELEMENTWISE = "elementwise"
+    POOL = "pool"
+    RESAMPLE = "resample"  # upscale: an index map plus interpolation
+    INDEX_MAP = "index_map"  # crop, pixel shuffle, pad: pure data movement
+    CONCAT = "concat"
+    REDUCE = "reduce"  # softmax, global pools
+
+
+@dataclass(frozen=True, slots=True)
+class OpDef:
+    name: str
+    args: tuple[ArgSpec, ...]
+    infer: Callable[..., rules.Inferred]
+    fusion: FusionClass
+    doc: str
+
+    def arg(self, name: str) -> ArgSpec | None:
+        return next((a for a in self.args if a.name == name), None)
+
+
+# ---- argument lists shared by families ----------------------------------------------------
+
+ACTIVATIONS = ("none", "relu", "relu6", "sigmoid", "tanh", "gelu", "silu", "hard_swish")
+"""Activations a conv can apply in its epilogue (``activation=relu``)."""
+
+_X = ArgSpec("x", ArgKind.TENSOR)
+_ACT = ArgSpec("activation", ArgKind.ENUM, "none", ACTIVATIONS, positional=False)
+_BIAS = ArgSpec("bias", ArgKind.BOOL, True, positional=False)
+
+
+def _kw(name: str, kind: ArgKind, default: Any, choices: tuple[str, ...] = ()) -> ArgSpec:
+    return ArgSpec(name, kind, default, choices, positional=False)
+
+
+def _conv_args() -> tuple[ArgSpec, ...]:
+    return (
+        _X,
+        ArgSpec("out_channels", ArgKind.INT),
+        ArgSpec("kernel", ArgKind.INTS),
+        _kw("stride", ArgKind.INTS, 1),
+        _kw("dilation", ArgKind.INTS, 1),
+        _kw("padding", ArgKind.PADDING, "valid"),
+        _kw("groups", ArgKind.INT, 1),
+        _BIAS,
+        _ACT,
+    )
+
+
+def _depthwise_args() -> tuple[ArgSpec, ...]:
+    return (
+        _X,
+        ArgSpec("kernel", ArgKind.INTS),
+        _kw("multiplier", ArgKind.INT, 1),
+        _kw("stride", ArgKind.INTS, 1),
+        _kw("dilation", ArgKind.INTS, 1),
+        _kw("padding", ArgKind.PADDING, "valid"),
+        _BIAS,
+        _ACT,
+    )
+
+
+def _transpose_args() -> tuple[ArgSpec, ...]:
+    return (
+        _X,
+        ArgSpec("out_channels", ArgKind.INT),
+        ArgSpec("kernel", ArgKind.INTS),
+        _kw("stride", ArgKind.INTS, 1),
+        _kw("dilation", ArgKind.INTS, 1),
+        _kw("padding", ArgKind.PADDING, "valid"),
+        _kw("output_padding", ArgKind.INTS, 0),
+        _kw("groups", ArgKind.INT, 1),
+        _BIAS,
+        _ACT,
+    )
+
+
+def _pool_args(with_dilation: bool, with_include_pad: bool) -> tuple[ArgSpec, ...]:
+    args = [
+        _X,
+        ArgSpec("kernel", ArgKind.INTS),
+        _kw("stride", ArgKind.INTS, None),
+        _kw("padding", ArgKind.PADDING, "valid"),
+        _kw("ceil_mode", ArgKind.BOOL, False),
+    ]
+    if with_dilation:
+        args.append(_kw("dilation", ArgKind.INTS, 1))
+    if with_include_pad:
+        args.append(_kw("include_pad", ArgKind.BOOL, False))
+    return tuple(args)
+
+
+def _unary(name: str, doc: str, *extra: ArgSpec) -> OpDef:
+    return OpDef(name, (_X, *extra), rules.unary, FusionClass.ELEMENTWISE, doc)
+
+
+def _table() -> dict[str, OpDef]:
+    ops: list[OpDef] = []
+    for rank in (1, 2, 3):
+        ops += [
+            OpDef(f"conv{rank}d", _conv_args(), rules.conv(rank), FusionClass.CONV,
+                  f"{rank}-D convolution (cross-correlation), PyTorch weight layout [O, C/groups, *K]"),
+            OpDef(f"depthwise{rank}d", _depthwise_args(), rules.depthwise(rank), FusionClass.CONV,
+                  f"{rank}-D depthwise convolution with a depth multiplier: out channel c*m+j reads channel c"),
+            OpDef(f"conv_transpose{rank}d", _transpose_args(), rules.conv_transpose(rank),
+                  FusionClass.CONV,
+                  f"{rank}-D transposed convolution: the stride stretches the input; weight [C, O/groups, *K]"),
+            OpDef(f"max_pool{rank}d", _pool_args(True, False), rules.pool(rank, "max"),
+                  FusionClass.POOL, f"{rank}-D max pooling; padding never wins the max"),
+            OpDef(f"avg_pool{rank}d", _pool_args(False, True), rules.pool(rank, "avg"),
+                  FusionClass.POOL,
+                  f"{rank}-D average pooling; padding excluded from the divisor unless include_pad=true"),
+        ]
+    ops += [
+        OpDef("add", (_X, ArgSpec("y", ArgKind.TENSOR)), rules.same_shape, FusionClass.ELEMENTWISE,
+              "elementwise sum of two tensors of the same shape (also written a + b)"),
+        OpDef("mul", (_X, ArgSpec("y", ArgKind.TENSOR)), rules.same_shape, FusionClass.ELEMENTWISE,
+              "elementwise product of two tensors of the same shape (also written a * b)"),
+        _unary("relu", "max(x, 0)"),
+        _unary("relu6", "min(max(x, 0), 6)"),
+        _unary("leaky_relu", "x if x >= 0 else alpha * x", _kw("alpha", ArgKind.FLOAT, 0.01)),
+        _unary("elu", "x if x > 0 else alpha * (exp(x) - 1)", _kw("alpha", ArgKind.FLOAT, 1.0)),
+        _unary("sigmoid", "1 / (1 + exp(-x))"),
+        _unary("tanh", "hyperbolic tangent"),
+        _unary("gelu", "x * Phi(x) (exact erf form, or the tanh approximation)",
+               _kw("approximate", ArgKind.ENUM, "none", ("none", "tanh"))),
+        _unary("silu", "x * sigmoid(x) (swish)"),
+        _unary("hard_sigmoid", "relu6(x + 3) / 6"),
+        _unary("hard_swish", "x * relu6(x + 3) / 6"),
+        OpDef("softmax", (_X,), rules.unary, FusionClass.REDUCE, "softmax over the channel axis"),
+        OpDef("batch_norm", (_X, _kw("eps", ArgKind.FLOAT, 1e-5)), rules.batch_norm,
+              FusionClass.ELEMENTWISE,
+              "inference batch norm: (x - running_mean) / sqrt(running_var + eps) * weight + bias"),
+        OpDef("global_avg_pool", (_X,), rules.global_pool, FusionClass.REDUCE,
+              "mean over all spatial positions, keeping them as size-1 dims"),
+        OpDef("global_max_pool", (_X,), rules.global_pool, FusionClass.REDUCE,
+              "max over all spatial positions, keeping them as size-1 dims"),
+        OpDef("concat", (ArgSpec("xs", ArgKind.TENSORS),), rules.concat, FusionClass.CONCAT,
+              "concatenation along channels; every other dim must match"),
+        OpDef("upscale",
+              (_X, ArgSpec("factor", ArgKind.INTS),
+               _kw("mode", ArgKind.ENUM, "nearest", ("nearest", "linear", "bilinear", "trilinear")),
+               _kw("align_corners", ArgKind.BOOL, False)),
+              rules.upscale, FusionClass.RESAMPLE,
+              "upsampling by integer factors; linear modes use half-pixel centers by default"),
+        OpDef("pixel_shuffle",
+              (_X, ArgSpec("factor", ArgKind.INT), _kw("order", ArgKind.ENUM, "crd", ("crd", "dcr"))),
+              rules.pixel_shuffle, FusionClass.INDEX_MAP,
+              "depth to space: [N, C*r*r, H, W] -> [N, C, H*r, W*r]; PyTorch CRD order by default"),
+        OpDef("pad",
+              (_X, ArgSpec("pads", ArgKind.PADDING),
+               _kw("mode", ArgKind.ENUM, "zero", ("zero", "reflect", "replicate")),
+               _kw("value", ArgKind.FLOAT, 0.0)),
+              rules.pad, FusionClass.INDEX_MAP, "spatial padding: zero (or a constant), reflect, replicate"),
+        OpDef("crop",
+              (_X, _kw("like", ArgKind.SHAPE_OF, None), _kw("size", ArgKind.INTS, None),
+               _kw("offset", ArgKind.OFFSET, 0)),
+              rules.crop, FusionClass.INDEX_MAP,
+              "spatial crop to the size of `like` (or to `size`), starting at `offset` (or center)"),
+    ]
+    return {op.name: op for op in ops}
+
+
+OPS: dict[str, OpDef] = _table()
+"""Every op of the language, by name."""
+
+
+def lookup(name: str) -> OpDef | None:
+    return OPS.get(name)

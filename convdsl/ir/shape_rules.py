@@ -1,0 +1,475 @@
+"""Shape rules: from an op's attributes and input types to its output types, resolved
+attributes, parameters and cost.
+
+Each rule is a function ``(attrs, input_types) -> Inferred`` that raises ``ShapeError`` naming
+the argument at fault; the shape pass turns that into a diagnostic at the argument's span.
+Resolved attributes are explicit and per axis (``pads``, ``stride``...), so backends never see
+``same`` or a scalar standing for every axis. All window arithmetic is in ``geometry``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from convdsl.ir import geometry
+from convdsl.ir.graph import Attrs
+from convdsl.ir.types import TensorType, format_shape
+
+
+class ShapeError(Exception):
+    """A user error found by a shape rule; ``arg`` names the argument it is about (or None)."""
+
+    def __init__(self, message: str, arg: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.arg = arg
+        self.hint = hint
+
+
+@dataclass(frozen=True, slots=True)
+class ParamSpec:
+    """A parameter a node owns: ``role`` (``weight``, ``bias``...), shape, and initializer."""
+
+    role: str
+    shape: tuple[int, ...]
+    init: str  # "he", "bias", "zeros", "ones"
+    fan_in: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Inferred:
+    outputs: tuple[TensorType, ...]
+    attrs: Attrs
+    params: tuple[ParamSpec, ...] = ()
+    macs: int = 0  # multiply-accumulates per batch entry
+    keep_inputs: int | None = None  # drop inputs past this count (read for their shape only)
+
+
+Rule = Callable[[Attrs, Sequence[TensorType]], Inferred]
+
+
+# ---- helpers ---------------------------------------------------------------------------
+
+
+def _expect_rank(x: TensorType, rank: int, what: str) -> None:
+    if x.rank != rank:
+        raise ShapeError(
+            f"expected a {rank - 2}-D input [N, C, {', '.join(_axes(rank - 2))}] "
+            f"(rank {rank}) for {what}, found {format_shape(x.shape)} (rank {x.rank})",
+            arg="x",
+        )
+
+
+def _axes(spatial_rank: int) -> tuple[str, ...]:
+    return {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}.get(spatial_rank, ())
+
+
+def _expect_spatial(x: TensorType, what: str) -> None:
+    if x.rank < 3 or x.rank > 5:
+        raise ShapeError(
+            f"{what} needs a tensor with 1 to 3 spatial dims [N, C, ...], found {format_shape(x.shape)}",
+            arg="x",
+        )
+
+
+def per_axis(value: Any, rank: int, arg: str, minimum: int = 0) -> tuple[int, ...]:
+    """An int meaning every axis, or one int per spatial axis; each at least ``minimum``."""
+    values = (value,) * rank if isinstance(value, int) else tuple(value)
+    if len(values) != rank:
+        raise ShapeError(
+            f"{arg}: expected one integer or {rank} (one per spatial axis), found {len(values)}",
+            arg=arg,
+        )
+    for v in values:
+        if v < minimum:
+            raise ShapeError(f"{arg}: expected values >= {minimum}, found {v}", arg=arg)
+    return values
+
+
+def resolve_pads(
+    padding: Any,
+    x: TensorType,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> geometry.Pads:
+    """``valid`` / ``same`` / ``causal`` / int / per-axis / per-side pairs -> (before, after) per axis."""
+    rank = x.spatial_rank
+    if padding == "valid":
+        return ((0, 0),) * rank
+    if padding == "same":
+        return tuple(
+            geometry.same_padding(n, k, s, d)
+            for n, k, s, d in zip(x.spatial, kernel, stride, dilation, strict=True)
+        )
+    if padding == "causal":
+        if rank != 1:
+            raise ShapeError("padding=causal is only defined for 1-D (sequence) ops", arg="padding")
+        return (geometry.causal_padding(kernel[0], dilation[0]),)
+    return explicit_pads(padding, rank)
+
+
+def explicit_pads(padding: Any, rank: int) -> geometry.Pads:
+    if isinstance(padding, int):
+        pairs: tuple[tuple[int, int], ...] = ((padding, padding),) * rank
+    elif all(isinstance(p, int) for p in padding):
+        if len(padding) != rank:
+            raise ShapeError(
+                f"padding: expected {rank} values (one per spatial axis), found {len(padding)}",
+                arg="padding",
+            )
+        pairs = tuple((p, p) for p in padding)
+    else:
+        if len(padding) != rank or any(isinstance(p, int) or len(p) != 2 for p in padding):
+            raise ShapeError(
+                f"padding: expected {rank} [before, after] pairs, one per spatial axis",
+                arg="padding",
+            )
+        pairs = tuple((int(p[0]), int(p[1])) for p in padding)
+    if any(v < 0 for pair in pairs for v in pair):
+        raise ShapeError("padding: expected values >= 0", arg="padding")
+    return pairs
+
+
+def _window_out(
+    x: TensorType, kernel: tuple[int, ...], stride: tuple[int, ...],
+    dilation: tuple[int, ...], pads: geometry.Pads, what: str,
+) -> tuple[int, ...]:
+    sizes = []
+    for axis, (n, k, s, d, (b, a)) in enumerate(
+        zip(x.spatial, kernel, stride, dilation, pads, strict=True)
+    ):
+        out = geometry.conv_output_size(n, k, s, d, b, a)
+        if out < 1:
+            ek = geometry.effective_kernel(k, d)
+            dil = f" (effective {ek} with dilation {d})" if d > 1 else ""
+            raise ShapeError(
+                f"{what}: kernel {k}{dil} is larger than the padded input on axis "
+                f"{x.axis_name(axis)}: {n} + padding {b}+{a} = {n + b + a}",
+                arg="kernel",
+                hint="use padding=same, a smaller kernel, or a larger input",
+            )
+        sizes.append(out)
+    return tuple(sizes)
+
+
+# ---- convolutions ----------------------------------------------------------------------
+
+
+def _conv_core(attrs: Attrs, x: TensorType, rank: int, name: str, out_channels: int,
+               groups: int) -> Inferred:
+    _expect_rank(x, rank + 2, name)
+    kernel = per_axis(attrs["kernel"], rank, "kernel", 1)
+    stride = per_axis(attrs["stride"], rank, "stride", 1)
+    dilation = per_axis(attrs["dilation"], rank, "dilation", 1)
+    channels = x.channels
+    if groups < 1:
+        raise ShapeError(f"groups: expected a positive integer, found {groups}", arg="groups")
+    if out_channels < 1:
+        raise ShapeError(f"out_channels: expected a positive integer, found {out_channels}",
+                         arg="out_channels")
+    if channels % groups:
+        raise ShapeError(
+            f"{name}: input channels {channels} are not divisible by groups={groups}",
+            arg="groups",
+        )
+    if out_channels % groups:
+        raise ShapeError(
+            f"{name}: out_channels {out_channels} is not divisible by groups={groups}",
+            arg="groups",
+        )
+    pads = resolve_pads(attrs["padding"], x, kernel, stride, dilation)
+    spatial = _window_out(x, kernel, stride, dilation, pads, name)
+    fan_in = channels // groups * math.prod(kernel)
+    params = [ParamSpec("weight", (out_channels, channels // groups, *kernel), "he", fan_in)]
+    if attrs["bias"]:
+        params.append(ParamSpec("bias", (out_channels,), "bias", fan_in))
+    resolved = Attrs(
+        out_channels=out_channels, kernel=kernel, stride=stride, dilation=dilation, pads=pads,
+        groups=groups, bias=attrs["bias"], activation=attrs["activation"],
+    )
+    out = x.with_shape((x.batch, out_channels, *spatial))
+    return Inferred((out,), resolved, tuple(params), macs=fan_in * out_channels * math.prod(spatial))
+
+
+def conv(rank: int) -> Rule:
+    def rule(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
+        return _conv_core(attrs, inputs[0], rank, f"conv{rank}d", attrs["out_channels"],
+                          attrs["groups"])
+
+    return rule
+
+
+def depthwise(rank: int) -> Rule:
+    def rule(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
+        x = inputs[0]
+        _expect_rank(x, rank + 2, f"depthwise{rank}d")
+        if attrs["multiplier"] < 1:
+            raise ShapeError(
+                f"multiplier: expected a positive integer, found {attrs['multiplier']}",
+                arg="multiplier",
+            )
+        return _conv_core(attrs, x, rank, f"depthwise{rank}d",
+                          x.channels * attrs["multiplier"], x.channels)
+
+    return rule
+
+
+def conv_transpose(rank: int) -> Rule:
+    def rule(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
+        name = f"conv_transpose{rank}d"
+        x = inputs[0]
+        _expect_rank(x, rank + 2, name)
+        kernel = per_axis(attrs["kernel"], rank, "kernel", 1)
+        stride = per_axis(attrs["stride"], rank, "stride", 1)
+        dilation = per_axis(attrs["dilation"], rank, "dilation", 1)
+        output_padding = per_axis(attrs["output_padding"], rank, "output_padding", 0)
+        groups, out_channels, channels = attrs["groups"], attrs["out_channels"], x.channels
+        if groups < 1 or out_channels < 1:
+            raise ShapeError("groups and out_channels must be positive integers", arg="groups")
+        if channels % groups or out_channels % groups:
+            raise ShapeError(
+                f"{name}: input channels {channels} and out_channels {out_channels} must both be "
+                f"divisible by groups={groups}",
+                arg="groups",
+            )
+        if attrs["padding"] == "same":
+            if any(output_padding):
+                raise ShapeError("output_padding cannot be combined with padding=same "
+                                 "(same already fixes the output to input * stride)",
+                                 arg="output_padding")
+            resolved_same = [
+                geometry.transpose_same_padding(n, k, s, d)
+                for n, k, s, d in zip(x.spatial, kernel, stride, dilation, strict=True)
+            ]
+            pads = tuple((b, a) for b, a, _ in resolved_same)
+            output_padding = tuple(op for _, _, op in resolved_same)
+        else:
+            if attrs["padding"] == "causal":
+                raise ShapeError("padding=causal is not defined for transposed convolutions",
+                                 arg="padding")
+            pads = explicit_pads(0 if attrs["padding"] == "valid" else attrs["padding"], rank)
+            for op, s, d in zip(output_padding, stride, dilation, strict=True):
+                if op >= max(s, d):
+                    raise ShapeError(
+                        f"output_padding {op} must be smaller than max(stride, dilation) = "
+                        f"{max(s, d)}",
+                        arg="output_padding",
+                    )
+        spatial = []
+        for axis, (n, k, s, d, (b, a), op) in enumerate(
+            zip(x.spatial, kernel, stride, dilation, pads, output_padding, strict=True)
+        ):
+            size = geometry.conv_transpose_output_size(n, k, s, d, b, a, op)
+            if size < 1:
+                raise ShapeError(
+                    f"{name}: padding {b}+{a} crops away the whole output on axis "
+                    f"{x.axis_name(axis)} (full size {geometry.conv_transpose_full_size(n, k, s, d)})",
+                    arg="padding",
+                )
+            spatial.append(size)
+        fan_in = max(channels // groups * math.prod(kernel) // math.prod(stride), 1)
+        params = [ParamSpec("weight", (channels, out_channels // groups, *kernel), "he", fan_in)]
+        if attrs["bias"]:
+            params.append(ParamSpec("bias", (out_channels,), "bias", fan_in))
+        resolved = Attrs(
+            out_channels=out_channels, kernel=kernel, stride=stride, dilation=dilation,
+            pads=pads, output_padding=output_padding, groups=groups, bias=attrs["bias"],
+            activation=attrs["activation"],
+        )
+        macs = math.prod(x.spatial) * channels * (out_channels // groups) * math.prod(kernel)
+        out = x.with_shape((x.batch, out_channels, *spatial))
+        return Inferred((out,), resolved, tuple(params), macs=macs)
+
+    return rule
+
+
+# ---- pooling ---------------------------------------------------------------------------
+
+
+def pool(rank: int, kind: str) -> Rule:
+    def rule(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
+        name = f"{kind}_pool{rank}d"
+        x = inputs[0]
+        _expect_rank(x, rank + 2, name)
+        kernel = per_axis(attrs["kernel"], rank, "kernel", 1)
+        stride = kernel if attrs["stride"] is None else per_axis(attrs["stride"], rank, "stride", 1)
+        dilation = per_axis(attrs.get("dilation", 1), rank, "dilation", 1)
+        pads = resolve_pads(attrs["padding"], x, kernel, stride, dilation)
+        for (b, a), k, d in zip(pads, kernel, dilation, strict=True):
+            if max(b, a) >= geometry.effective_kernel(k, d):
+                raise ShapeError(
+                    f"padding {max(b, a)} is as large as the window ({k}): a window could see "
+                    "only padding",
+                    arg="padding",
+                )
+        _window_out(x, kernel, stride, dilation, pads, name)
+        spatial = tuple(
+            geometry.pool_output_size(n, k, s, d, b, a, attrs["ceil_mode"])
+            for n, k, s, d, (b, a) in zip(x.spatial, kernel, stride, dilation, pads, strict=True)
+        )
+        resolved = dict(kernel=kernel, stride=stride, pads=pads, ceil_mode=attrs["ceil_mode"])
+        if kind == "max":
+            resolved["dilation"] = dilation
+        else:
+            resolved["include_pad"] = attrs["include_pad"]
+        return Inferred((x.with_shape((x.batch, x.channels, *spatial)),), Attrs(resolved))
+
+    return rule
+
+
+def global_pool(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
+    x = inputs[0]
+    _expect_spatial(x, "global pooling")
+    return Inferred((x.with_shape((x.batch, x.channels) + (1,) * x.spatial_rank),), attrs)
+
+
+# ---- elementwise -----------------------------------------------------------------------
+
+
+def unary(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
+    x = inputs[0]
+    if x.rank < 2:
+        raise ShapeError(f"expected a tensor [N, C, ...], found {format_shape(x.shape)}", arg="x")
+    return Inferred((x,), attrs)
+
+
+def same_shape(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
+    a, b = inputs
+    if a.shape != b.shape:
+        hint = None
+        if a.rank == b.rank and a.shape[:2] == b.shape[:2]:
+            hint = "crop the larger one (crop(x, like=y)) or pad the smaller one"
+        elif a.rank == b.rank and a.shape[2:] == b.shape[2:]:
+            hint = "a 1x1 convolution can change the channel count"
+        raise ShapeError(
+            f"shapes differ: {format_shape(a.shape)} vs {format_shape(b.shape)}", hint=hint
+        )
+    if a.dtype != b.dtype:
+        raise ShapeError(f"dtypes differ: {a.dtype.value} vs {b.dtype.value}")
+    return Inferred((a,), attrs)
+
+
+def batch_norm(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
+    x = inputs[0]
+    if x.rank < 2:
+        raise ShapeError(f"expected a tensor [N, C, ...], found {format_shape(x.shape)}", arg="x")
+    if attrs["eps"] <= 0:
+        raise ShapeError(f"eps: expected a positive number, found {attrs['eps']}", arg="eps")
+    c = (x.channels,)
+    params = (
+        ParamSpec("weight", c, "ones"), ParamSpec("bias", c, "zeros"),
+        ParamSpec("running_mean", c, "zeros"), ParamSpec("running_var", c, "ones"),
+    )
+    return Inferred((x,), attrs, params)
+
+
+# ---- data movement ---------------------------------------------------------------------
+
+
+def concat(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
+    if len(inputs) < 2:
+        raise ShapeError(f"concat needs at least 2 tensors, found {len(inputs)}", arg="xs")
+    first = inputs[0]
+    for i, x in enumerate(inputs[1:], start=2):
+        if x.rank != first.rank or x.shape[0] != first.shape[0] or x.shape[2:] != first.shape[2:]:
+            raise ShapeError(
+                f"concat along channels needs equal batch and spatial sizes: input 1 is "
+                f"{format_shape(first.shape)}, input {i} is {format_shape(x.shape)}",
+                hint="crop or upscale one of them first",
+            )
+        if x.dtype != first.dtype:
+            raise ShapeError(f"dtypes differ: input 1 is {first.dtype.value}, input {i} is "
+                             f"{x.dtype.value}")
+    channels = sum(x.channels for x in inputs)
+    return Inferred((first.with_shape((first.batch, channels, *first.spatial)),), attrs)
+
+
+def upscale(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
+    x = inputs[0]
+    _expect_spatial(x, "upscale")
+    factors = per_axis(attrs["factor"], x.spatial_rank, "factor", 1)
+    mode = attrs["mode"]
+    wanted = {"bilinear": 2, "trilinear": 3}.get(mode)
+    if wanted is not None and wanted != x.spatial_rank:
+        raise ShapeError(
+            f"mode={mode} is for {wanted}-D inputs; this input is {x.spatial_rank}-D "
+            f"{format_shape(x.shape)}",
+            arg="mode",
+            hint="mode=linear interpolates along every spatial axis of any rank",
+        )
+    mode = "nearest" if mode == "nearest" else "linear"
+    if mode == "nearest" and attrs["align_corners"]:
+        raise ShapeError("align_corners applies only to linear modes", arg="align_corners")
+    spatial = tuple(n * f for n, f in zip(x.spatial, factors, strict=True))
+    resolved = Attrs(factors=factors, mode=mode, align_corners=attrs["align_corners"])
+    return Inferred((x.with_shape((x.batch, x.channels, *spatial)),), resolved)
+
+
+def pixel_shuffle(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
+    x = inputs[0]
+    r = attrs["factor"]
+    _expect_rank(x, 4, "pixel_shuffle")
+    if r < 1:
+        raise ShapeError(f"factor: expected a positive integer, found {r}", arg="factor")
+    if x.channels % (r * r):
+        raise ShapeError(
+            f"pixel_shuffle by {r} needs channels divisible by {r * r}, found {x.channels}",
+            arg="factor",
+        )
+    h, w = x.spatial
+    out = x.with_shape((x.batch, x.channels // (r * r), h * r, w * r))
+    return Inferred((out,), attrs)
+
+
+def pad(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
+    x = inputs[0]
+    _expect_spatial(x, "pad")
+    if isinstance(attrs["pads"], str):
+        raise ShapeError("pads: expected explicit sizes, found a keyword", arg="pads")
+    pads = explicit_pads(attrs["pads"], x.spatial_rank)
+    if attrs["mode"] == "reflect":
+        for axis, (n, (b, a)) in enumerate(zip(x.spatial, pads, strict=True)):
+            if max(b, a) >= n:
+                raise ShapeError(
+                    f"reflect padding {max(b, a)} must be smaller than the input size {n} on "
+                    f"axis {x.axis_name(axis)}",
+                    arg="pads",
+                )
+    spatial = tuple(n + b + a for n, (b, a) in zip(x.spatial, pads, strict=True))
+    resolved = Attrs(pads=pads, mode=attrs["mode"], value=float(attrs["value"]))
+    return Inferred((x.with_shape((x.batch, x.channels, *spatial)),), resolved)
+
+
+def crop(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
+    x = inputs[0]
+    _expect_spatial(x, "crop")
+    rank = x.spatial_rank
+    if (len(inputs) > 1) == (attrs["size"] is not None):
+        raise ShapeError("crop needs exactly one of like=TENSOR or size=[...]", arg="like")
+    if len(inputs) > 1:
+        like = inputs[1]
+        if like.rank != x.rank:
+            raise ShapeError(
+                f"like: expected a tensor with {rank} spatial dims, found {format_shape(like.shape)}",
+                arg="like",
+            )
+        sizes = like.spatial
+    else:
+        sizes = per_axis(attrs["size"], rank, "size", 1)
+    if attrs["offset"] == "center":
+        starts = tuple((n - s) // 2 for n, s in zip(x.spatial, sizes, strict=True))
+    else:
+        starts = per_axis(attrs["offset"], rank, "offset", 0)
+    for axis, (n, s, o) in enumerate(zip(x.spatial, sizes, starts, strict=True)):
+        if o + s > n:
+            raise ShapeError(
+                f"crop of {s} at offset {o} runs past the input's {n} on axis {x.axis_name(axis)} "
+                f"(input {format_shape(x.shape)})",
+                arg="offset" if s <= n else ("like" if len(inputs) > 1 else "size"),
+            )
+    out = x.with_shape((x.batch, x.channels, *sizes))
+    return Inferred((out,), Attrs(starts=starts, sizes=sizes), keep_inputs=1)

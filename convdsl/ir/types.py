@@ -1,0 +1,88 @@
+"""Tensor types of the IR: a dtype and a shape whose dims are ints or one symbolic batch name.
+
+Layout is always channels-first, ``[batch, channels, *spatial]``. Only the batch dimension may be
+symbolic (``N``); it stays a name through shape checking and is bound when the network runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+Dim = int | str
+"""A dimension: a static size, or a symbol such as ``"N"`` (batch only)."""
+
+AXIS_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
+"""How error messages name the spatial axes of 1-, 2- and 3-D tensors."""
+
+
+class DType(Enum):
+    F32 = "f32"
+    F64 = "f64"
+
+    @property
+    def numpy(self) -> np.dtype:
+        return np.dtype(np.float32 if self is DType.F32 else np.float64)
+
+    @staticmethod
+    def parse(text: str) -> DType | None:
+        aliases = {"f32": DType.F32, "float32": DType.F32, "f64": DType.F64, "float64": DType.F64}
+        return aliases.get(text)
+
+
+@dataclass(frozen=True, slots=True)
+class TensorType:
+    shape: tuple[Dim, ...]
+    dtype: DType = DType.F32
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def batch(self) -> Dim:
+        return self.shape[0]
+
+    @property
+    def channels(self) -> int:
+        channels = self.shape[1]
+        assert isinstance(channels, int), "only the batch dimension may be symbolic"
+        return channels
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.shape[2:])
+
+    @property
+    def spatial_rank(self) -> int:
+        return len(self.shape) - 2
+
+    def with_shape(self, shape: tuple[Dim, ...]) -> TensorType:
+        return TensorType(shape, self.dtype)
+
+    def axis_name(self, spatial_axis: int) -> str:
+        names = AXIS_NAMES.get(self.spatial_rank)
+        return names[spatial_axis] if names else f"axis {spatial_axis + 2}"
+
+    def __str__(self) -> str:
+        return f"{self.dtype.value}{format_shape(self.shape)}"
+
+
+def format_shape(shape: tuple[Dim, ...]) -> str:
+    """``[N,64,56,56]``: the form every message and the IR printer use."""
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def bind_shape(shape: tuple[Dim, ...], bindings: dict[str, int]) -> tuple[int, ...]:
+    """The concrete shape once symbols are bound (``N`` -> 8)."""
+    return tuple(d if isinstance(d, int) else bindings[d] for d in shape)
+
+
+def num_elements(shape: tuple[Dim, ...]) -> int:
+    """Elements per batch entry when the batch is symbolic, all elements otherwise."""
+    total = 1
+    for d in shape:
+        total *= d if isinstance(d, int) else 1
+    return total

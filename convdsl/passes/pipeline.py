@@ -1,0 +1,60 @@
+"""The compiler pipeline, top to bottom: source text to the graph a backend runs.
+
+``PASSES`` is the one ordered list of IR -> IR passes. Shape inference is always first: every
+later pass and every backend relies on typed values and resolved attributes. ``verify`` runs
+after each pass when asked (tests, ``--verify``), naming the pass that broke an invariant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from convdsl.diagnostics import Source
+from convdsl.frontend.lower import lower
+from convdsl.frontend.parse import parse
+from convdsl.ir.graph import Graph
+from convdsl.ir.verifier import verify
+from convdsl.passes.shapes import infer_shapes
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    name: str
+    purpose: str
+    run: Callable[[Graph], Graph]
+    min_opt_level: int = 0
+
+
+PASSES: tuple[Pass, ...] = (
+    Pass("shapes", "infer and check every shape; resolve attributes; declare parameters",
+         infer_shapes),
+)
+
+
+def frontend(source: Source) -> Graph:
+    """Parse and lower: the untyped graph, exactly as written."""
+    return lower(parse(source))
+
+
+def run_passes(
+    graph: Graph,
+    opt_level: int = 2,
+    check: bool = False,
+    after: Callable[[Pass, Graph], None] | None = None,
+) -> Graph:
+    """Run every pass enabled at ``opt_level`` in order; ``check`` verifies after each one."""
+    for compiler_pass in PASSES:
+        if compiler_pass.min_opt_level > opt_level:
+            continue
+        graph = compiler_pass.run(graph)
+        if check:
+            verify(graph, after_pass=compiler_pass.name)
+        if after is not None:
+            after(compiler_pass, graph)
+    return graph
+
+
+def compile_source(source: Source, opt_level: int = 2, check: bool = False) -> Graph:
+    """Source text to the optimized, typed graph."""
+    return run_passes(frontend(source), opt_level=opt_level, check=check)
