@@ -44,7 +44,6 @@ class Inferred:
     outputs: tuple[TensorType, ...]
     attrs: Attrs
     params: tuple[ParamSpec, ...] = ()
-    macs: int = 0  # multiply-accumulates per batch entry
     keep_inputs: int | None = None  # drop inputs past this count (read for their shape only)
 
 
@@ -192,7 +191,7 @@ def _conv_core(attrs: Attrs, x: TensorType, rank: int, name: str, out_channels: 
         groups=groups, bias=attrs["bias"], activation=attrs["activation"],
     )
     out = x.with_shape((x.batch, out_channels, *spatial))
-    return Inferred((out,), resolved, tuple(params), macs=fan_in * out_channels * math.prod(spatial))
+    return Inferred((out,), resolved, tuple(params))
 
 
 def conv(rank: int) -> Rule:
@@ -280,9 +279,8 @@ def conv_transpose(rank: int) -> Rule:
             pads=pads, output_padding=output_padding, groups=groups, bias=attrs["bias"],
             activation=attrs["activation"],
         )
-        macs = math.prod(x.spatial) * channels * (out_channels // groups) * math.prod(kernel)
         out = x.with_shape((x.batch, out_channels, *spatial))
-        return Inferred((out,), resolved, tuple(params), macs=macs)
+        return Inferred((out,), resolved, tuple(params))
 
     return rule
 
