@@ -20,10 +20,10 @@ def node_macs(graph: Graph, node: Node) -> int:
     groups = node.attrs["groups"]
     if node.op.startswith("conv_transpose"):
         x = graph.type_of(node.inputs[0])
-        return num_elements(x.shape) * (node.attrs["out_channels"] // groups) * taps
+        return num_elements(x.shape[1:]) * (node.attrs["out_channels"] // groups) * taps
     x = graph.type_of(node.inputs[0])
     out = graph.type_of(node.output)
-    return num_elements(out.shape) * (x.channels // groups) * taps
+    return num_elements(out.shape[1:]) * (x.channels // groups) * taps
 
 
 def node_param_count(graph: Graph, node: Node) -> int:
