@@ -119,7 +119,7 @@ def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray], overwrite: bool
     fd, tmp = tempfile.mkstemp(suffix=".npz", dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **{name: np.asarray(a) for name, a in arrays.items()})
+            np.savez(handle, **{name: np.asarray(a) for name, a in arrays.items()})  # type: ignore[arg-type]
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -73,13 +73,13 @@ class Lowerer:
     # ---- driver --------------------------------------------------------------------------
 
     def lower(self) -> Graph:
+        """The graph of every statement that lowered; ``self.sink`` holds the errors."""
         self._collect_blocks()
         for item in self.module.items:
             if isinstance(item, ast.BlockDef):
                 continue
             self._statement(item, self.globals)
         self._check_interface()
-        self.sink.raise_if_errors()
         return Graph(
             name=self.module.network or _stem(self.module.source.name),
             source=self.module.source,
@@ -404,9 +404,15 @@ class Lowerer:
         return _did_you_mean(ident, names)
 
 
-def lower(module: ast.Module) -> Graph:
-    """Build the (untyped) IR graph of a parsed module; raises ``ConvdslError`` with all errors."""
-    return Lowerer(module).lower()
+def lower(module: ast.Module) -> tuple[Graph, list[Diagnostic]]:
+    """Build the (untyped) IR graph of a parsed module.
+
+    Returns the graph of every statement that lowered cleanly and the errors of the others, so
+    the shape checker can still report problems in the rest of the file.
+    """
+    lowerer = Lowerer(module)
+    graph = lowerer.lower()
+    return graph, lowerer.sink.diagnostics
 
 
 # ---- small helpers -----------------------------------------------------------------------

@@ -7,6 +7,8 @@ existing values; and once any value is typed, all are, with every parameter a no
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from convdsl.diagnostics import InternalError
 from convdsl.ir.graph import Graph
 from convdsl.ir.ops import OPS
@@ -19,7 +21,7 @@ def verify(graph: Graph, after_pass: str = "the front end") -> None:
         raise InternalError(f"the IR is invalid after {after_pass}: " + "; ".join(problems[:5]))
 
 
-def _problems(graph: Graph):  # type: ignore[no-untyped-def]
+def _problems(graph: Graph) -> Iterator[str]:
     written: set[int] = set()
     for value in graph.inputs:
         if value not in graph.values:
@@ -42,9 +44,9 @@ def _problems(graph: Graph):  # type: ignore[no-untyped-def]
         if value not in written:
             yield f"output {name} reads unwritten value %{value}"
     if typed:
-        for value in graph.values.values():
-            if value.type is None and value.id in written:
-                yield f"value %{value.name} is untyped in a typed graph"
+        for info in graph.values.values():
+            if info.type is None and info.id in written:
+                yield f"value %{info.name} is untyped in a typed graph"
         owners = {node.name for node in graph.nodes}
         for param in graph.params.values():
             if param.name.rsplit(".", 1)[0] not in owners:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from convdsl.diagnostics import Source
+from convdsl.diagnostics import ConvdslError, DiagnosticSink, Source
 from convdsl.frontend.lower import lower
 from convdsl.frontend.parse import parse
 from convdsl.ir.graph import Graph
@@ -33,8 +33,21 @@ PASSES: tuple[Pass, ...] = (
 
 
 def frontend(source: Source) -> Graph:
-    """Parse and lower: the untyped graph, exactly as written."""
-    return lower(parse(source))
+    """Parse and lower: the untyped graph, exactly as written.
+
+    With lowering errors, shape checking still runs on the statements that did lower, and all
+    errors are raised together in source order.
+    """
+    graph, errors = lower(parse(source))
+    if errors:
+        try:
+            infer_shapes(graph)
+        except ConvdslError as shape_errors:
+            errors = [*errors, *shape_errors.diagnostics]
+        sink = DiagnosticSink()
+        sink.extend(errors)
+        sink.raise_if_errors()
+    return graph
 
 
 def run_passes(
