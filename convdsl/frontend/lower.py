@@ -20,7 +20,7 @@ from typing import Any
 from convdsl.diagnostics import Diagnostic, DiagnosticSink, Span
 from convdsl.frontend import ast
 from convdsl.frontend.bind import POISON, Keyword, LowerError, Tensor, bind_op_args
-from convdsl.ir.graph import Attrs, Expectation, Graph, Node, Value
+from convdsl.ir.graph import Attrs, CallSite, Expectation, Graph, Node, Value
 from convdsl.ir.ops import OPS
 from convdsl.ir.types import Dim, DType, TensorType
 
@@ -67,6 +67,9 @@ class Lowerer:
         self.expectations: list[Expectation] = []
         self.used_names: set[str] = set()
         self.blocks: dict[str, ast.BlockDef] = {}
+        self.broken_blocks: set[str] = set()  # reported once; their calls stay quiet
+        self.declares_input = False  # even a failed declaration counts: no "no inputs" cascade
+        self.declares_output = False
         self.globals = Scope(prefix="")
         self.frames: list[_Frame] = []
 
@@ -101,6 +104,15 @@ class Lowerer:
                 self.sink.error(f"block '{item.name}' is defined twice", item.name_span)
             else:
                 self.blocks[item.name] = item
+            seen: set[str] = set()
+            for param in item.params:
+                if param.name in seen:
+                    self.sink.error(f"parameter '{param.name}' is declared twice", param.span)
+                seen.add(param.name)
+            for before, after in zip(item.params, item.params[1:], strict=False):
+                if before.default is not None and after.default is None:
+                    self.sink.error(f"parameter '{after.name}' without a default follows one with "
+                                    "a default", after.span)
             for stmt in item.body[:-1]:
                 if isinstance(stmt, ast.Return):
                     self.sink.error("return must be the last statement of a block", stmt.span)
