@@ -1,0 +1,394 @@
+"""The ``convdsl`` command: check, run, print the IR of, and initialize weights for a network.
+
+Results go to stdout, diagnostics to stderr. Exit status: 0 success, 2 a user error (bad source,
+weights, inputs or options: rendered diagnostics, never a traceback), 70 a bug in convdsl
+(``--debug`` adds the traceback), 130 interrupted, 141 stdout closed early (``| head``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import inspect
+import math
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import convdsl
+from convdsl import weights as weights_io
+from convdsl.api import BACKENDS, Network, compile_file, read_source
+from convdsl.diagnostics import ConvdslError, DiagnosticSink, error
+from convdsl.ir.cost import node_macs, node_param_count
+from convdsl.ir.graph import Graph
+from convdsl.ir.printer import print_graph
+from convdsl.ir.types import format_shape
+from convdsl.passes.pipeline import compile_source, frontend
+
+Handler = Callable[[argparse.Namespace], None]
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE (sysexits.h): tells a bug apart from a user error
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a process killed by SIGPIPE
+
+EXIT_STATUS_HELP = """exit status:
+  0    success
+  2    user error (source, weights, inputs, options); diagnostics on stderr
+  70   internal error: a bug in convdsl (add --debug for the traceback)
+  130  interrupted
+  141  stdout closed early (e.g. piped into head)"""
+
+
+# ---- tables ----------------------------------------------------------------------------------
+
+
+def format_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool]
+) -> list[str]:
+    """Columns as wide as their widest cell; numeric columns right-aligned."""
+    widths = [max(map(len, column)) for column in zip(header, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            cell.rjust(w) if right else cell.ljust(w)
+            for cell, w, right in zip(cells, widths, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    return [line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)]
+
+
+def human(count: int, unit: str) -> str:
+    """``1234567890`` -> ``1,234,567,890 (1.23 GMAC)``; under a thousand, just the count."""
+    for scale, prefix in ((10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "K")):
+        if count >= scale:
+            return f"{count:,} ({count / scale:.2f} {prefix}{unit})"
+    return f"{count} {unit}".rstrip()
+
+
+def layer_rows(graph: Graph) -> list[tuple[str, str, str, int, int]]:
+    """(layer, op, output shape, parameters, MACs per batch entry) for every node."""
+    return [
+        (
+            node.name,
+            node.op,
+            ", ".join(format_shape(graph.type_of(v).shape) for v in node.outputs),
+            node_param_count(graph, node),
+            node_macs(graph, node),
+        )
+        for node in graph.nodes
+    ]
+
+
+def summary_lines(graph: Graph) -> list[str]:
+    """The ``check`` report: a row per layer, then totals and the network's signature."""
+    rows = layer_rows(graph)
+    table = format_table(
+        ("layer", "op", "output shape", "params", "MACs"),
+        [(name, op, shape, f"{params:,}", f"{macs:,}") for name, op, shape, params, macs in rows],
+        (False, False, False, True, True),
+    )
+    # Counted from shapes: `check` never allocates the (possibly huge) weights.
+    params = sum(math.prod(p.shape) for p in graph.params.values())
+    macs = sum(row[4] for row in rows)
+    inputs = [(graph.values[v].name, v) for v in graph.inputs]
+    return [
+        f"network {graph.name}",
+        *table,
+        "",
+        f"layers:  {len(rows)}",
+        f"params:  {human(params, '')}",
+        f"MACs:    {human(macs, 'MAC')} per batch entry",
+        f"inputs:  {_signature(graph, inputs)}",
+        f"outputs: {_signature(graph, graph.outputs)}",
+    ]
+
+
+def _signature(graph: Graph, named: Sequence[tuple[str, int]]) -> str:
+    return ", ".join(f"{name}: {graph.type_of(v)}" for name, v in named) or "(none)"
+
+
+def stats_lines(outputs: dict[str, np.ndarray]) -> list[str]:
+    rows = []
+    for name, array in outputs.items():
+        if array.size:
+            stats = [f"{float(f(array)):.6g}" for f in (np.min, np.max, np.mean)]
+        else:
+            stats = ["-", "-", "-"]
+        rows.append((name, format_shape(array.shape), str(array.dtype), *stats))
+    header = ("output", "shape", "dtype", "min", "max", "mean")
+    return format_table(header, rows, (False, False, False, True, True, True))
+
+
+# ---- inputs and files ------------------------------------------------------------------------
+
+
+def parse_input_flags(flags: Sequence[str], net: Network) -> dict[str, np.ndarray]:
+    """``NAME=PATH.npy`` pairs to arrays; every bad flag is reported, each naming its input."""
+    sink = DiagnosticSink()
+    arrays: dict[str, np.ndarray] = {}
+    seen: set[str] = set()
+    for flag in flags:
+        name, sep, path = flag.partition("=")
+        if not sep or not name or not path:
+            sink.error(
+                f"--input '{flag}': expected NAME=PATH.npy",
+                hint=f"for example --input {next(iter(net.inputs), 'x')}=x.npy",
+            )
+        elif name not in net.inputs:
+            close = difflib.get_close_matches(name, list(net.inputs), n=1)
+            sink.error(
+                f"--input {name}: the network has no input '{name}'; its inputs are "
+                f"{', '.join(net.inputs) or '(none)'}",
+                hint=f"did you mean '{close[0]}'?" if close else None,
+            )
+        elif name in seen:
+            sink.error(f"--input {name}: given more than once")
+        else:
+            seen.add(name)
+            try:
+                arrays[name] = load_npy(name, Path(path))
+            except ConvdslError as exc:
+                sink.extend(exc.diagnostics)
+    sink.raise_if_errors()
+    return arrays
+
+
+def load_npy(name: str, path: Path) -> np.ndarray:
+    """One ``.npy`` array, never unpickling anything."""
+    hint = "save inputs with numpy.save; pickled object arrays are refused"
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(6)
+        # Checked first: without it numpy calls any non-.npy file "pickled data".
+        if magic != b"\x93NUMPY":
+            found = "an .npz archive" if magic.startswith(b"PK") else "no .npy header"
+            raise error(f"input '{name}': {path}: not a .npy file ({found})", hint=hint)
+        loaded = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise error(f"input '{name}': {path}: no such file") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise error(
+            f"input '{name}': {path}: not a readable .npy array ({exc})", hint=hint
+        ) from None
+    if loaded.dtype.kind not in "fiu":
+        raise error(f"input '{name}': {path}: expected a numeric array, found dtype {loaded.dtype}")
+    return loaded
+
+
+def _batch_of(given: dict[str, np.ndarray], net: Network) -> int:
+    """The batch the random inputs get when --batch is not given: the given inputs' own."""
+    for name, array in given.items():
+        if not isinstance(net.inputs[name].shape[0], int) and array.ndim:
+            return int(array.shape[0])
+    return 1
+
+
+def _refuse_overwrite(path: Path, force: bool) -> None:
+    # Checked before compiling and running, so a long run is not lost to a bad file name.
+    if path.suffix != ".npz":
+        raise error(f"{path}: expected a file name ending in .npz")
+    if not path.parent.is_dir():
+        raise error(f"{path}: directory {path.parent} does not exist")
+    if path.exists() and not force:
+        raise error(
+            f"{path}: file exists; refusing to overwrite it",
+            hint="choose another name, or pass --force",
+        )
+
+
+def _save(path: Path, arrays: dict[str, np.ndarray], force: bool) -> None:
+    try:
+        weights_io.save_npz(path, arrays, overwrite=force)
+    except OSError as exc:
+        raise error(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+# ---- subcommands -----------------------------------------------------------------------------
+# Each docstring is the subcommand's --help: summary, description, then a runnable example.
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    """Compile and shape-check; print layers, parameters and MACs.
+
+    Parse, lower and shape-check FILE, then print one row per layer (output shape, parameter
+    count, multiply-accumulates per batch entry), the totals, and the inputs and outputs.
+
+    convdsl check net.conv --verify
+    """
+    graph = compile_source(read_source(args.file), check=args.verify)
+    print("\n".join(summary_lines(graph)))
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    """Run the network on given or random inputs.
+
+    Compile FILE and run it. Inputs not given with --input are seeded standard-normal arrays,
+    their symbolic batch bound to --batch (default: the batch of the given inputs, else 1).
+    Prints the shape, dtype, min, max and mean of each output.
+
+    convdsl run net.conv --input image=image.npy --weights w.npz --output out.npz
+    """
+    if args.output is not None:
+        _refuse_overwrite(args.output, args.force)
+    net = compile_file(args.file, backend=args.backend, weights=args.weights, seed=args.seed)
+    given = parse_input_flags(args.input, net)
+    batch = args.batch if args.batch is not None else _batch_of(given, net)
+    inputs = {**net.random_inputs(seed=args.seed, batch=batch), **given}
+    outputs = net(inputs)
+    print("\n".join(stats_lines(outputs)))
+    if args.output is not None:
+        _save(args.output, outputs, args.force)
+        print(f"wrote {len(outputs)} output(s) to {args.output}")
+
+
+def cmd_ir(args: argparse.Namespace) -> None:
+    """Print the compiled IR.
+
+    Print the IR of FILE as text: one line per value (with its source line), then the
+    parameters and the outputs.
+
+    convdsl ir net.conv --no-locations | less
+    """
+    source = read_source(args.file)
+    graph = frontend(source) if args.untyped else compile_source(source)
+    sys.stdout.write(print_graph(graph, show_locations=not args.no_locations))
+
+
+def cmd_init_weights(args: argparse.Namespace) -> None:
+    """Write deterministic initial parameters to an .npz file.
+
+    Initialize every parameter of FILE (deterministically, per parameter name and --seed) and
+    save them to an .npz file for `convdsl run --weights`.
+
+    convdsl init-weights net.conv -o w.npz --seed 1
+    """
+    _refuse_overwrite(args.output, args.force)
+    graph = compile_source(read_source(args.file))
+    arrays = weights_io.init_params(graph.params, args.seed)
+    _save(args.output, arrays, args.force)
+    count = sum(a.size for a in arrays.values())
+    print(f"wrote {len(arrays)} arrays ({count:,} parameters) to {args.output}")
+
+
+# ---- the parser ------------------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {value}")
+    return value
+
+
+def _subcommand(subs: Any, name: str, handler: Handler, common: Any) -> argparse.ArgumentParser:
+    # `python -OO` strips docstrings: the help gets thinner but the command still works.
+    doc = inspect.cleandoc(handler.__doc__ or f"{name}\n\nconvdsl {name} FILE")
+    summary, *description, example = doc.split("\n\n")
+    summary = summary[:1].lower() + summary[1:].rstrip(".")
+    parser = subs.add_parser(
+        name, help=summary, description="\n\n".join(description),
+        epilog=f"example:\n  {example}\n\n{EXIT_STATUS_HELP}", parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("file", type=Path, metavar="FILE", help="the .conv source file")
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convdsl", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="A small graph compiler for convolutional networks written in .conv files.",
+        epilog="example:\n  convdsl check net.conv\n\n" + EXIT_STATUS_HELP,
+    )  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"convdsl {convdsl.__version__}")
+    debug_help = "on an internal error, print the Python traceback"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    # Also accepted after the subcommand; SUPPRESS keeps it from resetting the global flag.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
+    subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = _subcommand(subs, "check", cmd_check, common)
+    check.add_argument("--verify", action="store_true", help="verify the IR after every pass")
+
+    run = _subcommand(subs, "run", cmd_run, common)
+    run.add_argument("--input", action="append", default=[], metavar="NAME=PATH.npy",
+                     help="read input NAME from a .npy file (repeatable)")  # fmt: skip
+    run.add_argument("--weights", type=Path, metavar="W.npz",
+                     help="an .npz of parameters (default: initialized from --seed)")  # fmt: skip
+    run.add_argument("--output", type=Path, metavar="OUT.npz",
+                     help="save the outputs to an .npz file, keyed by output name")  # fmt: skip
+    run.add_argument("--seed", type=int, default=0,
+                     help="seed of random inputs and (without --weights) parameters")  # fmt: skip
+    run.add_argument("--batch", type=_positive, metavar="B", help="batch size of random inputs")
+    run.add_argument("--backend", choices=BACKENDS, default=BACKENDS[0],
+                     help=f"where to run (default {BACKENDS[0]})")  # fmt: skip
+    run.add_argument("--force", action="store_true", help="overwrite an existing --output file")
+
+    ir = _subcommand(subs, "ir", cmd_ir, common)
+    ir.add_argument("--no-locations", action="store_true", help="omit '# file:line' comments")
+    ir.add_argument("--untyped", action="store_true",
+                    help="print the graph as lowered, before shape inference")  # fmt: skip
+
+    init = _subcommand(subs, "init-weights", cmd_init_weights, common)
+    init.add_argument("-o", "--output", type=Path, required=True, metavar="W.npz",
+                      help="the .npz file to write")  # fmt: skip
+    init.add_argument("--seed", type=int, default=0, help="initialization seed (default 0)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    return parser
+
+
+# ---- entry point -----------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors (2), --help and --version (0)
+        return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 2
+    try:
+        args.handler(args)
+        sys.stdout.flush()  # a closed pipe must surface here, not at interpreter exit
+    except ConvdslError as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except Exception as exc:  # anything else escaping the compiler is a bug by definition
+        _report_bug(exc, args.debug)
+        return EXIT_INTERNAL_ERROR
+    return 0
+
+
+def _report_bug(exc: Exception, debug: bool) -> None:
+    message = str(exc)
+    if not isinstance(exc, convdsl.InternalError):
+        message = f"internal error: this is a bug in convdsl: {type(exc).__name__}: {message}"
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    else:
+        message += " (add --debug for the traceback)"
+    print(" ".join(message.split()), file=sys.stderr)
+
+
+def _silence_stdout() -> None:
+    # Later writes and the interpreter's final flush would raise again: point stdout at devnull.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
