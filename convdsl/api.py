@@ -16,6 +16,7 @@ column; anything else escaping is a bug in convdsl.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from convdsl import weights as weights_io
 from convdsl.backends.numpy.interpreter import NumpyExecutable
 from convdsl.diagnostics import ConvdslError, Diagnostic, DiagnosticSink, Source, error
 from convdsl.ir.graph import Graph, Param
-from convdsl.ir.types import TensorType, format_shape
+from convdsl.ir.types import AXIS_NAMES, TensorType, format_shape
 from convdsl.passes.pipeline import compile_source
 
 BACKENDS = ("numpy",)
@@ -93,6 +94,9 @@ class Network:
 
     def __call__(self, inputs: Mapping[str, Any] | None = None, **named: Any) -> dict[str, np.ndarray]:
         """Run the network: named input arrays in, named output arrays out."""
+        if inputs is not None and not isinstance(inputs, Mapping):
+            raise error(f"expected input arrays by name, e.g. net(x=array) or net({{'x': array}}); "
+                        f"found {type(inputs).__name__}")
         given = {**(inputs or {}), **named}
         by_id = self._check_inputs(given)
         results = self._executable.run(by_id)
@@ -107,8 +111,10 @@ class Network:
         expected = {self.graph.values[v].name: v for v in self.graph.inputs}
         for name in given:
             if name not in expected:
+                close = difflib.get_close_matches(str(name), list(expected), n=1)
                 sink.error(f"unexpected input '{name}'; the network's inputs are "
-                           f"{', '.join(expected)}")
+                           f"{', '.join(expected)}",
+                           hint=f"did you mean '{close[0]}'?" if close else None)
         for name, value_id in expected.items():
             declared = self.graph.values[value_id]
             span = declared.span
@@ -116,10 +122,10 @@ class Network:
             if name not in given:
                 sink.error(f"missing input '{name}' ({t})", span)
                 continue
-            array = np.asarray(given[name])
-            if array.dtype.kind not in "fiub":
-                sink.error(f"input '{name}': expected a numeric array, found dtype {array.dtype}",
-                           span)
+            array = _as_array(given[name])
+            if array is None or array.dtype.kind not in "fiub":
+                found = _describe_input(given[name], array)
+                sink.error(f"input '{name}': expected a numeric array ({t}), found {found}", span)
                 continue
             problem = _shape_problem(t, array.shape, name, bindings)
             if problem:
@@ -131,6 +137,21 @@ class Network:
         return arrays
 
 
+def _as_array(value: Any) -> np.ndarray | None:
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError):  # ragged nested lists and the like
+        return None
+
+
+def _describe_input(value: Any, array: np.ndarray | None) -> str:
+    if array is None:
+        return "a ragged sequence"
+    if array.dtype.kind == "O" and not isinstance(value, np.ndarray):
+        return type(value).__name__
+    return f"dtype {array.dtype}"
+
+
 def _shape_problem(t: TensorType, shape: tuple[int, ...], name: str,
                    bindings: dict[str, tuple[int, str]]) -> str:
     if len(shape) != t.rank:
@@ -138,7 +159,7 @@ def _shape_problem(t: TensorType, shape: tuple[int, ...], name: str,
     for axis, (want, got) in enumerate(zip(t.shape, shape, strict=True)):
         if isinstance(want, int):
             if want != got:
-                return f" (dim {axis} is {got}, expected {want})"
+                return f" ({_dim_name(t, axis)} is {got}, expected {want})"
         elif got < 1:
             return f" ({want} must be at least 1)"
         elif want in bindings and bindings[want][0] != got:
@@ -147,6 +168,11 @@ def _shape_problem(t: TensorType, shape: tuple[int, ...], name: str,
         else:
             bindings[want] = (got, name)
     return ""
+
+
+def _dim_name(t: TensorType, axis: int) -> str:
+    names = ("batch", "channels", *AXIS_NAMES.get(t.spatial_rank, ()))
+    return names[axis] if axis < len(names) else f"dim {axis}"
 
 
 def compile_string(text: str, name: str = "<string>", *, backend: str = "numpy",

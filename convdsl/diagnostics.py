@@ -109,6 +109,22 @@ class InternalError(Exception):
         super().__init__(f"internal error: this is a bug in convdsl{where}: {message}")
 
 
+def call_notes(calls: Iterable[tuple[str, Span]]) -> tuple[Diagnostic, ...]:
+    """'in block B called here' notes for the block calls (innermost first) that led to an
+    error; a run of one call repeated (recursion) is one note with its count."""
+    runs: list[tuple[str, Span, int]] = []
+    for block, span in calls:
+        if runs and runs[-1][0] == block and runs[-1][1] == span:
+            runs[-1] = (block, span, runs[-1][2] + 1)
+        else:
+            runs.append((block, span, 1))
+    return tuple(
+        Diagnostic(f"in block '{block}' called here" + (f" ({count} nested calls)" if count > 1
+                                                         else ""), span, severity="note")
+        for block, span, count in runs
+    )
+
+
 def error(message: str, span: Span | None = None, hint: str | None = None) -> ConvdslError:
     """A one-diagnostic user error, ready to raise."""
     return ConvdslError(Diagnostic(message, span, hint=hint))
@@ -128,9 +144,31 @@ class DiagnosticSink:
 
     def raise_if_errors(self) -> None:
         if any(d.severity == "error" for d in self.diagnostics):
-            ordered = sorted(self.diagnostics, key=_position)
+            ordered = sorted(_merge_repeats(self.diagnostics), key=_position)
             raise ConvdslError(ordered)
 
 
 def _position(diag: Diagnostic) -> tuple[int, int]:
     return (diag.span.line, diag.span.column) if diag.span is not None else (0, 0)
+
+
+def _key(diag: Diagnostic) -> tuple[object, ...]:
+    where = None if diag.span is None else (diag.span.source.name, diag.span.line,
+                                            diag.span.column, diag.span.end_line,
+                                            diag.span.end_column)
+    return (diag.severity, diag.message, where, diag.hint)
+
+
+def _merge_repeats(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
+    """One mistake in a block body called twice is one diagnostic, noting every call site."""
+    merged: dict[tuple[object, ...], Diagnostic] = {}
+    for diag in diagnostics:
+        first = merged.get(_key(diag))
+        if first is None:
+            merged[_key(diag)] = diag
+            continue
+        seen = {_key(note) for note in first.notes}
+        extra = tuple(note for note in diag.notes if _key(note) not in seen)
+        merged[_key(diag)] = Diagnostic(first.message, first.span, first.severity, first.hint,
+                                        first.notes + extra)
+    return list(merged.values())

@@ -54,39 +54,71 @@ def load_weights(path: str | Path, params: Mapping[str, Param]) -> dict[str, np.
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     """All arrays of an ``.npz`` file, never unpickling anything."""
     path = Path(path)
+    if path.is_dir():
+        raise error(f"{path}: is a directory, expected an .npz weights file")
     if not path.is_file():
         raise error(f"{path}: weights file not found")
+    with path.open("rb") as handle:
+        magic = handle.read(6)
+    if magic.startswith(b"\x93NUMPY"):
+        raise error(f"{path}: expected an .npz archive of named arrays, found a single array "
+                    "(.npy)", hint="save with numpy.savez(path, **{name: array})")
+    if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        raise error(f"{path}: not an .npz file (it is not a zip archive)",
+                    hint="weights are saved with numpy.savez or Network.save_weights")
     try:
         with np.load(path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise error(f"{path}: expected an .npz archive of named arrays, found a single "
-                            "array (.npy)", hint="save with numpy.savez(path, **{name: array})")
-            return {name: data[name] for name in data.files}
+            return _members(path, data)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise error(
-            f"{path}: not a readable .npz file ({exc})",
-            hint="weights are saved with numpy.savez or `convdsl init-weights`; pickled objects "
-            "are refused",
-        ) from None
+        raise error(f"{path}: not a readable .npz file ({exc})",
+                    hint="weights are saved with numpy.savez or Network.save_weights") from None
+
+
+def _members(path: Path, data: np.lib.npyio.NpzFile) -> dict[str, np.ndarray]:
+    sink = DiagnosticSink()
+    arrays: dict[str, np.ndarray] = {}
+    for name in data.files:
+        try:
+            # allow_pickle=False makes numpy refuse an object array before unpickling it.
+            array = data[name]
+        except ValueError as exc:
+            pickled = "allow_pickle" in str(exc) or "Object arrays" in str(exc)
+            sink.error(f"{path}: array '{name}' holds pickled Python objects; refused without "
+                       "loading it" if pickled else f"{path}: array '{name}' is unreadable ({exc})")
+            continue
+        if not isinstance(array, np.ndarray):
+            sink.error(f"{path}: member '{name}' is not a NumPy array")
+            continue
+        arrays[name] = array
+    sink.raise_if_errors()
+    return arrays
 
 
 def check_weights(arrays: Mapping[str, np.ndarray], params: Mapping[str, Param],
                   origin: str) -> dict[str, np.ndarray]:
+    if not isinstance(arrays, Mapping):
+        raise error(f"{origin}: expected a mapping from parameter names to arrays (or the path "
+                    f"of an .npz file), found {type(arrays).__name__}")
     sink = DiagnosticSink()
     checked: dict[str, np.ndarray] = {}
     for name, param in params.items():
+        expected = f"{param.dtype.value}{format_shape(param.shape)}"
         if name not in arrays:
             sink.diagnostics.append(Diagnostic(
-                f"{origin}: missing parameter '{name}' "
-                f"(expected {param.dtype.value}{format_shape(param.shape)})", param.span))
+                f"{origin}: missing parameter '{name}' (expected {expected})", param.span))
             continue
-        array = np.asarray(arrays[name])
-        if array.dtype.kind not in "fiu":
+        try:
+            array = np.asarray(arrays[name])
+        except (ValueError, TypeError):
+            array = None
+        if array is None or array.dtype.kind not in "f":
+            found = "a ragged sequence" if array is None else f"dtype {array.dtype}"
             sink.diagnostics.append(Diagnostic(
-                f"{origin}: '{name}' has dtype {array.dtype}; expected a float array", param.span))
+                f"{origin}: parameter '{name}' has {found}; expected a floating-point array "
+                f"({expected})", param.span))
         elif array.shape != param.shape:
             sink.diagnostics.append(Diagnostic(
-                f"{origin}: '{name}' has shape {format_shape(array.shape)}; expected "
+                f"{origin}: parameter '{name}' has shape {format_shape(array.shape)}; expected "
                 f"{format_shape(param.shape)}", param.span))
         else:
             checked[name] = np.ascontiguousarray(array, dtype=param.dtype.numpy)
@@ -112,7 +144,8 @@ def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray], overwrite: bool
         raise error(f"{path}: expected a file name ending in .npz")
     if path.exists() and not overwrite:
         raise error(f"{path}: file exists; refusing to overwrite it",
-                    hint="choose another name, or pass --force")
+                    hint="choose another name, or pass overwrite=True (--force on the command "
+                    "line)")
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise error(f"{path}: directory {directory} does not exist")

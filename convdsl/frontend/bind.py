@@ -8,7 +8,8 @@ and returns the node's tensor inputs, attributes and the span of every argument.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from convdsl.diagnostics import Diagnostic, Span
@@ -40,6 +41,12 @@ class Keyword:
 
     name: str
     span: Span
+    # Finds a close variable name, for when it was meant as one; only called on an error.
+    suggest: Callable[[], str | None] | None = field(default=None, compare=False)
+
+    @property
+    def hint(self) -> str | None:
+        return self.suggest() if self.suggest is not None else None
 
 
 class _Poison:
@@ -75,7 +82,7 @@ def bind_op_args(opdef: OpDef, call: ast.Call, args: list[Any], kwargs: dict[str
                     f"{opdef.name} takes {len(positional)} positional argument(s) "
                     f"({', '.join(a.name for a in positional)}), found {len(args)}",
                     expr.span,
-                    hint="give the others by keyword, e.g. kernel=3",
+                    hint=_keyword_hint(opdef),
                 )
             given[positional[index].name] = (value, expr.span)
     explicit_name: str | None = None
@@ -83,7 +90,8 @@ def bind_op_args(opdef: OpDef, call: ast.Call, args: list[Any], kwargs: dict[str
         value = kwargs[kw.name]
         if kw.name == "name":
             if not isinstance(value, str) or not value.replace(".", "_").isidentifier():
-                raise LowerError("name: expected a string such as \"conv1\"", kw.span)
+                raise LowerError(f"{opdef.name}: name: expected a layer name such as \"conv1\", "
+                                 f"found {_found(value)}", kw.span)
             explicit_name = value
             continue
         spec = opdef.arg(kw.name)
@@ -126,6 +134,11 @@ def bind_op_args(opdef: OpDef, call: ast.Call, args: list[Any], kwargs: dict[str
     return BoundCall(inputs + shape_inputs, Attrs(attrs), spans, explicit_name)
 
 
+def _keyword_hint(opdef: OpDef) -> str | None:
+    keywords = [f"{a.name}=..." for a in opdef.args if not a.positional]
+    return f"give the others by keyword: {', '.join(keywords)}" if keywords else None
+
+
 def _usage(opdef: OpDef) -> str:
     parts = [a.name if a.default is REQUIRED else f"{a.name}={_show(a.default)}"
              for a in opdef.args]
@@ -143,7 +156,7 @@ def _convert(spec: ArgSpec, value: Any, span: Span, op: str) -> Any:
     if isinstance(value, Keyword) and spec.kind is not ArgKind.ENUM and not (
         spec.kind in (ArgKind.PADDING, ArgKind.OFFSET)
     ):
-        raise LowerError(f"unknown name '{value.name}'", value.span)
+        raise LowerError(f"unknown name '{value.name}'", value.span, hint=value.hint)
     kind = spec.kind
     if kind is ArgKind.TENSOR or kind is ArgKind.SHAPE_OF:
         if isinstance(value, Tensor):
@@ -153,7 +166,7 @@ def _convert(spec: ArgSpec, value: Any, span: Span, op: str) -> Any:
             return value
         for item in value if isinstance(value, tuple) else ():
             if isinstance(item, Keyword):
-                raise LowerError(f"unknown name '{item.name}'", item.span)
+                raise LowerError(f"unknown name '{item.name}'", item.span, hint=item.hint)
     elif kind is ArgKind.INT:
         if _is_int(value):
             return value
@@ -170,7 +183,7 @@ def _convert(spec: ArgSpec, value: Any, span: Span, op: str) -> Any:
         close = difflib.get_close_matches(str(text), spec.choices, n=1) if isinstance(
             text, str) else []
         raise LowerError(
-            f"{spec.name}: expected one of {', '.join(spec.choices)}; found {_found(value)}",
+            f"{op}: {spec.name}: expected one of {', '.join(spec.choices)}; found {_found(value)}",
             span,
             hint=f"did you mean '{close[0]}'?" if close else None,
         )
@@ -180,23 +193,24 @@ def _convert(spec: ArgSpec, value: Any, span: Span, op: str) -> Any:
         if _is_int(value) or (isinstance(value, tuple) and value and all(map(_is_int, value))):
             return value
     elif kind is ArgKind.PADDING:
-        return _padding(spec, value, span)
+        return _padding(spec, value, span, op)
     elif kind is ArgKind.OFFSET:
-        if isinstance(value, Keyword) and value.name == "center":
+        # A string stands for a keyword here as it does for enums and padding.
+        if (value.name if isinstance(value, Keyword) else value) == "center":
             return "center"
         if _is_int(value) or (isinstance(value, tuple) and value and all(map(_is_int, value))):
             return value
     raise LowerError(f"{op}: {spec.name}: expected {kind.value}, found {_found(value)}", span)
 
 
-def _padding(spec: ArgSpec, value: Any, span: Span) -> Any:
+def _padding(spec: ArgSpec, value: Any, span: Span, op: str) -> Any:
     if isinstance(value, Keyword | str):
         text = value.name if isinstance(value, Keyword) else value
         if text in PADDING_KEYWORDS:
             return text
         close = difflib.get_close_matches(text, PADDING_KEYWORDS, n=1)
         raise LowerError(
-            f"{spec.name}: expected {ArgKind.PADDING.value}; found '{text}'", span,
+            f"{op}: {spec.name}: expected {ArgKind.PADDING.value}; found '{text}'", span,
             hint=f"did you mean '{close[0]}'?" if close else None,
         )
     if _is_int(value):
@@ -206,7 +220,8 @@ def _padding(spec: ArgSpec, value: Any, span: Span) -> Any:
             return value
         if all(isinstance(p, tuple) and len(p) == 2 and all(map(_is_int, p)) for p in value):
             return value
-    raise LowerError(f"{spec.name}: expected {ArgKind.PADDING.value}; found {_found(value)}", span)
+    raise LowerError(f"{op}: {spec.name}: expected {ArgKind.PADDING.value}; found "
+                     f"{_found(value)}", span)
 
 
 def _is_int(value: Any) -> bool:
@@ -221,7 +236,7 @@ def _found(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, str):
-        return repr(value)
+        return f'the string "{value}"'
     if isinstance(value, tuple):
         return "[" + ", ".join(_found(v) for v in value) + "]"
     return str(value)

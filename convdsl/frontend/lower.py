@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 from typing import Any
 
-from convdsl.diagnostics import Diagnostic, DiagnosticSink, Span
+from convdsl.diagnostics import Diagnostic, DiagnosticSink, Span, call_notes
 from convdsl.frontend import ast
 from convdsl.frontend.bind import POISON, Keyword, LowerError, Tensor, bind_op_args
 from convdsl.ir.graph import Attrs, CallSite, Expectation, Graph, Node, Value
@@ -25,6 +26,7 @@ from convdsl.ir.ops import OPS
 from convdsl.ir.types import Dim, DType, TensorType
 
 MAX_BLOCK_DEPTH = 64
+MAX_UNROLL = 10_000  # a loop longer than this is a typo, not a network
 BUILTINS = ("range", "min", "max", "len")
 
 
@@ -70,6 +72,7 @@ class Lowerer:
         self.broken_blocks: set[str] = set()  # reported once; their calls stay quiet
         self.declares_input = False  # even a failed declaration counts: no "no inputs" cascade
         self.declares_output = False
+        self.output_names: set[str] = set()  # declared outputs, including ones that failed
         self.globals = Scope(prefix="")
         self.frames: list[_Frame] = []
 
@@ -97,13 +100,15 @@ class Lowerer:
         for item in self.module.items:
             if not isinstance(item, ast.BlockDef):
                 continue
-            if item.name in OPS or item.name in BUILTINS:
-                self.sink.error(f"block '{item.name}' has the name of a built-in op",
-                                item.name_span, hint="rename the block")
-            elif item.name in self.blocks:
+            if item.name in self.blocks:
                 self.sink.error(f"block '{item.name}' is defined twice", item.name_span)
-            else:
-                self.blocks[item.name] = item
+                continue
+            self.blocks[item.name] = item
+            if item.name in OPS or item.name in BUILTINS:
+                kind = "op" if item.name in OPS else "function"
+                self.sink.error(f"block '{item.name}' has the name of a built-in {kind}",
+                                item.name_span, hint="rename the block")
+                self.broken_blocks.add(item.name)
             seen: set[str] = set()
             for param in item.params:
                 if param.name in seen:
@@ -113,19 +118,21 @@ class Lowerer:
                 if before.default is not None and after.default is None:
                     self.sink.error(f"parameter '{after.name}' without a default follows one with "
                                     "a default", after.span)
-            for stmt in item.body[:-1]:
-                if isinstance(stmt, ast.Return):
-                    self.sink.error("return must be the last statement of a block", stmt.span)
-            if not item.body or not isinstance(item.body[-1], ast.Return):
+            early = [stmt for stmt in item.body[:-1] if isinstance(stmt, ast.Return)]
+            if early:
+                self.sink.error("return must be the last statement of a block", early[0].span)
+                self.broken_blocks.add(item.name)
+            elif not item.body or not isinstance(item.body[-1], ast.Return):
                 self.sink.error(f"block '{item.name}' does not end with a return statement",
                                 item.name_span, hint="end the block with `return VALUE`")
+                self.broken_blocks.add(item.name)
 
     def _check_interface(self) -> None:
         end = _end_of(self.module)
-        if not self.inputs:
+        if not self.declares_input:
             self.sink.error("the network declares no inputs", end,
                             hint="declare one: input x: f32[N, 3, 224, 224]")
-        if not self.outputs:
+        if not self.declares_output:
             self.sink.error("the network declares no outputs", end,
                             hint="declare one: output y = ... (or output NAME for a variable)")
 
@@ -138,6 +145,10 @@ class Lowerer:
             self.sink.diagnostics.append(self._with_call_notes(err.diagnostic))
             for target in getattr(stmt, "targets", ()):
                 scope.vars[target.id] = POISON
+            if isinstance(stmt, ast.InputDecl | ast.Output):
+                scope.vars.setdefault(stmt.name, POISON)
+            elif isinstance(stmt, ast.For):
+                _poison_targets(stmt, scope)
 
     def _run_statement(self, stmt: Any, scope: Scope) -> None:
         if isinstance(stmt, ast.InputDecl):
@@ -154,11 +165,13 @@ class Lowerer:
             raise LowerError(f"unexpected statement {type(stmt).__name__}", stmt.span)
 
     def _input(self, decl: ast.InputDecl) -> None:
-        if self.frames or decl.name in self.globals.vars:
-            raise LowerError(f"'{decl.name}' is already defined", decl.name_span)
+        self.declares_input = True
+        if decl.name in self.globals.vars:
+            raise self._redefined(decl.name, decl.name_span)
         dtype = DType.parse(decl.dtype)
         if dtype is None:
-            raise LowerError(f"unknown dtype '{decl.dtype}'; expected f32 or f64", decl.span)
+            raise LowerError(f"input '{decl.name}': unknown dtype '{decl.dtype}'; expected f32 or "
+                             "f64", _dtype_span(decl))
         if not 3 <= len(decl.dims) <= 5:
             raise LowerError(
                 f"input '{decl.name}' has {len(decl.dims)} dims; expected [N, C, ...] with 1 to 3 "
@@ -169,15 +182,17 @@ class Lowerer:
         for position, dim in enumerate(decl.dims):
             if isinstance(dim, ast.Int):
                 if dim.value < 1:
-                    raise LowerError(f"dimension sizes must be positive, found {dim.value}", dim.span)
+                    raise LowerError(f"input '{decl.name}': dimension sizes must be positive, "
+                                     f"found {dim.value}", dim.span)
                 dims.append(dim.value)
             elif position == 0 and dim.id != "_":
                 dims.append(dim.id)
             else:
                 raise LowerError(
-                    f"only the batch (first) dimension may be symbolic; found '{dim.id}' at "
-                    f"position {position + 1}",
+                    f"input '{decl.name}': only the batch (first) dimension may be symbolic; "
+                    f"found '{dim.id}' at position {position + 1}",
                     dim.span,
+                    hint="write its size as an integer",
                 )
         value = self._new_value(decl.name, TensorType(tuple(dims), dtype), decl.name_span)
         self.inputs.append(value)
@@ -188,7 +203,7 @@ class Lowerer:
         result = self._eval(stmt.value, scope, scope.qualify(names[0]))
         if len(names) == 1:
             scope.vars[names[0]] = result
-            self._expect(stmt.annotation, result)
+            self._expect(stmt.annotation, result, scope)
             return
         if not isinstance(result, tuple) or len(result) != len(names):
             found = len(result) if isinstance(result, tuple) else 1
@@ -202,8 +217,10 @@ class Lowerer:
     def _output(self, stmt: ast.Output, scope: Scope) -> None:
         if scope is not self.globals:
             raise LowerError("outputs are declared at top level, not inside a block", stmt.span)
-        if any(name == stmt.name for name, _ in self.outputs):
+        self.declares_output = True
+        if stmt.name in self.output_names:
             raise LowerError(f"output '{stmt.name}' is declared twice", stmt.name_span)
+        self.output_names.add(stmt.name)
         if stmt.value is None:
             result = self._lookup(stmt.name, stmt.name_span, scope)
         else:
@@ -212,13 +229,17 @@ class Lowerer:
         if result is POISON:
             return
         if not isinstance(result, Tensor):
+            where = stmt.name_span if stmt.value is None else _span(stmt.value)
             raise LowerError(f"output '{stmt.name}' must be a tensor, found {_describe(result)}",
-                             stmt.span)
+                             where)
         self.outputs.append((stmt.name, result.value))
-        self._expect(stmt.annotation, result)
+        self._expect(stmt.annotation, result, scope)
 
     def _for(self, stmt: ast.For, scope: Scope) -> None:
         items = self._eval(stmt.iterable, scope, scope.qualify(stmt.var))
+        if items is POISON:
+            _poison_targets(stmt, scope)
+            return
         if not isinstance(items, tuple):
             raise LowerError(f"for needs a list or range(...), found {_describe(items)}",
                              _span(stmt.iterable))
@@ -229,27 +250,44 @@ class Lowerer:
                     raise LowerError("return inside a for loop", inner.span)
                 self._statement(inner, scope)
 
-    def _expect(self, annotation: ast.ShapeAnnotation | None, result: Any) -> None:
+    def _expect(self, annotation: ast.ShapeAnnotation | None, result: Any, scope: Scope) -> None:
         if annotation is None or result is POISON:
             return
         if not isinstance(result, Tensor):
             raise LowerError(f"a shape annotation needs a tensor, found {_describe(result)}",
                              annotation.span)
-        dims = tuple(d.value if isinstance(d, ast.Int) else d.id for d in annotation.dims)
-        self.expectations.append(Expectation(result.value, dims, annotation.span))
+        dims: list[Dim] = []
+        for dim in annotation.dims:
+            # A name bound to an integer (a block parameter such as `ch`) stands for its value.
+            bound = _int_or_none(scope, dim.id) if isinstance(dim, ast.Name) else dim.value
+            if bound is POISON:
+                return
+            dims.append(dim.id if bound is None else bound)  # type: ignore[union-attr]
+        self.expectations.append(Expectation(result.value, tuple(dims), annotation.span,
+                                             self._call_sites()))
 
     # ---- expressions ---------------------------------------------------------------------
 
-    def _eval(self, expr: ast.Expr, scope: Scope, name: str) -> Any:
-        """Evaluate ``expr``; ``name`` is the layer name an op call made here would take."""
+    def _eval(self, expr: ast.Expr, scope: Scope, name: str, keyword_ok: bool = False) -> Any:
+        """Evaluate ``expr``; ``name`` is the layer name an op call made here would take.
+
+        ``keyword_ok``: a bare unbound name is a keyword value (``padding=same``), which only
+        an argument of a call can be; anywhere else it is an unknown name.
+        """
         if isinstance(expr, ast.Int | ast.Float | ast.String):
             return expr.value
         if isinstance(expr, ast.Name):
-            return self._lookup(expr.id, expr.span, scope, keyword_ok=True)
+            value = self._lookup(expr.id, expr.span, scope, keyword_ok)
+            if isinstance(value, Keyword) and not keyword_ok:
+                # A keyword passed to a block, used where a value is needed.
+                raise LowerError(f"unknown name '{value.name}'", value.span, hint=value.hint)
+            return value
         if isinstance(expr, ast.ListExpr):
             return tuple(self._eval(item, scope, name) for item in expr.items)
         if isinstance(expr, ast.Neg):
             operand = self._eval(expr.operand, scope, name)
+            if operand is POISON:
+                return POISON
             if _is_number(operand):
                 return -operand
             raise LowerError(f"cannot negate {_describe(operand)}", expr.span)
@@ -267,7 +305,7 @@ class Lowerer:
         if ident in ("true", "false"):
             return ident == "true"
         if keyword_ok:
-            return Keyword(ident, span)
+            return Keyword(ident, span, lambda: self._suggest(ident, scope))
         raise LowerError(f"unknown name '{ident}'", span, hint=self._suggest(ident, scope))
 
     def _binop(self, expr: ast.BinOp, scope: Scope, name: str) -> Any:
@@ -282,11 +320,9 @@ class Lowerer:
             if op is None:
                 raise LowerError(f"'{expr.op}' is not defined between tensors; only + and * are",
                                  expr.span)
-            return self._make_node(op, [left.value, right.value], Attrs(), name, expr.span, {})
-        for operand, sub in ((left, expr.left), (right, expr.right)):
-            if isinstance(operand, Keyword):
-                raise LowerError(f"unknown name '{operand.name}'", operand.span,
-                                 hint=self._suggest(operand.name, scope))
+            operands = {"x": _span(expr.left), "y": _span(expr.right)}
+            return self._make_node(op, [left.value, right.value], Attrs(), name, expr.span,
+                                   operands)
         raise LowerError(
             f"'{expr.op}' between {_describe(left)} and {_describe(right)} is not defined "
             "(convdsl does not broadcast numbers over tensors)",
@@ -303,12 +339,10 @@ class Lowerer:
             close = difflib.get_close_matches(call.func, [*OPS, *self.blocks, *BUILTINS], n=1)
             hint = f"did you mean '{close[0]}'?" if close else "see docs/language.md for the ops"
             raise LowerError(f"unknown op or block '{call.func}'", call.func_span, hint=hint)
-        args = [self._eval(a, scope, f"{name}.{_label(a)}") for a in call.args]
-        kwargs = {kw.name: self._eval(kw.value, scope, f"{name}.{_label(kw.value)}")
+        args = [self._eval(a, scope, f"{name}.{_label(a)}", True) for a in call.args]
+        kwargs = {kw.name: self._eval(kw.value, scope, f"{name}.{_label(kw.value)}", True)
                   for kw in call.kwargs}
-        if any(v is POISON for v in [*args, *kwargs.values()]) or any(
-            isinstance(v, tuple) and POISON in v for v in args
-        ):
+        if any(_poisoned(v) for v in [*args, *kwargs.values()]):
             return POISON
         bound = bind_op_args(opdef, call, args, kwargs)
         node_name = bound.name or name
@@ -316,8 +350,16 @@ class Lowerer:
                                bound.spans)
 
     def _call_block(self, block: ast.BlockDef, call: ast.Call, scope: Scope, name: str) -> Any:
+        if block.name in self.broken_blocks:
+            return POISON  # its definition's error is reported; calls would only cascade
         if len(self.frames) >= MAX_BLOCK_DEPTH:
-            raise LowerError(f"blocks nest deeper than {MAX_BLOCK_DEPTH} calls (recursion?)",
+            if any(frame.block == block.name for frame in self.frames):
+                raise LowerError(
+                    f"block '{block.name}' calls itself more than {MAX_BLOCK_DEPTH} levels deep",
+                    call.span, hint="blocks are inlined at every call, so recursion must stop "
+                    f"within {MAX_BLOCK_DEPTH} levels",
+                )
+            raise LowerError(f"block calls nest more than {MAX_BLOCK_DEPTH} levels deep",
                              call.span)
         params = {p.name: p for p in block.params}
         values: dict[str, Any] = {}
@@ -325,23 +367,23 @@ class Lowerer:
             raise LowerError(f"block '{block.name}' takes {len(block.params)} argument(s), "
                              f"found {len(call.args)}", _span(call.args[len(block.params)]))
         for param, arg in zip(block.params, call.args, strict=False):
-            values[param.name] = self._eval(arg, scope, f"{name}.{_label(arg)}")
+            values[param.name] = self._eval(arg, scope, f"{name}.{_label(arg)}", True)
         for kw in call.kwargs:
             if kw.name not in params:
                 raise LowerError(f"block '{block.name}' has no parameter '{kw.name}'", kw.span,
                                  hint=_did_you_mean(kw.name, params))
             if kw.name in values:
                 raise LowerError(f"parameter '{kw.name}' is given twice", kw.span)
-            values[kw.name] = self._eval(kw.value, scope, f"{name}.{_label(kw.value)}")
+            values[kw.name] = self._eval(kw.value, scope, f"{name}.{_label(kw.value)}", True)
         inner = Scope(prefix=name, parent=self.globals)
         for param in block.params:
             if param.name in values:
                 inner.vars[param.name] = values[param.name]
             elif param.default is not None:
-                inner.vars[param.name] = self._eval(param.default, self.globals, name)
+                inner.vars[param.name] = self._eval(param.default, self.globals, name, True)
             else:
                 raise LowerError(f"block '{block.name}' is missing argument '{param.name}'",
-                                 call.span)
+                                 call.span, hint=f"usage: {_signature(block)}")
         self.frames.append(_Frame(block.name, call.span))
         try:
             errors_before = len(self.sink.diagnostics)
@@ -363,6 +405,8 @@ class Lowerer:
         if call.kwargs:
             raise LowerError(f"{call.func}() takes no keyword arguments", call.kwargs[0].span)
         args = [self._eval(a, scope, name) for a in call.args]
+        if any(_poisoned(a) for a in args):
+            return POISON
         if call.func == "len":
             if len(args) != 1 or not isinstance(args[0], tuple):
                 raise LowerError("len() takes one list", call.span)
@@ -372,6 +416,9 @@ class Lowerer:
         if call.func == "range":
             if len(args) > 3 or (len(args) == 3 and args[2] == 0):
                 raise LowerError("range() takes 1 to 3 integers and a non-zero step", call.span)
+            if len(range(*args)) > MAX_UNROLL:
+                raise LowerError(f"range() of {len(range(*args))} items is too long to unroll "
+                                 f"(at most {MAX_UNROLL})", call.span)
             return tuple(range(*args))
         return min(args) if call.func == "min" else max(args)
 
@@ -381,7 +428,8 @@ class Lowerer:
                    spans: dict[str, Span]) -> Tensor:
         node_name = self._unique(name)
         out = self._new_value(node_name, None, span, reserve=False)
-        self.nodes.append(Node(op, node_name, tuple(inputs), (out,), attrs, span, spans))
+        self.nodes.append(Node(op, node_name, tuple(inputs), (out,), attrs, span, spans,
+                               self._call_sites()))
         return Tensor(out)
 
     def _new_value(self, name: str, type_: TensorType | None, span: Span,
@@ -400,14 +448,26 @@ class Lowerer:
         self.used_names.add(candidate)
         return candidate
 
+    def _redefined(self, name: str, span: Span) -> LowerError:
+        err = LowerError(f"'{name}' is already defined", span,
+                         hint="give the second one another name")
+        first = self.globals.vars[name]
+        if isinstance(first, Tensor):
+            note = Diagnostic(f"'{name}' was first defined here", self.values[first.value].span,
+                              severity="note")
+            err.diagnostic = replace(err.diagnostic, notes=(note,))
+        return err
+
+    def _call_sites(self) -> tuple[CallSite, ...]:
+        return tuple(CallSite(frame.block, frame.span) for frame in reversed(self.frames))
+
     def _with_call_notes(self, diag: Diagnostic) -> Diagnostic:
-        notes = tuple(
-            Diagnostic(f"in block '{frame.block}' called here", frame.span, severity="note")
-            for frame in reversed(self.frames)
-        )
+        notes = call_notes((frame.block, frame.span) for frame in reversed(self.frames))
         return Diagnostic(diag.message, diag.span, diag.severity, diag.hint, diag.notes + notes)
 
     def _suggest(self, ident: str, scope: Scope) -> str | None:
+        if ident in ("True", "False"):
+            return f"did you mean '{ident.lower()}'?"
         names: set[str] = set()
         current: Scope | None = scope
         while current is not None:
@@ -483,6 +543,51 @@ def _span(expr: Any) -> Span:
 def _did_you_mean(name: str, candidates: Any) -> str | None:
     close = difflib.get_close_matches(name, list(candidates), n=1)
     return f"did you mean '{close[0]}'?" if close else None
+
+
+def _signature(block: ast.BlockDef) -> str:
+    params = [p.name if p.default is None else f"{p.name}=..." for p in block.params]
+    return f"{block.name}({', '.join(params)})"
+
+
+def _int_or_none(scope: Scope, name: str) -> Any:
+    try:
+        value = scope.lookup(name)
+    except KeyError:
+        return None
+    return value if value is POISON or _is_int(value) else None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _poisoned(value: Any) -> bool:
+    """True for POISON and for lists holding it anywhere."""
+    return value is POISON or (isinstance(value, tuple) and any(map(_poisoned, value)))
+
+
+def _poison_targets(stmt: ast.For, scope: Scope) -> None:
+    """A loop that could not run leaves its variables failed, not undefined."""
+    scope.vars[stmt.var] = POISON
+    for inner in stmt.body:
+        if isinstance(inner, ast.Assign):
+            for target in inner.targets:
+                scope.vars[target.id] = POISON
+        elif isinstance(inner, ast.For):
+            _poison_targets(inner, scope)
+
+
+def _dtype_span(decl: ast.InputDecl) -> Span:
+    """Where the dtype of ``input x: f16[...]`` is written (the AST keeps only its text)."""
+    source = decl.span.source
+    line = source.line(decl.name_span.end_line)
+    found = re.compile(r"\s*:\s*(" + re.escape(decl.dtype) + r")\b").match(
+        line, decl.name_span.end_column - 1)
+    if found is None:
+        return decl.span
+    line_no = decl.name_span.end_line
+    return Span(source, line_no, found.start(1) + 1, line_no, found.end(1) + 1)
 
 
 def _stem(filename: str) -> str:

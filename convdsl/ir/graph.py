@@ -55,6 +55,14 @@ class Attrs(Mapping[str, Any]):
 
 
 @dataclass(frozen=True, slots=True)
+class CallSite:
+    """A block call that inlined a node: the block's name and where it was called."""
+
+    block: str
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Value:
     """A tensor: ``name`` is what the user called it (made unique), ``type`` is None until inferred."""
 
@@ -69,7 +77,8 @@ class Node:
     """One op application. ``name`` is the layer name: its parameters are ``{name}.{role}``.
 
     ``arg_spans`` maps an argument name to where the user wrote it, so an error about
-    ``kernel`` points at ``kernel=7`` rather than at the whole call.
+    ``kernel`` points at ``kernel=7`` rather than at the whole call. ``call_sites`` lists the
+    block calls (innermost first) that inlined this node, for "in block ... called here" notes.
     """
 
     op: str
@@ -79,6 +88,7 @@ class Node:
     attrs: Attrs
     span: Span = field(compare=False)
     arg_spans: Mapping[str, Span] = field(default_factory=dict, compare=False, hash=False)
+    call_sites: tuple[CallSite, ...] = field(default=(), compare=False)
 
     @property
     def output(self) -> int:
@@ -113,6 +123,7 @@ class Expectation:
     value: int
     dims: tuple[Dim, ...]
     span: Span = field(compare=False)
+    call_sites: tuple[CallSite, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)

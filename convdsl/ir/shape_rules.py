@@ -55,10 +55,12 @@ Rule = Callable[[Attrs, Sequence[TensorType]], Inferred]
 
 def _expect_rank(x: TensorType, rank: int, what: str) -> None:
     if x.rank != rank:
+        fits = what.replace(f"{rank - 2}d", f"{x.rank - 2}d") if 3 <= x.rank <= 5 else None
         raise ShapeError(
             f"expected a {rank - 2}-D input [N, C, {', '.join(_axes(rank - 2))}] "
-            f"(rank {rank}) for {what}, found {format_shape(x.shape)} (rank {x.rank})",
+            f"(rank {rank}), found {format_shape(x.shape)} (rank {x.rank})",
             arg="x",
+            hint=f"{fits} takes a {x.rank - 2}-D input" if fits and fits != what else None,
         )
 
 
@@ -69,7 +71,8 @@ def _axes(spatial_rank: int) -> tuple[str, ...]:
 def _expect_spatial(x: TensorType, what: str) -> None:
     if x.rank < 3 or x.rank > 5:
         raise ShapeError(
-            f"{what} needs a tensor with 1 to 3 spatial dims [N, C, ...], found {format_shape(x.shape)}",
+            f"expected a tensor with 1 to 3 spatial dims [N, C, ...], found "
+            f"{format_shape(x.shape)}",
             arg="x",
         )
 
@@ -111,25 +114,25 @@ def resolve_pads(
     return explicit_pads(padding, rank)
 
 
-def explicit_pads(padding: Any, rank: int) -> geometry.Pads:
+def explicit_pads(padding: Any, rank: int, arg: str = "padding") -> geometry.Pads:
     if isinstance(padding, int):
         pairs: tuple[tuple[int, int], ...] = ((padding, padding),) * rank
     elif all(isinstance(p, int) for p in padding):
         if len(padding) != rank:
             raise ShapeError(
-                f"padding: expected {rank} values (one per spatial axis), found {len(padding)}",
-                arg="padding",
+                f"{arg}: expected {rank} values (one per spatial axis), found {len(padding)}",
+                arg=arg,
             )
         pairs = tuple((p, p) for p in padding)
     else:
         if len(padding) != rank or any(isinstance(p, int) or len(p) != 2 for p in padding):
             raise ShapeError(
-                f"padding: expected {rank} [before, after] pairs, one per spatial axis",
-                arg="padding",
+                f"{arg}: expected {rank} [before, after] pairs, one per spatial axis",
+                arg=arg,
             )
         pairs = tuple((int(p[0]), int(p[1])) for p in padding)
     if any(v < 0 for pair in pairs for v in pair):
-        raise ShapeError("padding: expected values >= 0", arg="padding")
+        raise ShapeError(f"{arg}: expected values >= 0", arg=arg)
     return pairs
 
 
@@ -146,10 +149,12 @@ def _window_out(
             ek = geometry.effective_kernel(k, d)
             dil = f" (effective {ek} with dilation {d})" if d > 1 else ""
             raise ShapeError(
-                f"{what}: kernel {k}{dil} is larger than the padded input on axis "
+                f"kernel {k}{dil} is larger than the padded input on axis "
                 f"{x.axis_name(axis)}: {n} + padding {b}+{a} = {n + b + a}",
-                arg="kernel",
-                hint="use padding=same, a smaller kernel, or a larger input",
+                # With a kernel that fits undilated, the dilation is what went too far.
+                arg="dilation" if d > 1 and k <= n + b + a else "kernel",
+                hint="use padding=same, a smaller kernel, or a larger input"
+                if d == 1 else "use padding=same, a smaller dilation, or a larger input",
             )
         sizes.append(out)
     return tuple(sizes)
@@ -170,16 +175,7 @@ def _conv_core(attrs: Attrs, x: TensorType, rank: int, name: str, out_channels: 
     if out_channels < 1:
         raise ShapeError(f"out_channels: expected a positive integer, found {out_channels}",
                          arg="out_channels")
-    if channels % groups:
-        raise ShapeError(
-            f"{name}: input channels {channels} are not divisible by groups={groups}",
-            arg="groups",
-        )
-    if out_channels % groups:
-        raise ShapeError(
-            f"{name}: out_channels {out_channels} is not divisible by groups={groups}",
-            arg="groups",
-        )
+    _check_groups(channels, out_channels, groups)
     pads = resolve_pads(attrs["padding"], x, kernel, stride, dilation)
     spatial = _window_out(x, kernel, stride, dilation, pads, name)
     fan_in = channels // groups * math.prod(kernel)
@@ -192,6 +188,21 @@ def _conv_core(attrs: Attrs, x: TensorType, rank: int, name: str, out_channels: 
     )
     out = x.with_shape((x.batch, out_channels, *spatial))
     return Inferred((out,), resolved, tuple(params))
+
+
+def _check_groups(channels: int, out_channels: int, groups: int) -> None:
+    if channels % groups:
+        raise ShapeError(
+            f"input channels {channels} are not divisible by groups={groups}",
+            arg="groups",
+            hint="groups splits the channels into equal parts",
+        )
+    if out_channels % groups:
+        raise ShapeError(
+            f"out_channels {out_channels} is not divisible by groups={groups}",
+            arg="groups",
+            hint="groups splits the channels into equal parts",
+        )
 
 
 def conv(rank: int) -> Rule:
@@ -227,14 +238,12 @@ def conv_transpose(rank: int) -> Rule:
         dilation = per_axis(attrs["dilation"], rank, "dilation", 1)
         output_padding = per_axis(attrs["output_padding"], rank, "output_padding", 0)
         groups, out_channels, channels = attrs["groups"], attrs["out_channels"], x.channels
-        if groups < 1 or out_channels < 1:
-            raise ShapeError("groups and out_channels must be positive integers", arg="groups")
-        if channels % groups or out_channels % groups:
-            raise ShapeError(
-                f"{name}: input channels {channels} and out_channels {out_channels} must both be "
-                f"divisible by groups={groups}",
-                arg="groups",
-            )
+        if groups < 1:
+            raise ShapeError(f"groups: expected a positive integer, found {groups}", arg="groups")
+        if out_channels < 1:
+            raise ShapeError(f"out_channels: expected a positive integer, found {out_channels}",
+                             arg="out_channels")
+        _check_groups(channels, out_channels, groups)
         if attrs["padding"] == "same":
             if any(output_padding):
                 raise ShapeError("output_padding cannot be combined with padding=same "
@@ -264,9 +273,10 @@ def conv_transpose(rank: int) -> Rule:
         ):
             size = geometry.conv_transpose_output_size(n, k, s, d, b, a, op)
             if size < 1:
+                full = geometry.conv_transpose_full_size(n, k, s, d)
                 raise ShapeError(
-                    f"{name}: padding {b}+{a} crops away the whole output on axis "
-                    f"{x.axis_name(axis)} (full size {geometry.conv_transpose_full_size(n, k, s, d)})",
+                    f"padding {b}+{a} crops away the whole output on axis "
+                    f"{x.axis_name(axis)} (full size {full})",
                     arg="padding",
                 )
             spatial.append(size)
@@ -304,11 +314,14 @@ def pool(rank: int, kind: str) -> Rule:
                     "only padding",
                     arg="padding",
                 )
-        _window_out(x, kernel, stride, dilation, pads, name)
         spatial = tuple(
             geometry.pool_output_size(n, k, s, d, b, a, attrs["ceil_mode"])
             for n, k, s, d, (b, a) in zip(x.spatial, kernel, stride, dilation, pads, strict=True)
         )
+        # ceil_mode lets a window overhang the end (as in PyTorch), so only an empty output is
+        # an error; _window_out then names the axis (its floor-mode size is < 1 too).
+        if min(spatial) < 1:
+            _window_out(x, kernel, stride, dilation, pads, name)
         resolved = dict(kernel=kernel, stride=stride, pads=pads, ceil_mode=attrs["ceil_mode"])
         if kind == "max":
             resolved["dilation"] = dilation
@@ -339,8 +352,14 @@ def same_shape(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
     a, b = inputs
     if a.shape != b.shape:
         hint = None
+        # "{x}" and "{y}" become the operands as the user wrote them (see passes/shapes.py).
         if a.rank == b.rank and a.shape[:2] == b.shape[:2]:
-            hint = "crop the larger one (crop(x, like=y)) or pad the smaller one"
+            if all(m >= n for m, n in zip(a.spatial, b.spatial, strict=True)):
+                hint = "crop the larger one to match: crop({x}, like={y})"
+            elif all(m <= n for m, n in zip(a.spatial, b.spatial, strict=True)):
+                hint = "crop the larger one to match: crop({y}, like={x})"
+            else:
+                hint = "crop or pad them to a common size"
         elif a.rank == b.rank and a.shape[2:] == b.shape[2:]:
             hint = "a 1x1 convolution can change the channel count"
         raise ShapeError(
@@ -370,14 +389,14 @@ def batch_norm(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
 
 def concat(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
     if len(inputs) < 2:
-        raise ShapeError(f"concat needs at least 2 tensors, found {len(inputs)}", arg="xs")
+        raise ShapeError(f"expected at least 2 tensors, found {len(inputs)}", arg="xs")
     first = inputs[0]
     for i, x in enumerate(inputs[1:], start=2):
         if x.rank != first.rank or x.shape[0] != first.shape[0] or x.shape[2:] != first.shape[2:]:
             raise ShapeError(
-                f"concat along channels needs equal batch and spatial sizes: input 1 is "
-                f"{format_shape(first.shape)}, input {i} is {format_shape(x.shape)}",
-                hint="crop or upscale one of them first",
+                f"inputs must match in all but channels (concat joins along channels): input 1 "
+                f"is {format_shape(first.shape)}, input {i} is {format_shape(x.shape)}",
+                hint="crop, pad or upscale one of them first",
             )
         if x.dtype != first.dtype:
             raise ShapeError(f"dtypes differ: input 1 is {first.dtype.value}, input {i} is "
@@ -415,7 +434,8 @@ def pixel_shuffle(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
         raise ShapeError(f"factor: expected a positive integer, found {r}", arg="factor")
     if x.channels % (r * r):
         raise ShapeError(
-            f"pixel_shuffle by {r} needs channels divisible by {r * r}, found {x.channels}",
+            f"factor {r} needs channels divisible by {r}*{r} = {r * r}, found {x.channels} "
+            "channels",
             arg="factor",
         )
     h, w = x.spatial
@@ -428,7 +448,7 @@ def pad(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
     _expect_spatial(x, "pad")
     if isinstance(attrs["pads"], str):
         raise ShapeError("pads: expected explicit sizes, found a keyword", arg="pads")
-    pads = explicit_pads(attrs["pads"], x.spatial_rank)
+    pads = explicit_pads(attrs["pads"], x.spatial_rank, arg="pads")
     if attrs["mode"] == "reflect":
         for axis, (n, (b, a)) in enumerate(zip(x.spatial, pads, strict=True)):
             if max(b, a) >= n:
@@ -446,8 +466,10 @@ def crop(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
     x = inputs[0]
     _expect_spatial(x, "crop")
     rank = x.spatial_rank
-    if (len(inputs) > 1) == (attrs["size"] is not None):
-        raise ShapeError("crop needs exactly one of like=TENSOR or size=[...]", arg="like")
+    if len(inputs) > 1 and attrs["size"] is not None:
+        raise ShapeError("give like=TENSOR or size=[...], not both", arg="like")
+    if len(inputs) == 1 and attrs["size"] is None:
+        raise ShapeError("needs like=TENSOR or size=[...] to know the output size")
     if len(inputs) > 1:
         like = inputs[1]
         if like.rank != x.rank:
@@ -463,11 +485,18 @@ def crop(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
     else:
         starts = per_axis(attrs["offset"], rank, "offset", 0)
     for axis, (n, s, o) in enumerate(zip(x.spatial, sizes, starts, strict=True)):
+        if s > n:
+            raise ShapeError(
+                f"cannot crop {s} from {n} on axis {x.axis_name(axis)}: the input "
+                f"{format_shape(x.shape)} is smaller than the crop",
+                arg="like" if len(inputs) > 1 else "size",
+                hint="crop only shrinks; pad(...) or upscale(...) grows a tensor",
+            )
         if o + s > n:
             raise ShapeError(
-                f"crop of {s} at offset {o} runs past the input's {n} on axis {x.axis_name(axis)} "
-                f"(input {format_shape(x.shape)})",
-                arg="offset" if s <= n else ("like" if len(inputs) > 1 else "size"),
+                f"a crop of {s} at offset {o} needs {o + s} on axis {x.axis_name(axis)}, but the "
+                f"input {format_shape(x.shape)} has {n}",
+                arg="offset",
             )
     out = x.with_shape((x.batch, x.channels, *sizes))
     return Inferred((out,), Attrs(starts=starts, sizes=sizes), keep_inputs=1)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from convdsl.diagnostics import DiagnosticSink
+from convdsl.diagnostics import Diagnostic, DiagnosticSink, Span, call_notes
 from convdsl.ir.graph import Expectation, Graph, Node, Param
 from convdsl.ir.ops import OPS
 from convdsl.ir.shape_rules import Inferred, ShapeError
-from convdsl.ir.types import TensorType, format_shape
+from convdsl.ir.types import AXIS_NAMES, Dim, TensorType, format_shape
 
 
 def infer_shapes(graph: Graph) -> Graph:
@@ -30,8 +30,7 @@ def infer_shapes(graph: Graph) -> Graph:
         try:
             inferred = OPS[node.op].infer(node.attrs, in_types)
         except ShapeError as err:
-            span = node.arg_spans.get(err.arg, node.span) if err.arg else node.span
-            sink.error(f"{node.op}: {err.message}", span, err.hint)
+            sink.diagnostics.append(_diagnostic(node, err))
             continue
         for value, out_type in zip(node.outputs, inferred.outputs, strict=True):
             types[value] = out_type
@@ -49,6 +48,23 @@ def infer_shapes(graph: Graph) -> Graph:
     return replace(graph, values=values, nodes=tuple(nodes), params=params)
 
 
+def _diagnostic(node: Node, err: ShapeError) -> Diagnostic:
+    """The error at the argument it is about, in the words the user wrote the operands in."""
+    span = node.arg_spans.get(err.arg, node.span) if err.arg else node.span
+    hint = err.hint
+    if hint is not None:
+        for arg in ("x", "y"):
+            hint = hint.replace("{" + arg + "}", _source_text(node.arg_spans.get(arg)) or arg)
+    return Diagnostic(f"{node.op}: {err.message}", span, hint=hint,
+                      notes=call_notes((site.block, site.span) for site in node.call_sites))
+
+
+def _source_text(span: Span | None) -> str | None:
+    if span is None or span.end_line != span.line:
+        return None
+    return span.source.line(span.line)[span.column - 1 : span.end_column - 1] or None
+
+
 def _resolved(node: Node, inferred: Inferred) -> Node:
     inputs = node.inputs if inferred.keep_inputs is None else node.inputs[: inferred.keep_inputs]
     return replace(node, attrs=inferred.attrs, inputs=inputs)
@@ -64,9 +80,24 @@ def _check_expectation(
         want == "_" or want == got for want, got in zip(dims, found.shape, strict=True)
     )
     if not matches:
-        sink.error(
+        sink.diagnostics.append(Diagnostic(
             f"shape annotation does not hold: expected {format_shape(dims)}, found "
             f"{format_shape(found.shape)}",
             expectation.span,
-        )
+            hint=_differences(dims, found),
+            notes=call_notes((site.block, site.span) for site in expectation.call_sites),
+        ))
 
+
+
+def _differences(dims: tuple[Dim, ...], found: TensorType) -> str | None:
+    """'H is 14, not 16; W is 14, not 16' for an annotation of the right rank."""
+    if len(dims) != found.rank:
+        return f"the value has {found.rank} dims, the annotation {len(dims)}"
+    names = ("batch", "channels", *AXIS_NAMES.get(found.spatial_rank, ()))
+    wrong = [
+        f"{names[axis] if axis < len(names) else f'dim {axis}'} is {got}, not {want}"
+        for axis, (want, got) in enumerate(zip(dims, found.shape, strict=True))
+        if want != "_" and want != got
+    ]
+    return "; ".join(wrong)
