@@ -37,7 +37,8 @@ class Network:
     """A checked network bound to parameters and a backend; call it with named arrays."""
 
     def __init__(self, graph: Graph, backend: str = "numpy",
-                 weights: Mapping[str, np.ndarray] | None = None, seed: int = 0) -> None:
+                 weights: Mapping[str, np.ndarray] | None = None, seed: int = 0,
+                 weights_origin: str = "weights") -> None:
         if backend not in BACKENDS:
             raise error(f"unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
         self.graph = graph
@@ -45,7 +46,7 @@ class Network:
         self.weights: dict[str, np.ndarray] = (
             weights_io.init_params(graph.params, seed)
             if weights is None
-            else weights_io.check_weights(weights, graph.params, "weights")
+            else weights_io.check_weights(weights, graph.params, weights_origin)
         )
         self._executable = NumpyExecutable(graph, self.weights)
 
@@ -182,10 +183,7 @@ def compile_string(text: str, name: str = "<string>", *, backend: str = "numpy",
     graph = compile_source(Source(name, text), opt_level=opt_level, check=verify)
     arrays = weights_io.read_npz(weights) if isinstance(weights, str | Path) else weights
     origin = str(weights) if isinstance(weights, str | Path) else "weights"
-    net = Network(graph, backend=backend, seed=seed)
-    if arrays is not None:
-        net.set_weights(arrays, origin=origin)
-    return net
+    return Network(graph, backend=backend, weights=arrays, seed=seed, weights_origin=origin)
 
 
 def compile_file(path: str | Path, *, backend: str = "numpy", opt_level: int = 2,

@@ -123,7 +123,7 @@ def check_weights(arrays: Mapping[str, np.ndarray], params: Mapping[str, Param],
         else:
             checked[name] = np.ascontiguousarray(array, dtype=param.dtype.numpy)
     for name in arrays:
-        if name not in params:
+        if name not in params and not _is_batch_norm_counter(name, params):
             sink.error(f"{origin}: unexpected array '{name}': no layer has this parameter",
                        hint=_close(name, params))
     sink.raise_if_errors()
@@ -157,3 +157,10 @@ def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray], overwrite: bool
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _is_batch_norm_counter(name: str, params: Mapping[str, Param]) -> bool:
+    """PyTorch state dicts carry ``bn.num_batches_tracked``, a training counter inference never
+    reads; accepting it lets a state dict be saved as-is."""
+    layer, _, role = name.rpartition(".")
+    return role == "num_batches_tracked" and f"{layer}.running_mean" in params

@@ -52,10 +52,11 @@ class Scope:
 
 @dataclass
 class _Frame:
-    """One active block call, for the 'in block ... called at ...' note on errors."""
+    """One active block call: for 'in block ... called here' notes, and its layer prefix."""
 
     block: str
     span: Span
+    prefix: str = ""
 
 
 class Lowerer:
@@ -68,6 +69,8 @@ class Lowerer:
         self.outputs: list[tuple[str, int]] = []
         self.expectations: list[Expectation] = []
         self.used_names: set[str] = set()
+        self.next_suffix: dict[str, int] = {}
+        self.block_prefixes: set[str] = set()
         self.blocks: dict[str, ast.BlockDef] = {}
         self.broken_blocks: set[str] = set()  # reported once; their calls stay quiet
         self.declares_input = False  # even a failed declaration counts: no "no inputs" cascade
@@ -200,7 +203,14 @@ class Lowerer:
 
     def _assign(self, stmt: ast.Assign, scope: Scope) -> None:
         names = [t.id for t in stmt.targets]
-        result = self._eval(stmt.value, scope, scope.qualify(names[0]))
+        qualified = [scope.qualify(n) for n in names]
+        value = stmt.value
+        if len(names) > 1 and isinstance(value, ast.Call) and value.func in self.blocks:
+            # Each returned tensor is named after its target, inside the call's prefix.
+            result = self._call_block(self.blocks[value.func], value, scope, qualified[0],
+                                      result_names=names)
+        else:
+            result = self._eval(value, scope, qualified[0])
         if len(names) == 1:
             scope.vars[names[0]] = result
             self._expect(stmt.annotation, result, scope)
@@ -345,11 +355,16 @@ class Lowerer:
         if any(_poisoned(v) for v in [*args, *kwargs.values()]):
             return POISON
         bound = bind_op_args(opdef, call, args, kwargs)
-        node_name = bound.name or name
+        node_name = scope.qualify(bound.name) if bound.name else name
         return self._make_node(opdef.name, bound.inputs, bound.attrs, node_name, call.span,
                                bound.spans)
 
-    def _call_block(self, block: ast.BlockDef, call: ast.Call, scope: Scope, name: str) -> Any:
+    def _call_block(self, block: ast.BlockDef, call: ast.Call, scope: Scope, name: str,
+                    result_names: Sequence[str] = ()) -> Any:
+        """Inline ``block``: its layers are named ``{prefix}.{target}``, where the prefix is
+        ``name`` made unique per call (``x``, ``x_1``...), so each call's parameters share one
+        prefix. The first returned tensor is named the prefix itself; with ``r, s = blk(x)`` the
+        second is ``{prefix}.s``."""
         if block.name in self.broken_blocks:
             return POISON  # its definition's error is reported; calls would only cascade
         if len(self.frames) >= MAX_BLOCK_DEPTH:
@@ -375,16 +390,17 @@ class Lowerer:
             if kw.name in values:
                 raise LowerError(f"parameter '{kw.name}' is given twice", kw.span)
             values[kw.name] = self._eval(kw.value, scope, f"{name}.{_label(kw.value)}", True)
-        inner = Scope(prefix=name, parent=self.globals)
+        prefix = self._block_prefix(name)
+        inner = Scope(prefix=prefix, parent=self.globals)
         for param in block.params:
             if param.name in values:
                 inner.vars[param.name] = values[param.name]
             elif param.default is not None:
-                inner.vars[param.name] = self._eval(param.default, self.globals, name, True)
+                inner.vars[param.name] = self._eval(param.default, self.globals, prefix, True)
             else:
                 raise LowerError(f"block '{block.name}' is missing argument '{param.name}'",
                                  call.span, hint=f"usage: {_signature(block)}")
-        self.frames.append(_Frame(block.name, call.span))
+        self.frames.append(_Frame(block.name, call.span, prefix))
         try:
             errors_before = len(self.sink.diagnostics)
             for stmt in block.body[:-1]:
@@ -393,7 +409,10 @@ class Lowerer:
             if len(self.sink.diagnostics) > errors_before or not isinstance(ret, ast.Return):
                 return POISON
             try:
-                results = tuple(self._eval(v, inner, name) for v in ret.values)
+                results = tuple(
+                    self._eval(v, inner, _result_name(prefix, result_names, i))
+                    for i, v in enumerate(ret.values)
+                )
             except LowerError as err:
                 self.sink.diagnostics.append(self._with_call_notes(err.diagnostic))
                 return POISON
@@ -440,11 +459,27 @@ class Lowerer:
         self.values[value_id] = Value(value_id, name, type_, span)
         return value_id
 
+    def _block_prefix(self, name: str) -> str:
+        """A prefix no layer or earlier block call has used. A block call in the ``return`` of
+        another block keeps the caller's prefix: ``return conv_bn(...)`` inside ``b1`` makes
+        ``b1.conv``, not ``b1_1.conv``."""
+        if self.frames and self.frames[-1].prefix == name:
+            return name
+        candidate, suffix = name, self.next_suffix.get(name, 1)
+        while candidate in self.used_names or candidate in self.block_prefixes:
+            candidate = f"{name}_{suffix}"
+            suffix += 1
+        self.block_prefixes.add(candidate)
+        return candidate
+
     def _unique(self, name: str) -> str:
-        candidate, suffix = name, 1
+        """``name``, or ``name_1``, ``name_2``... when taken (a per-name counter keeps long
+        unrolled loops linear)."""
+        candidate, suffix = name, self.next_suffix.get(name, 1)
         while candidate in self.used_names:
             candidate = f"{name}_{suffix}"
             suffix += 1
+        self.next_suffix[name] = suffix
         self.used_names.add(candidate)
         return candidate
 
@@ -488,6 +523,12 @@ def lower(module: ast.Module) -> tuple[Graph, list[Diagnostic]]:
 
 
 # ---- small helpers -----------------------------------------------------------------------
+
+
+def _result_name(prefix: str, result_names: Sequence[str], index: int) -> str:
+    if index == 0:
+        return prefix
+    return f"{prefix}.{result_names[index] if index < len(result_names) else f'out{index}'}"
 
 
 def _arithmetic(expr: ast.BinOp, left: float, right: float) -> Any:
