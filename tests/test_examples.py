@@ -108,6 +108,8 @@ def test_readme_indexes_every_example() -> None:
     assert not missing, f"examples/README.md does not mention {missing}"
     quickstart = (EXAMPLES_DIR / "quickstart.conv").read_text(encoding="utf-8")
     assert quickstart in readme, "the README's copy of quickstart.conv is out of date"
+    top_readme = (EXAMPLES_DIR.parent / "README.md").read_text(encoding="utf-8")
+    assert quickstart in top_readme, "README.md's copy of quickstart.conv is out of date"
 
 
 @pytest.mark.parametrize("name", ["quickstart", "espcn"])
