@@ -46,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     files = args.files or sorted((REPO / "examples").glob("*.conv"))
     env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-          f"numpy {np.__version__}, python {sys.version.split()[0]}, OpenBLAS env: {env or 'unset'}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+        f"numpy {np.__version__}, python {sys.version.split()[0]}, OpenBLAS env: {env or 'unset'}"
+    )
     print(f"{'network':<16} {'ms':>10} {'GMAC':>8} {'GFLOP/s':>8}")
     for path in files:
         seconds, macs = time_network(path, args.runs, args.batch)

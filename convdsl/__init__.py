@@ -10,6 +10,12 @@ Write a network in a ``.conv`` file, have every shape checked, run it::
 from convdsl.api import Network, compile_file, compile_string
 from convdsl.diagnostics import ConvdslError, Diagnostic, InternalError
 
-__all__ = ["ConvdslError", "Diagnostic", "InternalError", "Network", "compile_file",
-           "compile_string"]
+__all__ = [
+    "ConvdslError",
+    "Diagnostic",
+    "InternalError",
+    "Network",
+    "compile_file",
+    "compile_string",
+]
 __version__ = "0.1.0"

@@ -36,9 +36,14 @@ BACKENDS = ("numpy",)
 class Network:
     """A checked network bound to parameters and a backend; call it with named arrays."""
 
-    def __init__(self, graph: Graph, backend: str = "numpy",
-                 weights: Mapping[str, np.ndarray] | None = None, seed: int = 0,
-                 weights_origin: str = "weights") -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        backend: str = "numpy",
+        weights: Mapping[str, np.ndarray] | None = None,
+        seed: int = 0,
+        weights_origin: str = "weights",
+    ) -> None:
         if backend not in BACKENDS:
             raise error(f"unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
         self.graph = graph
@@ -93,11 +98,15 @@ class Network:
             for name, t in self.inputs.items()
         }
 
-    def __call__(self, inputs: Mapping[str, Any] | None = None, **named: Any) -> dict[str, np.ndarray]:
+    def __call__(
+        self, inputs: Mapping[str, Any] | None = None, **named: Any
+    ) -> dict[str, np.ndarray]:
         """Run the network: named input arrays in, named output arrays out."""
         if inputs is not None and not isinstance(inputs, Mapping):
-            raise error(f"expected input arrays by name, e.g. net(x=array) or net({{'x': array}}); "
-                        f"found {type(inputs).__name__}")
+            raise error(
+                f"expected input arrays by name, e.g. net(x=array) or net({{'x': array}}); "
+                f"found {type(inputs).__name__}"
+            )
         given = {**(inputs or {}), **named}
         by_id = self._check_inputs(given)
         results = self._executable.run(by_id)
@@ -113,9 +122,10 @@ class Network:
         for name in given:
             if name not in expected:
                 close = difflib.get_close_matches(str(name), list(expected), n=1)
-                sink.error(f"unexpected input '{name}'; the network's inputs are "
-                           f"{', '.join(expected)}",
-                           hint=f"did you mean '{close[0]}'?" if close else None)
+                sink.error(
+                    f"unexpected input '{name}'; the network's inputs are {', '.join(expected)}",
+                    hint=f"did you mean '{close[0]}'?" if close else None,
+                )
         for name, value_id in expected.items():
             declared = self.graph.values[value_id]
             span = declared.span
@@ -130,8 +140,11 @@ class Network:
                 continue
             problem = _shape_problem(t, array.shape, name, bindings)
             if problem:
-                sink.error(f"input '{name}': expected shape {format_shape(t.shape)}, found "
-                           f"{format_shape(array.shape)}{problem}", span)
+                sink.error(
+                    f"input '{name}': expected shape {format_shape(t.shape)}, found "
+                    f"{format_shape(array.shape)}{problem}",
+                    span,
+                )
                 continue
             arrays[value_id] = np.ascontiguousarray(array, dtype=t.dtype.numpy)
         sink.raise_if_errors()
@@ -153,8 +166,9 @@ def _describe_input(value: Any, array: np.ndarray | None) -> str:
     return f"dtype {array.dtype}"
 
 
-def _shape_problem(t: TensorType, shape: tuple[int, ...], name: str,
-                   bindings: dict[str, tuple[int, str]]) -> str:
+def _shape_problem(
+    t: TensorType, shape: tuple[int, ...], name: str, bindings: dict[str, tuple[int, str]]
+) -> str:
     if len(shape) != t.rank:
         return f" (rank {len(shape)}, expected {t.rank})"
     for axis, (want, got) in enumerate(zip(t.shape, shape, strict=True)):
@@ -176,9 +190,16 @@ def _dim_name(t: TensorType, axis: int) -> str:
     return names[axis] if axis < len(names) else f"dim {axis}"
 
 
-def compile_string(text: str, name: str = "<string>", *, backend: str = "numpy",
-                   opt_level: int = 2, weights: str | Path | Mapping[str, np.ndarray] | None = None,
-                   seed: int = 0, verify: bool = False) -> Network:
+def compile_string(
+    text: str,
+    name: str = "<string>",
+    *,
+    backend: str = "numpy",
+    opt_level: int = 2,
+    weights: str | Path | Mapping[str, np.ndarray] | None = None,
+    seed: int = 0,
+    verify: bool = False,
+) -> Network:
     """Compile ``.conv`` source text; ``name`` is the file name used in diagnostics."""
     graph = compile_source(Source(name, text), opt_level=opt_level, check=verify)
     arrays = weights_io.read_npz(weights) if isinstance(weights, str | Path) else weights
@@ -186,12 +207,25 @@ def compile_string(text: str, name: str = "<string>", *, backend: str = "numpy",
     return Network(graph, backend=backend, weights=arrays, seed=seed, weights_origin=origin)
 
 
-def compile_file(path: str | Path, *, backend: str = "numpy", opt_level: int = 2,
-                 weights: str | Path | Mapping[str, np.ndarray] | None = None, seed: int = 0,
-                 verify: bool = False) -> Network:
+def compile_file(
+    path: str | Path,
+    *,
+    backend: str = "numpy",
+    opt_level: int = 2,
+    weights: str | Path | Mapping[str, np.ndarray] | None = None,
+    seed: int = 0,
+    verify: bool = False,
+) -> Network:
     """Compile a ``.conv`` file (see ``compile_string``)."""
-    return compile_string(read_source(path).text, str(path), backend=backend,
-                          opt_level=opt_level, weights=weights, seed=seed, verify=verify)
+    return compile_string(
+        read_source(path).text,
+        str(path),
+        backend=backend,
+        opt_level=opt_level,
+        weights=weights,
+        seed=seed,
+        verify=verify,
+    )
 
 
 def read_source(path: str | Path) -> Source:

@@ -119,8 +119,11 @@ def call_notes(calls: Iterable[tuple[str, Span]]) -> tuple[Diagnostic, ...]:
         else:
             runs.append((block, span, 1))
     return tuple(
-        Diagnostic(f"in block '{block}' called here" + (f" ({count} nested calls)" if count > 1
-                                                         else ""), span, severity="note")
+        Diagnostic(
+            f"in block '{block}' called here" + (f" ({count} nested calls)" if count > 1 else ""),
+            span,
+            severity="note",
+        )
         for block, span, count in runs
     )
 
@@ -153,9 +156,17 @@ def _position(diag: Diagnostic) -> tuple[int, int]:
 
 
 def _key(diag: Diagnostic) -> tuple[object, ...]:
-    where = None if diag.span is None else (diag.span.source.name, diag.span.line,
-                                            diag.span.column, diag.span.end_line,
-                                            diag.span.end_column)
+    where = (
+        None
+        if diag.span is None
+        else (
+            diag.span.source.name,
+            diag.span.line,
+            diag.span.column,
+            diag.span.end_line,
+            diag.span.end_column,
+        )
+    )
     return (diag.severity, diag.message, where, diag.hint)
 
 
@@ -169,6 +180,7 @@ def _merge_repeats(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
             continue
         seen = {_key(note) for note in first.notes}
         extra = tuple(note for note in diag.notes if _key(note) not in seen)
-        merged[_key(diag)] = Diagnostic(first.message, first.span, first.severity, first.hint,
-                                        first.notes + extra)
+        merged[_key(diag)] = Diagnostic(
+            first.message, first.span, first.severity, first.hint, first.notes + extra
+        )
     return list(merged.values())

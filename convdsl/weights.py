@@ -61,17 +61,23 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     with path.open("rb") as handle:
         magic = handle.read(6)
     if magic.startswith(b"\x93NUMPY"):
-        raise error(f"{path}: expected an .npz archive of named arrays, found a single array "
-                    "(.npy)", hint="save with numpy.savez(path, **{name: array})")
+        raise error(
+            f"{path}: expected an .npz archive of named arrays, found a single array (.npy)",
+            hint="save with numpy.savez(path, **{name: array})",
+        )
     if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        raise error(f"{path}: not an .npz file (it is not a zip archive)",
-                    hint="weights are saved with numpy.savez or Network.save_weights")
+        raise error(
+            f"{path}: not an .npz file (it is not a zip archive)",
+            hint="weights are saved with numpy.savez or Network.save_weights",
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
             return _members(path, data)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise error(f"{path}: not a readable .npz file ({exc})",
-                    hint="weights are saved with numpy.savez or Network.save_weights") from None
+        raise error(
+            f"{path}: not a readable .npz file ({exc})",
+            hint="weights are saved with numpy.savez or Network.save_weights",
+        ) from None
 
 
 def _members(path: Path, data: np.lib.npyio.NpzFile) -> dict[str, np.ndarray]:
@@ -83,8 +89,11 @@ def _members(path: Path, data: np.lib.npyio.NpzFile) -> dict[str, np.ndarray]:
             array = data[name]
         except ValueError as exc:
             pickled = "allow_pickle" in str(exc) or "Object arrays" in str(exc)
-            sink.error(f"{path}: array '{name}' holds pickled Python objects; refused without "
-                       "loading it" if pickled else f"{path}: array '{name}' is unreadable ({exc})")
+            sink.error(
+                f"{path}: array '{name}' holds pickled Python objects; refused without loading it"
+                if pickled
+                else f"{path}: array '{name}' is unreadable ({exc})"
+            )
             continue
         if not isinstance(array, np.ndarray):
             sink.error(f"{path}: member '{name}' is not a NumPy array")
@@ -94,18 +103,24 @@ def _members(path: Path, data: np.lib.npyio.NpzFile) -> dict[str, np.ndarray]:
     return arrays
 
 
-def check_weights(arrays: Mapping[str, np.ndarray], params: Mapping[str, Param],
-                  origin: str) -> dict[str, np.ndarray]:
+def check_weights(
+    arrays: Mapping[str, np.ndarray], params: Mapping[str, Param], origin: str
+) -> dict[str, np.ndarray]:
     if not isinstance(arrays, Mapping):
-        raise error(f"{origin}: expected a mapping from parameter names to arrays (or the path "
-                    f"of an .npz file), found {type(arrays).__name__}")
+        raise error(
+            f"{origin}: expected a mapping from parameter names to arrays (or the path "
+            f"of an .npz file), found {type(arrays).__name__}"
+        )
     sink = DiagnosticSink()
     checked: dict[str, np.ndarray] = {}
     for name, param in params.items():
         expected = f"{param.dtype.value}{format_shape(param.shape)}"
         if name not in arrays:
-            sink.diagnostics.append(Diagnostic(
-                f"{origin}: missing parameter '{name}' (expected {expected})", param.span))
+            sink.diagnostics.append(
+                Diagnostic(
+                    f"{origin}: missing parameter '{name}' (expected {expected})", param.span
+                )
+            )
             continue
         try:
             array = np.asarray(arrays[name])
@@ -113,19 +128,29 @@ def check_weights(arrays: Mapping[str, np.ndarray], params: Mapping[str, Param],
             array = None
         if array is None or array.dtype.kind not in "f":
             found = "a ragged sequence" if array is None else f"dtype {array.dtype}"
-            sink.diagnostics.append(Diagnostic(
-                f"{origin}: parameter '{name}' has {found}; expected a floating-point array "
-                f"({expected})", param.span))
+            sink.diagnostics.append(
+                Diagnostic(
+                    f"{origin}: parameter '{name}' has {found}; expected a floating-point array "
+                    f"({expected})",
+                    param.span,
+                )
+            )
         elif array.shape != param.shape:
-            sink.diagnostics.append(Diagnostic(
-                f"{origin}: parameter '{name}' has shape {format_shape(array.shape)}; expected "
-                f"{format_shape(param.shape)}", param.span))
+            sink.diagnostics.append(
+                Diagnostic(
+                    f"{origin}: parameter '{name}' has shape {format_shape(array.shape)}; expected "
+                    f"{format_shape(param.shape)}",
+                    param.span,
+                )
+            )
         else:
             checked[name] = np.ascontiguousarray(array, dtype=param.dtype.numpy)
     for name in arrays:
         if name not in params and not _is_batch_norm_counter(name, params):
-            sink.error(f"{origin}: unexpected array '{name}': no layer has this parameter",
-                       hint=_close(name, params))
+            sink.error(
+                f"{origin}: unexpected array '{name}': no layer has this parameter",
+                hint=_close(name, params),
+            )
     sink.raise_if_errors()
     return checked
 
@@ -143,9 +168,10 @@ def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray], overwrite: bool
     if path.suffix != ".npz":
         raise error(f"{path}: expected a file name ending in .npz")
     if path.exists() and not overwrite:
-        raise error(f"{path}: file exists; refusing to overwrite it",
-                    hint="choose another name, or pass overwrite=True (--force on the command "
-                    "line)")
+        raise error(
+            f"{path}: file exists; refusing to overwrite it",
+            hint="choose another name, or pass overwrite=True (--force on the command line)",
+        )
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise error(f"{path}: directory {directory} does not exist")

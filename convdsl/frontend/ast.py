@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from convdsl.diagnostics import Source, Span
 
-
 # ---- expressions -------------------------------------------------------------------------
 
 

@@ -67,7 +67,9 @@ class BoundCall:
     name: str | None  # an explicit name="..." for the layer
 
 
-def bind_op_args(opdef: OpDef, call: ast.Call, args: list[Any], kwargs: dict[str, Any]) -> BoundCall:
+def bind_op_args(
+    opdef: OpDef, call: ast.Call, args: list[Any], kwargs: dict[str, Any]
+) -> BoundCall:
     given: dict[str, tuple[Any, Span]] = {}
     positional = [a for a in opdef.args if a.positional]
     variadic = next((a for a in opdef.args if a.kind is ArgKind.TENSORS), None)
@@ -90,8 +92,11 @@ def bind_op_args(opdef: OpDef, call: ast.Call, args: list[Any], kwargs: dict[str
         value = kwargs[kw.name]
         if kw.name == "name":
             if not isinstance(value, str) or not value.replace(".", "_").isidentifier():
-                raise LowerError(f"{opdef.name}: name: expected a layer name such as \"conv1\", "
-                                 f"found {_found(value)}", kw.span)
+                raise LowerError(
+                    f'{opdef.name}: name: expected a layer name such as "conv1", '
+                    f"found {_found(value)}",
+                    kw.span,
+                )
             explicit_name = value
             continue
         spec = opdef.arg(kw.name)
@@ -100,8 +105,9 @@ def bind_op_args(opdef: OpDef, call: ast.Call, args: list[Any], kwargs: dict[str
             raise LowerError(
                 f"{opdef.name} has no argument '{kw.name}'",
                 kw.span,
-                hint=f"did you mean '{close[0]}'?" if close else
-                f"its arguments are: {', '.join(a.name for a in opdef.args)}",
+                hint=f"did you mean '{close[0]}'?"
+                if close
+                else f"its arguments are: {', '.join(a.name for a in opdef.args)}",
             )
         if kw.name in given:
             raise LowerError(f"argument '{kw.name}' is given twice", kw.span)
@@ -114,8 +120,11 @@ def bind_op_args(opdef: OpDef, call: ast.Call, args: list[Any], kwargs: dict[str
     for spec in opdef.args:
         if spec.name not in given:
             if spec.default is REQUIRED:
-                raise LowerError(f"{opdef.name}: missing required argument '{spec.name}'",
-                                 call.span, hint=_usage(opdef))
+                raise LowerError(
+                    f"{opdef.name}: missing required argument '{spec.name}'",
+                    call.span,
+                    hint=_usage(opdef),
+                )
             if not spec.is_tensor:
                 attrs[spec.name] = spec.default
             continue
@@ -140,8 +149,9 @@ def _keyword_hint(opdef: OpDef) -> str | None:
 
 
 def _usage(opdef: OpDef) -> str:
-    parts = [a.name if a.default is REQUIRED else f"{a.name}={_show(a.default)}"
-             for a in opdef.args]
+    parts = [
+        a.name if a.default is REQUIRED else f"{a.name}={_show(a.default)}" for a in opdef.args
+    ]
     return f"usage: {opdef.name}({', '.join(parts)})"
 
 
@@ -153,8 +163,10 @@ def _show(value: Any) -> str:
 
 def _convert(spec: ArgSpec, value: Any, span: Span, op: str) -> Any:
     """Check ``value`` against the argument kind; return it in the attribute's normal form."""
-    if isinstance(value, Keyword) and spec.kind is not ArgKind.ENUM and not (
-        spec.kind in (ArgKind.PADDING, ArgKind.OFFSET)
+    if (
+        isinstance(value, Keyword)
+        and spec.kind is not ArgKind.ENUM
+        and spec.kind not in (ArgKind.PADDING, ArgKind.OFFSET)
     ):
         raise LowerError(f"unknown name '{value.name}'", value.span, hint=value.hint)
     kind = spec.kind
@@ -180,8 +192,9 @@ def _convert(spec: ArgSpec, value: Any, span: Span, op: str) -> Any:
         text = value.name if isinstance(value, Keyword) else value
         if isinstance(text, str) and text in spec.choices:
             return text
-        close = difflib.get_close_matches(str(text), spec.choices, n=1) if isinstance(
-            text, str) else []
+        close = (
+            difflib.get_close_matches(str(text), spec.choices, n=1) if isinstance(text, str) else []
+        )
         raise LowerError(
             f"{op}: {spec.name}: expected one of {', '.join(spec.choices)}; found {_found(value)}",
             span,
@@ -210,7 +223,8 @@ def _padding(spec: ArgSpec, value: Any, span: Span, op: str) -> Any:
             return text
         close = difflib.get_close_matches(text, PADDING_KEYWORDS, n=1)
         raise LowerError(
-            f"{op}: {spec.name}: expected {ArgKind.PADDING.value}; found '{text}'", span,
+            f"{op}: {spec.name}: expected {ArgKind.PADDING.value}; found '{text}'",
+            span,
             hint=f"did you mean '{close[0]}'?" if close else None,
         )
     if _is_int(value):
@@ -220,8 +234,9 @@ def _padding(spec: ArgSpec, value: Any, span: Span, op: str) -> Any:
             return value
         if all(isinstance(p, tuple) and len(p) == 2 and all(map(_is_int, p)) for p in value):
             return value
-    raise LowerError(f"{op}: {spec.name}: expected {ArgKind.PADDING.value}; found "
-                     f"{_found(value)}", span)
+    raise LowerError(
+        f"{op}: {spec.name}: expected {ArgKind.PADDING.value}; found {_found(value)}", span
+    )
 
 
 def _is_int(value: Any) -> bool:

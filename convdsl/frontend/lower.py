@@ -109,8 +109,11 @@ class Lowerer:
             self.blocks[item.name] = item
             if item.name in OPS or item.name in BUILTINS:
                 kind = "op" if item.name in OPS else "function"
-                self.sink.error(f"block '{item.name}' has the name of a built-in {kind}",
-                                item.name_span, hint="rename the block")
+                self.sink.error(
+                    f"block '{item.name}' has the name of a built-in {kind}",
+                    item.name_span,
+                    hint="rename the block",
+                )
                 self.broken_blocks.add(item.name)
             seen: set[str] = set()
             for param in item.params:
@@ -119,25 +122,36 @@ class Lowerer:
                 seen.add(param.name)
             for before, after in zip(item.params, item.params[1:], strict=False):
                 if before.default is not None and after.default is None:
-                    self.sink.error(f"parameter '{after.name}' without a default follows one with "
-                                    "a default", after.span)
+                    self.sink.error(
+                        f"parameter '{after.name}' without a default follows one with a default",
+                        after.span,
+                    )
             early = [stmt for stmt in item.body[:-1] if isinstance(stmt, ast.Return)]
             if early:
                 self.sink.error("return must be the last statement of a block", early[0].span)
                 self.broken_blocks.add(item.name)
             elif not item.body or not isinstance(item.body[-1], ast.Return):
-                self.sink.error(f"block '{item.name}' does not end with a return statement",
-                                item.name_span, hint="end the block with `return VALUE`")
+                self.sink.error(
+                    f"block '{item.name}' does not end with a return statement",
+                    item.name_span,
+                    hint="end the block with `return VALUE`",
+                )
                 self.broken_blocks.add(item.name)
 
     def _check_interface(self) -> None:
         end = _end_of(self.module)
         if not self.declares_input:
-            self.sink.error("the network declares no inputs", end,
-                            hint="declare one: input x: f32[N, 3, 224, 224]")
+            self.sink.error(
+                "the network declares no inputs",
+                end,
+                hint="declare one: input x: f32[N, 3, 224, 224]",
+            )
         if not self.declares_output:
-            self.sink.error("the network declares no outputs", end,
-                            hint="declare one: output y = ... (or output NAME for a variable)")
+            self.sink.error(
+                "the network declares no outputs",
+                end,
+                hint="declare one: output y = ... (or output NAME for a variable)",
+            )
 
     # ---- statements ----------------------------------------------------------------------
 
@@ -173,8 +187,10 @@ class Lowerer:
             raise self._redefined(decl.name, decl.name_span)
         dtype = DType.parse(decl.dtype)
         if dtype is None:
-            raise LowerError(f"input '{decl.name}': unknown dtype '{decl.dtype}'; expected f32 or "
-                             "f64", _dtype_span(decl))
+            raise LowerError(
+                f"input '{decl.name}': unknown dtype '{decl.dtype}'; expected f32 or f64",
+                _dtype_span(decl),
+            )
         if not 3 <= len(decl.dims) <= 5:
             raise LowerError(
                 f"input '{decl.name}' has {len(decl.dims)} dims; expected [N, C, ...] with 1 to 3 "
@@ -185,8 +201,10 @@ class Lowerer:
         for position, dim in enumerate(decl.dims):
             if isinstance(dim, ast.Int):
                 if dim.value < 1:
-                    raise LowerError(f"input '{decl.name}': dimension sizes must be positive, "
-                                     f"found {dim.value}", dim.span)
+                    raise LowerError(
+                        f"input '{decl.name}': dimension sizes must be positive, found {dim.value}",
+                        dim.span,
+                    )
                 dims.append(dim.value)
             elif position == 0 and dim.id != "_":
                 dims.append(dim.id)
@@ -207,8 +225,9 @@ class Lowerer:
         value = stmt.value
         if len(names) > 1 and isinstance(value, ast.Call) and value.func in self.blocks:
             # Each returned tensor is named after its target, inside the call's prefix.
-            result = self._call_block(self.blocks[value.func], value, scope, qualified[0],
-                                      result_names=names)
+            result = self._call_block(
+                self.blocks[value.func], value, scope, qualified[0], result_names=names
+            )
         else:
             result = self._eval(value, scope, qualified[0])
         if len(names) == 1:
@@ -219,8 +238,9 @@ class Lowerer:
             found = len(result) if isinstance(result, tuple) else 1
             raise LowerError(f"cannot unpack {found} value(s) into {len(names)} names", stmt.span)
         if stmt.annotation is not None:
-            raise LowerError("a shape annotation needs a single assigned tensor",
-                             stmt.annotation.span)
+            raise LowerError(
+                "a shape annotation needs a single assigned tensor", stmt.annotation.span
+            )
         for name, item in zip(names, result, strict=True):
             scope.vars[name] = item
 
@@ -240,8 +260,9 @@ class Lowerer:
             return
         if not isinstance(result, Tensor):
             where = stmt.name_span if stmt.value is None else _span(stmt.value)
-            raise LowerError(f"output '{stmt.name}' must be a tensor, found {_describe(result)}",
-                             where)
+            raise LowerError(
+                f"output '{stmt.name}' must be a tensor, found {_describe(result)}", where
+            )
         self.outputs.append((stmt.name, result.value))
         self._expect(stmt.annotation, result, scope)
 
@@ -251,8 +272,9 @@ class Lowerer:
             _poison_targets(stmt, scope)
             return
         if not isinstance(items, tuple):
-            raise LowerError(f"for needs a list or range(...), found {_describe(items)}",
-                             _span(stmt.iterable))
+            raise LowerError(
+                f"for needs a list or range(...), found {_describe(items)}", _span(stmt.iterable)
+            )
         for item in items:
             scope.vars[stmt.var] = item
             for inner in stmt.body:
@@ -264,8 +286,9 @@ class Lowerer:
         if annotation is None or result is POISON:
             return
         if not isinstance(result, Tensor):
-            raise LowerError(f"a shape annotation needs a tensor, found {_describe(result)}",
-                             annotation.span)
+            raise LowerError(
+                f"a shape annotation needs a tensor, found {_describe(result)}", annotation.span
+            )
         dims: list[Dim] = []
         for dim in annotation.dims:
             # A name bound to an integer (a block parameter such as `ch`) stands for its value.
@@ -273,8 +296,9 @@ class Lowerer:
             if bound is POISON:
                 return
             dims.append(dim.id if bound is None else bound)  # type: ignore[union-attr]
-        self.expectations.append(Expectation(result.value, tuple(dims), annotation.span,
-                                             self._call_sites()))
+        self.expectations.append(
+            Expectation(result.value, tuple(dims), annotation.span, self._call_sites())
+        )
 
     # ---- expressions ---------------------------------------------------------------------
 
@@ -328,11 +352,13 @@ class Lowerer:
         if isinstance(left, Tensor) and isinstance(right, Tensor):
             op = {"+": "add", "*": "mul"}.get(expr.op)
             if op is None:
-                raise LowerError(f"'{expr.op}' is not defined between tensors; only + and * are",
-                                 expr.span)
+                raise LowerError(
+                    f"'{expr.op}' is not defined between tensors; only + and * are", expr.span
+                )
             operands = {"x": _span(expr.left), "y": _span(expr.right)}
-            return self._make_node(op, [left.value, right.value], Attrs(), name, expr.span,
-                                   operands)
+            return self._make_node(
+                op, [left.value, right.value], Attrs(), name, expr.span, operands
+            )
         raise LowerError(
             f"'{expr.op}' between {_describe(left)} and {_describe(right)} is not defined "
             "(convdsl does not broadcast numbers over tensors)",
@@ -350,17 +376,26 @@ class Lowerer:
             hint = f"did you mean '{close[0]}'?" if close else "see docs/language.md for the ops"
             raise LowerError(f"unknown op or block '{call.func}'", call.func_span, hint=hint)
         args = [self._eval(a, scope, f"{name}.{_label(a)}", True) for a in call.args]
-        kwargs = {kw.name: self._eval(kw.value, scope, f"{name}.{_label(kw.value)}", True)
-                  for kw in call.kwargs}
+        kwargs = {
+            kw.name: self._eval(kw.value, scope, f"{name}.{_label(kw.value)}", True)
+            for kw in call.kwargs
+        }
         if any(_poisoned(v) for v in [*args, *kwargs.values()]):
             return POISON
         bound = bind_op_args(opdef, call, args, kwargs)
         node_name = scope.qualify(bound.name) if bound.name else name
-        return self._make_node(opdef.name, bound.inputs, bound.attrs, node_name, call.span,
-                               bound.spans)
+        return self._make_node(
+            opdef.name, bound.inputs, bound.attrs, node_name, call.span, bound.spans
+        )
 
-    def _call_block(self, block: ast.BlockDef, call: ast.Call, scope: Scope, name: str,
-                    result_names: Sequence[str] = ()) -> Any:
+    def _call_block(
+        self,
+        block: ast.BlockDef,
+        call: ast.Call,
+        scope: Scope,
+        name: str,
+        result_names: Sequence[str] = (),
+    ) -> Any:
         """Inline ``block``: its layers are named ``{prefix}.{target}``, where the prefix is
         ``name`` made unique per call (``x``, ``x_1``...), so each call's parameters share one
         prefix. The first returned tensor is named the prefix itself; with ``r, s = blk(x)`` the
@@ -371,22 +406,28 @@ class Lowerer:
             if any(frame.block == block.name for frame in self.frames):
                 raise LowerError(
                     f"block '{block.name}' calls itself more than {MAX_BLOCK_DEPTH} levels deep",
-                    call.span, hint="blocks are inlined at every call, so recursion must stop "
+                    call.span,
+                    hint="blocks are inlined at every call, so recursion must stop "
                     f"within {MAX_BLOCK_DEPTH} levels",
                 )
-            raise LowerError(f"block calls nest more than {MAX_BLOCK_DEPTH} levels deep",
-                             call.span)
+            raise LowerError(f"block calls nest more than {MAX_BLOCK_DEPTH} levels deep", call.span)
         params = {p.name: p for p in block.params}
         values: dict[str, Any] = {}
         if len(call.args) > len(block.params):
-            raise LowerError(f"block '{block.name}' takes {len(block.params)} argument(s), "
-                             f"found {len(call.args)}", _span(call.args[len(block.params)]))
+            raise LowerError(
+                f"block '{block.name}' takes {len(block.params)} argument(s), "
+                f"found {len(call.args)}",
+                _span(call.args[len(block.params)]),
+            )
         for param, arg in zip(block.params, call.args, strict=False):
             values[param.name] = self._eval(arg, scope, f"{name}.{_label(arg)}", True)
         for kw in call.kwargs:
             if kw.name not in params:
-                raise LowerError(f"block '{block.name}' has no parameter '{kw.name}'", kw.span,
-                                 hint=_did_you_mean(kw.name, params))
+                raise LowerError(
+                    f"block '{block.name}' has no parameter '{kw.name}'",
+                    kw.span,
+                    hint=_did_you_mean(kw.name, params),
+                )
             if kw.name in values:
                 raise LowerError(f"parameter '{kw.name}' is given twice", kw.span)
             values[kw.name] = self._eval(kw.value, scope, f"{name}.{_label(kw.value)}", True)
@@ -398,8 +439,11 @@ class Lowerer:
             elif param.default is not None:
                 inner.vars[param.name] = self._eval(param.default, self.globals, prefix, True)
             else:
-                raise LowerError(f"block '{block.name}' is missing argument '{param.name}'",
-                                 call.span, hint=f"usage: {_signature(block)}")
+                raise LowerError(
+                    f"block '{block.name}' is missing argument '{param.name}'",
+                    call.span,
+                    hint=f"usage: {_signature(block)}",
+                )
         self.frames.append(_Frame(block.name, call.span, prefix))
         try:
             errors_before = len(self.sink.diagnostics)
@@ -436,23 +480,35 @@ class Lowerer:
             if len(args) > 3 or (len(args) == 3 and args[2] == 0):
                 raise LowerError("range() takes 1 to 3 integers and a non-zero step", call.span)
             if len(range(*args)) > MAX_UNROLL:
-                raise LowerError(f"range() of {len(range(*args))} items is too long to unroll "
-                                 f"(at most {MAX_UNROLL})", call.span)
+                raise LowerError(
+                    f"range() of {len(range(*args))} items is too long to unroll "
+                    f"(at most {MAX_UNROLL})",
+                    call.span,
+                )
             return tuple(range(*args))
         return min(args) if call.func == "min" else max(args)
 
     # ---- graph building ------------------------------------------------------------------
 
-    def _make_node(self, op: str, inputs: Sequence[int], attrs: Attrs, name: str, span: Span,
-                   spans: dict[str, Span]) -> Tensor:
+    def _make_node(
+        self,
+        op: str,
+        inputs: Sequence[int],
+        attrs: Attrs,
+        name: str,
+        span: Span,
+        spans: dict[str, Span],
+    ) -> Tensor:
         node_name = self._unique(name)
         out = self._new_value(node_name, None, span, reserve=False)
-        self.nodes.append(Node(op, node_name, tuple(inputs), (out,), attrs, span, spans,
-                               self._call_sites()))
+        self.nodes.append(
+            Node(op, node_name, tuple(inputs), (out,), attrs, span, spans, self._call_sites())
+        )
         return Tensor(out)
 
-    def _new_value(self, name: str, type_: TensorType | None, span: Span,
-                   reserve: bool = True) -> int:
+    def _new_value(
+        self, name: str, type_: TensorType | None, span: Span, reserve: bool = True
+    ) -> int:
         if reserve:
             self.used_names.add(name)
         value_id = len(self.values)
@@ -484,12 +540,14 @@ class Lowerer:
         return candidate
 
     def _redefined(self, name: str, span: Span) -> LowerError:
-        err = LowerError(f"'{name}' is already defined", span,
-                         hint="give the second one another name")
+        err = LowerError(
+            f"'{name}' is already defined", span, hint="give the second one another name"
+        )
         first = self.globals.vars[name]
         if isinstance(first, Tensor):
-            note = Diagnostic(f"'{name}' was first defined here", self.values[first.value].span,
-                              severity="note")
+            note = Diagnostic(
+                f"'{name}' was first defined here", self.values[first.value].span, severity="note"
+            )
             err.diagnostic = replace(err.diagnostic, notes=(note,))
         return err
 
@@ -539,8 +597,12 @@ def _arithmetic(expr: ast.BinOp, left: float, right: float) -> Any:
     if expr.op == "**" and abs(right) > 64:
         raise LowerError("exponent too large", expr.span)
     ops = {
-        "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
-        "/": lambda a, b: a / b, "//": lambda a, b: a // b, "%": lambda a, b: a % b,
+        "+": lambda a, b: a + b,
+        "-": lambda a, b: a - b,
+        "*": lambda a, b: a * b,
+        "/": lambda a, b: a / b,
+        "//": lambda a, b: a // b,
+        "%": lambda a, b: a % b,
         "**": lambda a, b: a**b,
     }
     result = ops[expr.op](left, right)
@@ -624,7 +686,8 @@ def _dtype_span(decl: ast.InputDecl) -> Span:
     source = decl.span.source
     line = source.line(decl.name_span.end_line)
     found = re.compile(r"\s*:\s*(" + re.escape(decl.dtype) + r")\b").match(
-        line, decl.name_span.end_column - 1)
+        line, decl.name_span.end_column - 1
+    )
     if found is None:
         return decl.span
     line_no = decl.name_span.end_line

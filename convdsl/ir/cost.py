@@ -29,8 +29,9 @@ def node_macs(graph: Graph, node: Node) -> int:
 def node_param_count(graph: Graph, node: Node) -> int:
     prefix = node.name + "."
     return sum(
-        math.prod(p.shape) for name, p in graph.params.items()
-        if name.startswith(prefix) and "." not in name[len(prefix):]
+        math.prod(p.shape)
+        for name, p in graph.params.items()
+        if name.startswith(prefix) and "." not in name[len(prefix) :]
     )
 
 

@@ -43,14 +43,15 @@ def causal_padding(k: int, d: int) -> tuple[int, int]:
 
 
 def conv_transpose_full_size(n: int, k: int, s: int, d: int) -> int:
-    """Length of a transposed conv's output before any padding is cropped: ``(n-1)*s + d*(k-1) + 1``."""
+    """A transposed conv's output length before any crop: ``(n-1)*s + d*(k-1) + 1``."""
     return (n - 1) * s + effective_kernel(k, d)
 
 
 def conv_transpose_output_size(
     n: int, k: int, s: int, d: int, before: int, after: int, output_padding: int
 ) -> int:
-    """PyTorch ``ConvTranspose`` output: ``(n-1)*s - before - after + d*(k-1) + 1 + output_padding``.
+    """PyTorch ``ConvTranspose`` output length:
+    ``(n-1)*s - before - after + d*(k-1) + 1 + output_padding``.
 
     ``before``/``after`` crop the full result; ``output_padding`` extends the end (positions past
     the full result hold only the bias).
@@ -72,7 +73,9 @@ def transpose_same_padding(n: int, k: int, s: int, d: int) -> tuple[int, int, in
     return before, after, output_padding
 
 
-def pool_output_size(n: int, k: int, s: int, d: int, before: int, after: int, ceil_mode: bool) -> int:
+def pool_output_size(
+    n: int, k: int, s: int, d: int, before: int, after: int, ceil_mode: bool
+) -> int:
     """Pooling output length; ``ceil_mode`` rounds up but, as in PyTorch, never starts a window
     entirely inside the end padding."""
     span = n + before + after - effective_kernel(k, d)

@@ -64,7 +64,8 @@ class CallSite:
 
 @dataclass(frozen=True, slots=True)
 class Value:
-    """A tensor: ``name`` is what the user called it (made unique), ``type`` is None until inferred."""
+    """A tensor: ``name`` is what the user called it (made unique); ``type`` is None until
+    shape inference."""
 
     id: int
     name: str

@@ -20,15 +20,17 @@ def print_graph(graph: Graph, show_locations: bool = True) -> str:
     lines = [f"network {graph.name}"]
     for value_id in graph.inputs:
         value = graph.values[value_id]
-        lines.append(_with_location(f"  %{value.name}: {value.type} = input", value.span,
-                                    show_locations))
+        lines.append(
+            _with_location(f"  %{value.name}: {value.type} = input", value.span, show_locations)
+        )
     for node in graph.nodes:
         lines.append(_with_location("  " + format_node(graph, node), node.span, show_locations))
     if graph.params:
         lines.append("params")
         for param in graph.params.values():
-            lines.append(f"  {param.name}: {param.dtype.value}{format_shape(param.shape)} "
-                         f"init={param.init}")
+            lines.append(
+                f"  {param.name}: {param.dtype.value}{format_shape(param.shape)} init={param.init}"
+            )
     lines.append("outputs")
     for name, value_id in graph.outputs:
         lines.append(f"  {name} = %{graph.values[value_id].name}")

@@ -98,7 +98,8 @@ def resolve_pads(
     stride: tuple[int, ...],
     dilation: tuple[int, ...],
 ) -> geometry.Pads:
-    """``valid`` / ``same`` / ``causal`` / int / per-axis / per-side pairs -> (before, after) per axis."""
+    """``valid``, ``same``, ``causal``, an int, per-axis ints or per-side pairs -> (before,
+    after) per axis."""
     rank = x.spatial_rank
     if padding == "valid":
         return ((0, 0),) * rank
@@ -137,8 +138,12 @@ def explicit_pads(padding: Any, rank: int, arg: str = "padding") -> geometry.Pad
 
 
 def _window_out(
-    x: TensorType, kernel: tuple[int, ...], stride: tuple[int, ...],
-    dilation: tuple[int, ...], pads: geometry.Pads, what: str,
+    x: TensorType,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    pads: geometry.Pads,
+    what: str,
 ) -> tuple[int, ...]:
     sizes = []
     for axis, (n, k, s, d, (b, a)) in enumerate(
@@ -154,7 +159,8 @@ def _window_out(
                 # With a kernel that fits undilated, the dilation is what went too far.
                 arg="dilation" if d > 1 and k <= n + b + a else "kernel",
                 hint="use padding=same, a smaller kernel, or a larger input"
-                if d == 1 else "use padding=same, a smaller dilation, or a larger input",
+                if d == 1
+                else "use padding=same, a smaller dilation, or a larger input",
             )
         sizes.append(out)
     return tuple(sizes)
@@ -163,8 +169,9 @@ def _window_out(
 # ---- convolutions ----------------------------------------------------------------------
 
 
-def _conv_core(attrs: Attrs, x: TensorType, rank: int, name: str, out_channels: int,
-               groups: int) -> Inferred:
+def _conv_core(
+    attrs: Attrs, x: TensorType, rank: int, name: str, out_channels: int, groups: int
+) -> Inferred:
     _expect_rank(x, rank + 2, name)
     kernel = per_axis(attrs["kernel"], rank, "kernel", 1)
     stride = per_axis(attrs["stride"], rank, "stride", 1)
@@ -173,8 +180,9 @@ def _conv_core(attrs: Attrs, x: TensorType, rank: int, name: str, out_channels: 
     if groups < 1:
         raise ShapeError(f"groups: expected a positive integer, found {groups}", arg="groups")
     if out_channels < 1:
-        raise ShapeError(f"out_channels: expected a positive integer, found {out_channels}",
-                         arg="out_channels")
+        raise ShapeError(
+            f"out_channels: expected a positive integer, found {out_channels}", arg="out_channels"
+        )
     _check_groups(channels, out_channels, groups)
     pads = resolve_pads(attrs["padding"], x, kernel, stride, dilation)
     spatial = _window_out(x, kernel, stride, dilation, pads, name)
@@ -183,8 +191,14 @@ def _conv_core(attrs: Attrs, x: TensorType, rank: int, name: str, out_channels: 
     if attrs["bias"]:
         params.append(ParamSpec("bias", (out_channels,), "bias", fan_in))
     resolved = Attrs(
-        out_channels=out_channels, kernel=kernel, stride=stride, dilation=dilation, pads=pads,
-        groups=groups, bias=attrs["bias"], activation=attrs["activation"],
+        out_channels=out_channels,
+        kernel=kernel,
+        stride=stride,
+        dilation=dilation,
+        pads=pads,
+        groups=groups,
+        bias=attrs["bias"],
+        activation=attrs["activation"],
     )
     out = x.with_shape((x.batch, out_channels, *spatial))
     return Inferred((out,), resolved, tuple(params))
@@ -207,8 +221,9 @@ def _check_groups(channels: int, out_channels: int, groups: int) -> None:
 
 def conv(rank: int) -> Rule:
     def rule(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
-        return _conv_core(attrs, inputs[0], rank, f"conv{rank}d", attrs["out_channels"],
-                          attrs["groups"])
+        return _conv_core(
+            attrs, inputs[0], rank, f"conv{rank}d", attrs["out_channels"], attrs["groups"]
+        )
 
     return rule
 
@@ -222,8 +237,9 @@ def depthwise(rank: int) -> Rule:
                 f"multiplier: expected a positive integer, found {attrs['multiplier']}",
                 arg="multiplier",
             )
-        return _conv_core(attrs, x, rank, f"depthwise{rank}d",
-                          x.channels * attrs["multiplier"], x.channels)
+        return _conv_core(
+            attrs, x, rank, f"depthwise{rank}d", x.channels * attrs["multiplier"], x.channels
+        )
 
     return rule
 
@@ -241,14 +257,18 @@ def conv_transpose(rank: int) -> Rule:
         if groups < 1:
             raise ShapeError(f"groups: expected a positive integer, found {groups}", arg="groups")
         if out_channels < 1:
-            raise ShapeError(f"out_channels: expected a positive integer, found {out_channels}",
-                             arg="out_channels")
+            raise ShapeError(
+                f"out_channels: expected a positive integer, found {out_channels}",
+                arg="out_channels",
+            )
         _check_groups(channels, out_channels, groups)
         if attrs["padding"] == "same":
             if any(output_padding):
-                raise ShapeError("output_padding cannot be combined with padding=same "
-                                 "(same already fixes the output to input * stride)",
-                                 arg="output_padding")
+                raise ShapeError(
+                    "output_padding cannot be combined with padding=same "
+                    "(same already fixes the output to input * stride)",
+                    arg="output_padding",
+                )
             resolved_same = [
                 geometry.transpose_same_padding(n, k, s, d)
                 for n, k, s, d in zip(x.spatial, kernel, stride, dilation, strict=True)
@@ -257,8 +277,9 @@ def conv_transpose(rank: int) -> Rule:
             output_padding = tuple(op for _, _, op in resolved_same)
         else:
             if attrs["padding"] == "causal":
-                raise ShapeError("padding=causal is not defined for transposed convolutions",
-                                 arg="padding")
+                raise ShapeError(
+                    "padding=causal is not defined for transposed convolutions", arg="padding"
+                )
             pads = explicit_pads(0 if attrs["padding"] == "valid" else attrs["padding"], rank)
             for op, s, d in zip(output_padding, stride, dilation, strict=True):
                 if op >= max(s, d):
@@ -285,8 +306,14 @@ def conv_transpose(rank: int) -> Rule:
         if attrs["bias"]:
             params.append(ParamSpec("bias", (out_channels,), "bias", fan_in))
         resolved = Attrs(
-            out_channels=out_channels, kernel=kernel, stride=stride, dilation=dilation,
-            pads=pads, output_padding=output_padding, groups=groups, bias=attrs["bias"],
+            out_channels=out_channels,
+            kernel=kernel,
+            stride=stride,
+            dilation=dilation,
+            pads=pads,
+            output_padding=output_padding,
+            groups=groups,
+            bias=attrs["bias"],
             activation=attrs["activation"],
         )
         out = x.with_shape((x.batch, out_channels, *spatial))
@@ -378,8 +405,10 @@ def batch_norm(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
         raise ShapeError(f"eps: expected a positive number, found {attrs['eps']}", arg="eps")
     c = (x.channels,)
     params = (
-        ParamSpec("weight", c, "ones"), ParamSpec("bias", c, "zeros"),
-        ParamSpec("running_mean", c, "zeros"), ParamSpec("running_var", c, "ones"),
+        ParamSpec("weight", c, "ones"),
+        ParamSpec("bias", c, "zeros"),
+        ParamSpec("running_mean", c, "zeros"),
+        ParamSpec("running_var", c, "ones"),
     )
     return Inferred((x,), attrs, params)
 
@@ -399,8 +428,9 @@ def concat(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
                 hint="crop, pad or upscale one of them first",
             )
         if x.dtype != first.dtype:
-            raise ShapeError(f"dtypes differ: input 1 is {first.dtype.value}, input {i} is "
-                             f"{x.dtype.value}")
+            raise ShapeError(
+                f"dtypes differ: input 1 is {first.dtype.value}, input {i} is {x.dtype.value}"
+            )
     channels = sum(x.channels for x in inputs)
     return Inferred((first.with_shape((first.batch, channels, *first.spatial)),), attrs)
 
@@ -474,7 +504,8 @@ def crop(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
         like = inputs[1]
         if like.rank != x.rank:
             raise ShapeError(
-                f"like: expected a tensor with {rank} spatial dims, found {format_shape(like.shape)}",
+                f"like: expected a tensor with {rank} spatial dims, "
+                f"found {format_shape(like.shape)}",
                 arg="like",
             )
         sizes = like.spatial

@@ -27,8 +27,11 @@ class Pass:
 
 
 PASSES: tuple[Pass, ...] = (
-    Pass("shapes", "infer and check every shape; resolve attributes; declare parameters",
-         infer_shapes),
+    Pass(
+        "shapes",
+        "infer and check every shape; resolve attributes; declare parameters",
+        infer_shapes,
+    ),
 )
 
 

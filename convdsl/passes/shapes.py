@@ -42,9 +42,7 @@ def infer_shapes(graph: Graph) -> Graph:
     for expectation in graph.expectations:
         _check_expectation(expectation, types.get(expectation.value), sink)
     sink.raise_if_errors()
-    values = {
-        vid: replace(value, type=types[vid]) for vid, value in graph.values.items()
-    }
+    values = {vid: replace(value, type=types[vid]) for vid, value in graph.values.items()}
     return replace(graph, values=values, nodes=tuple(nodes), params=params)
 
 
@@ -55,8 +53,12 @@ def _diagnostic(node: Node, err: ShapeError) -> Diagnostic:
     if hint is not None:
         for arg in ("x", "y"):
             hint = hint.replace("{" + arg + "}", _source_text(node.arg_spans.get(arg)) or arg)
-    return Diagnostic(f"{node.op}: {err.message}", span, hint=hint,
-                      notes=call_notes((site.block, site.span) for site in node.call_sites))
+    return Diagnostic(
+        f"{node.op}: {err.message}",
+        span,
+        hint=hint,
+        notes=call_notes((site.block, site.span) for site in node.call_sites),
+    )
 
 
 def _source_text(span: Span | None) -> str | None:
@@ -80,14 +82,15 @@ def _check_expectation(
         want == "_" or want == got for want, got in zip(dims, found.shape, strict=True)
     )
     if not matches:
-        sink.diagnostics.append(Diagnostic(
-            f"shape annotation does not hold: expected {format_shape(dims)}, found "
-            f"{format_shape(found.shape)}",
-            expectation.span,
-            hint=_differences(dims, found),
-            notes=call_notes((site.block, site.span) for site in expectation.call_sites),
-        ))
-
+        sink.diagnostics.append(
+            Diagnostic(
+                f"shape annotation does not hold: expected {format_shape(dims)}, found "
+                f"{format_shape(found.shape)}",
+                expectation.span,
+                hint=_differences(dims, found),
+                notes=call_notes((site.block, site.span) for site in expectation.call_sites),
+            )
+        )
 
 
 def _differences(dims: tuple[Dim, ...], found: TensorType) -> str | None:

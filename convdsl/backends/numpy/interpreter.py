@@ -37,34 +37,61 @@ def _bias(node: Node, params: Params) -> Array | None:
 
 def _conv(node: Node, xs: Sequence[Array], params: Params) -> Array:
     a = node.attrs
-    y = k.conv(xs[0], params[node.param("weight")], _bias(node, params), stride=a["stride"],
-               dilation=a["dilation"], pads=a["pads"], groups=a["groups"])
+    y = k.conv(
+        xs[0],
+        params[node.param("weight")],
+        _bias(node, params),
+        stride=a["stride"],
+        dilation=a["dilation"],
+        pads=a["pads"],
+        groups=a["groups"],
+    )
     return ACTIVATIONS[a["activation"]](y)
 
 
 def _conv_transpose(node: Node, xs: Sequence[Array], params: Params) -> Array:
     a = node.attrs
-    y = k.conv_transpose(xs[0], params[node.param("weight")], _bias(node, params),
-                         stride=a["stride"], dilation=a["dilation"], pads=a["pads"],
-                         output_padding=a["output_padding"], groups=a["groups"])
+    y = k.conv_transpose(
+        xs[0],
+        params[node.param("weight")],
+        _bias(node, params),
+        stride=a["stride"],
+        dilation=a["dilation"],
+        pads=a["pads"],
+        output_padding=a["output_padding"],
+        groups=a["groups"],
+    )
     return ACTIVATIONS[a["activation"]](y)
 
 
 def _max_pool(node: Node, xs: Sequence[Array], params: Params) -> Array:
     a = node.attrs
-    return k.max_pool(xs[0], kernel=a["kernel"], stride=a["stride"], dilation=a["dilation"],
-                      pads=a["pads"], ceil_mode=a["ceil_mode"])
+    return k.max_pool(
+        xs[0],
+        kernel=a["kernel"],
+        stride=a["stride"],
+        dilation=a["dilation"],
+        pads=a["pads"],
+        ceil_mode=a["ceil_mode"],
+    )
 
 
 def _avg_pool(node: Node, xs: Sequence[Array], params: Params) -> Array:
     a = node.attrs
-    return k.avg_pool(xs[0], kernel=a["kernel"], stride=a["stride"], pads=a["pads"],
-                      ceil_mode=a["ceil_mode"], include_pad=a["include_pad"])
+    return k.avg_pool(
+        xs[0],
+        kernel=a["kernel"],
+        stride=a["stride"],
+        pads=a["pads"],
+        ceil_mode=a["ceil_mode"],
+        include_pad=a["include_pad"],
+    )
 
 
 def _batch_norm(node: Node, xs: Sequence[Array], params: Params) -> Array:
-    weight, bias, mean, var = (params[node.param(r)]
-                               for r in ("weight", "bias", "running_mean", "running_var"))
+    weight, bias, mean, var = (
+        params[node.param(r)] for r in ("weight", "bias", "running_mean", "running_var")
+    )
     return k.batch_norm(xs[0], weight, bias, mean, var, eps=node.attrs["eps"])
 
 
@@ -133,9 +160,12 @@ class NumpyExecutable:
             args = [env[v] for v in node.inputs]
             try:
                 result = OP_FUNCTIONS[node.op](node, args, self.params)
-            except Exception as exc:  # noqa: BLE001 - any crash here is our bug; say where
-                raise InternalError(f"the NumPy interpreter failed on {node.op} '{node.name}': "
-                                    f"{type(exc).__name__}: {exc}", node.span) from exc
+            except Exception as exc:
+                raise InternalError(
+                    f"the NumPy interpreter failed on {node.op} '{node.name}': "
+                    f"{type(exc).__name__}: {exc}",
+                    node.span,
+                ) from exc
             env[node.output] = result
             for value in node.inputs:
                 if self._last_reader.get(value) == index and value not in keep:
@@ -149,4 +179,3 @@ def _last_readers(graph: Graph) -> dict[int, int]:
         for value in node.inputs:
             last[value] = index
     return last
-
