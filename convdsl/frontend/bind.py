@@ -8,55 +8,16 @@ and returns the node's tensor inputs, attributes and the span of every argument.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from convdsl.diagnostics import Diagnostic, Span
+from convdsl.diagnostics import Span
 from convdsl.frontend import ast
+from convdsl.frontend.values import Keyword, LowerError, Tensor, is_int
 from convdsl.ir.graph import Attrs
 from convdsl.ir.ops import REQUIRED, ArgKind, ArgSpec, OpDef
 
 PADDING_KEYWORDS = ("valid", "same", "causal")
-
-
-class LowerError(Exception):
-    """A user error found while lowering one statement."""
-
-    def __init__(self, message: str, span: Span | None, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.diagnostic = Diagnostic(message, span, hint=hint)
-
-
-@dataclass(frozen=True, slots=True)
-class Tensor:
-    """A compile-time handle to an IR value."""
-
-    value: int
-
-
-@dataclass(frozen=True, slots=True)
-class Keyword:
-    """A bare name bound to nothing: meaningful only as a keyword value (``padding=same``)."""
-
-    name: str
-    span: Span
-    # Finds a close variable name, for when it was meant as one; only called on an error.
-    suggest: Callable[[], str | None] | None = field(default=None, compare=False)
-
-    @property
-    def hint(self) -> str | None:
-        return self.suggest() if self.suggest is not None else None
-
-
-class _Poison:
-    """The value of anything computed from an error: using it reports nothing more."""
-
-    def __repr__(self) -> str:
-        return "POISON"
-
-
-POISON: Any = _Poison()
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,10 +141,10 @@ def _convert(spec: ArgSpec, value: Any, span: Span, op: str) -> Any:
             if isinstance(item, Keyword):
                 raise LowerError(f"unknown name '{item.name}'", item.span, hint=item.hint)
     elif kind is ArgKind.INT:
-        if _is_int(value):
+        if is_int(value):
             return value
     elif kind is ArgKind.FLOAT:
-        if _is_int(value) or isinstance(value, float):
+        if is_int(value) or isinstance(value, float):
             return float(value)
     elif kind is ArgKind.BOOL:
         if isinstance(value, bool):
@@ -203,7 +164,7 @@ def _convert(spec: ArgSpec, value: Any, span: Span, op: str) -> Any:
     elif kind is ArgKind.INTS:
         if spec.default is None and value is None:
             return None
-        if _is_int(value) or (isinstance(value, tuple) and value and all(map(_is_int, value))):
+        if is_int(value) or (isinstance(value, tuple) and value and all(map(is_int, value))):
             return value
     elif kind is ArgKind.PADDING:
         return _padding(spec, value, span, op)
@@ -211,7 +172,7 @@ def _convert(spec: ArgSpec, value: Any, span: Span, op: str) -> Any:
         # A string stands for a keyword here as it does for enums and padding.
         if (value.name if isinstance(value, Keyword) else value) == "center":
             return "center"
-        if _is_int(value) or (isinstance(value, tuple) and value and all(map(_is_int, value))):
+        if is_int(value) or (isinstance(value, tuple) and value and all(map(is_int, value))):
             return value
     raise LowerError(f"{op}: {spec.name}: expected {kind.value}, found {_found(value)}", span)
 
@@ -227,20 +188,16 @@ def _padding(spec: ArgSpec, value: Any, span: Span, op: str) -> Any:
             span,
             hint=f"did you mean '{close[0]}'?" if close else None,
         )
-    if _is_int(value):
+    if is_int(value):
         return value
     if isinstance(value, tuple) and value:
-        if all(map(_is_int, value)):
+        if all(map(is_int, value)):
             return value
-        if all(isinstance(p, tuple) and len(p) == 2 and all(map(_is_int, p)) for p in value):
+        if all(isinstance(p, tuple) and len(p) == 2 and all(map(is_int, p)) for p in value):
             return value
     raise LowerError(
         f"{op}: {spec.name}: expected {ArgKind.PADDING.value}; found {_found(value)}", span
     )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _found(value: Any) -> str:

@@ -11,23 +11,33 @@ Errors are collected, not raised one at a time: a statement that fails binds its
 from __future__ import annotations
 
 import difflib
-import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import PurePath
 from typing import Any
 
 from convdsl.diagnostics import Diagnostic, DiagnosticSink, Span, call_notes
 from convdsl.frontend import ast
-from convdsl.frontend.bind import POISON, Keyword, LowerError, Tensor, bind_op_args
+from convdsl.frontend.bind import bind_op_args
+from convdsl.frontend.declarations import collect_blocks, end_of, input_type, network_name
+from convdsl.frontend.values import (
+    BUILTINS,
+    POISON,
+    Keyword,
+    LowerError,
+    Tensor,
+    arithmetic,
+    call_builtin,
+    describe,
+    did_you_mean,
+    is_int,
+    is_number,
+    poisoned,
+)
 from convdsl.ir.graph import Attrs, CallSite, Expectation, Graph, Node, Value
 from convdsl.ir.ops import OPS
-from convdsl.ir.types import Dim, DType, TensorType
+from convdsl.ir.types import Dim, TensorType
 
 MAX_BLOCK_DEPTH = 64
-MAX_UNROLL = 10_000  # a loop longer than this is a typo, not a network
-BUILTINS = ("range", "min", "max", "len")
 
 
 @dataclass
@@ -90,7 +100,7 @@ class Lowerer:
             self._statement(item, self.globals)
         self._check_interface()
         return Graph(
-            name=self.module.network or _stem(self.module.source.name),
+            name=self.module.network or network_name(self.module.source.name),
             source=self.module.source,
             values=dict(self.values),
             inputs=tuple(self.inputs),
@@ -100,46 +110,10 @@ class Lowerer:
         )
 
     def _collect_blocks(self) -> None:
-        for item in self.module.items:
-            if not isinstance(item, ast.BlockDef):
-                continue
-            if item.name in self.blocks:
-                self.sink.error(f"block '{item.name}' is defined twice", item.name_span)
-                continue
-            self.blocks[item.name] = item
-            if item.name in OPS or item.name in BUILTINS:
-                kind = "op" if item.name in OPS else "function"
-                self.sink.error(
-                    f"block '{item.name}' has the name of a built-in {kind}",
-                    item.name_span,
-                    hint="rename the block",
-                )
-                self.broken_blocks.add(item.name)
-            seen: set[str] = set()
-            for param in item.params:
-                if param.name in seen:
-                    self.sink.error(f"parameter '{param.name}' is declared twice", param.span)
-                seen.add(param.name)
-            for before, after in zip(item.params, item.params[1:], strict=False):
-                if before.default is not None and after.default is None:
-                    self.sink.error(
-                        f"parameter '{after.name}' without a default follows one with a default",
-                        after.span,
-                    )
-            early = [stmt for stmt in item.body[:-1] if isinstance(stmt, ast.Return)]
-            if early:
-                self.sink.error("return must be the last statement of a block", early[0].span)
-                self.broken_blocks.add(item.name)
-            elif not item.body or not isinstance(item.body[-1], ast.Return):
-                self.sink.error(
-                    f"block '{item.name}' does not end with a return statement",
-                    item.name_span,
-                    hint="end the block with `return VALUE`",
-                )
-                self.broken_blocks.add(item.name)
+        self.blocks, self.broken_blocks = collect_blocks(self.module, self.sink)
 
     def _check_interface(self) -> None:
-        end = _end_of(self.module)
+        end = end_of(self.module)
         if not self.declares_input:
             self.sink.error(
                 "the network declares no inputs",
@@ -185,37 +159,7 @@ class Lowerer:
         self.declares_input = True
         if decl.name in self.globals.vars:
             raise self._redefined(decl.name, decl.name_span)
-        dtype = DType.parse(decl.dtype)
-        if dtype is None:
-            raise LowerError(
-                f"input '{decl.name}': unknown dtype '{decl.dtype}'; expected f32 or f64",
-                _dtype_span(decl),
-            )
-        if not 3 <= len(decl.dims) <= 5:
-            raise LowerError(
-                f"input '{decl.name}' has {len(decl.dims)} dims; expected [N, C, ...] with 1 to 3 "
-                "spatial dims (3 to 5 dims in all)",
-                decl.span,
-            )
-        dims: list[Dim] = []
-        for position, dim in enumerate(decl.dims):
-            if isinstance(dim, ast.Int):
-                if dim.value < 1:
-                    raise LowerError(
-                        f"input '{decl.name}': dimension sizes must be positive, found {dim.value}",
-                        dim.span,
-                    )
-                dims.append(dim.value)
-            elif position == 0 and dim.id != "_":
-                dims.append(dim.id)
-            else:
-                raise LowerError(
-                    f"input '{decl.name}': only the batch (first) dimension may be symbolic; "
-                    f"found '{dim.id}' at position {position + 1}",
-                    dim.span,
-                    hint="write its size as an integer",
-                )
-        value = self._new_value(decl.name, TensorType(tuple(dims), dtype), decl.name_span)
+        value = self._new_value(decl.name, input_type(decl), decl.name_span)
         self.inputs.append(value)
         self.globals.vars[decl.name] = Tensor(value)
 
@@ -261,7 +205,7 @@ class Lowerer:
         if not isinstance(result, Tensor):
             where = stmt.name_span if stmt.value is None else _span(stmt.value)
             raise LowerError(
-                f"output '{stmt.name}' must be a tensor, found {_describe(result)}", where
+                f"output '{stmt.name}' must be a tensor, found {describe(result)}", where
             )
         self.outputs.append((stmt.name, result.value))
         self._expect(stmt.annotation, result, scope)
@@ -273,7 +217,7 @@ class Lowerer:
             return
         if not isinstance(items, tuple):
             raise LowerError(
-                f"for needs a list or range(...), found {_describe(items)}", _span(stmt.iterable)
+                f"for needs a list or range(...), found {describe(items)}", _span(stmt.iterable)
             )
         for item in items:
             scope.vars[stmt.var] = item
@@ -287,7 +231,7 @@ class Lowerer:
             return
         if not isinstance(result, Tensor):
             raise LowerError(
-                f"a shape annotation needs a tensor, found {_describe(result)}", annotation.span
+                f"a shape annotation needs a tensor, found {describe(result)}", annotation.span
             )
         dims: list[Dim] = []
         for dim in annotation.dims:
@@ -322,9 +266,9 @@ class Lowerer:
             operand = self._eval(expr.operand, scope, name)
             if operand is POISON:
                 return POISON
-            if _is_number(operand):
+            if is_number(operand):
                 return -operand
-            raise LowerError(f"cannot negate {_describe(operand)}", expr.span)
+            raise LowerError(f"cannot negate {describe(operand)}", expr.span)
         if isinstance(expr, ast.BinOp):
             return self._binop(expr, scope, name)
         if isinstance(expr, ast.Call):
@@ -347,8 +291,8 @@ class Lowerer:
         right = self._eval(expr.right, scope, name + ".rhs")
         if left is POISON or right is POISON:
             return POISON
-        if _is_number(left) and _is_number(right):
-            return _arithmetic(expr, left, right)
+        if is_number(left) and is_number(right):
+            return arithmetic(expr, left, right)
         if isinstance(left, Tensor) and isinstance(right, Tensor):
             op = {"+": "add", "*": "mul"}.get(expr.op)
             if op is None:
@@ -360,7 +304,7 @@ class Lowerer:
                 op, [left.value, right.value], Attrs(), name, expr.span, operands
             )
         raise LowerError(
-            f"'{expr.op}' between {_describe(left)} and {_describe(right)} is not defined "
+            f"'{expr.op}' between {describe(left)} and {describe(right)} is not defined "
             "(convdsl does not broadcast numbers over tensors)",
             expr.span,
         )
@@ -380,7 +324,7 @@ class Lowerer:
             kw.name: self._eval(kw.value, scope, f"{name}.{_label(kw.value)}", True)
             for kw in call.kwargs
         }
-        if any(_poisoned(v) for v in [*args, *kwargs.values()]):
+        if any(poisoned(v) for v in [*args, *kwargs.values()]):
             return POISON
         bound = bind_op_args(opdef, call, args, kwargs)
         node_name = scope.qualify(bound.name) if bound.name else name
@@ -426,7 +370,7 @@ class Lowerer:
                 raise LowerError(
                     f"block '{block.name}' has no parameter '{kw.name}'",
                     kw.span,
-                    hint=_did_you_mean(kw.name, params),
+                    hint=did_you_mean(kw.name, params),
                 )
             if kw.name in values:
                 raise LowerError(f"parameter '{kw.name}' is given twice", kw.span)
@@ -467,26 +411,7 @@ class Lowerer:
     def _call_builtin(self, call: ast.Call, scope: Scope, name: str) -> Any:
         if call.kwargs:
             raise LowerError(f"{call.func}() takes no keyword arguments", call.kwargs[0].span)
-        args = [self._eval(a, scope, name) for a in call.args]
-        if any(_poisoned(a) for a in args):
-            return POISON
-        if call.func == "len":
-            if len(args) != 1 or not isinstance(args[0], tuple):
-                raise LowerError("len() takes one list", call.span)
-            return len(args[0])
-        if not args or not all(isinstance(a, int) and not isinstance(a, bool) for a in args):
-            raise LowerError(f"{call.func}() takes integers", call.span)
-        if call.func == "range":
-            if len(args) > 3 or (len(args) == 3 and args[2] == 0):
-                raise LowerError("range() takes 1 to 3 integers and a non-zero step", call.span)
-            if len(range(*args)) > MAX_UNROLL:
-                raise LowerError(
-                    f"range() of {len(range(*args))} items is too long to unroll "
-                    f"(at most {MAX_UNROLL})",
-                    call.span,
-                )
-            return tuple(range(*args))
-        return min(args) if call.func == "min" else max(args)
+        return call_builtin(call.func, [self._eval(a, scope, name) for a in call.args], call.span)
 
     # ---- graph building ------------------------------------------------------------------
 
@@ -566,7 +491,7 @@ class Lowerer:
         while current is not None:
             names.update(current.vars)
             current = current.parent
-        return _did_you_mean(ident, names)
+        return did_you_mean(ident, names)
 
 
 def lower(module: ast.Module) -> tuple[Graph, list[Diagnostic]]:
@@ -589,48 +514,6 @@ def _result_name(prefix: str, result_names: Sequence[str], index: int) -> str:
     return f"{prefix}.{result_names[index] if index < len(result_names) else f'out{index}'}"
 
 
-def _arithmetic(expr: ast.BinOp, left: float, right: float) -> Any:
-    if expr.op in ("/", "//", "%") and right == 0:
-        raise LowerError("division by zero", expr.span)
-    if expr.op == "**" and isinstance(right, int) and right < 0 and isinstance(left, int):
-        return float(left) ** right
-    if expr.op == "**" and abs(right) > 64:
-        raise LowerError("exponent too large", expr.span)
-    ops = {
-        "+": lambda a, b: a + b,
-        "-": lambda a, b: a - b,
-        "*": lambda a, b: a * b,
-        "/": lambda a, b: a / b,
-        "//": lambda a, b: a // b,
-        "%": lambda a, b: a % b,
-        "**": lambda a, b: a**b,
-    }
-    result = ops[expr.op](left, right)
-    if isinstance(result, float) and not math.isfinite(result):
-        raise LowerError("arithmetic overflow", expr.span)
-    return result
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, Tensor):
-        return "a tensor"
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, int | float):
-        return f"the number {value}"
-    if isinstance(value, str):
-        return f"the string {value!r}"
-    if isinstance(value, Keyword):
-        return f"the unknown name '{value.name}'"
-    if isinstance(value, tuple):
-        return f"a list of {len(value)}"
-    return type(value).__name__
-
-
 def _label(expr: ast.Expr) -> str:
     if isinstance(expr, ast.Call):
         return expr.func
@@ -643,11 +526,6 @@ def _span(expr: Any) -> Span:
     return expr.span
 
 
-def _did_you_mean(name: str, candidates: Any) -> str | None:
-    close = difflib.get_close_matches(name, list(candidates), n=1)
-    return f"did you mean '{close[0]}'?" if close else None
-
-
 def _signature(block: ast.BlockDef) -> str:
     params = [p.name if p.default is None else f"{p.name}=..." for p in block.params]
     return f"{block.name}({', '.join(params)})"
@@ -658,16 +536,7 @@ def _int_or_none(scope: Scope, name: str) -> Any:
         value = scope.lookup(name)
     except KeyError:
         return None
-    return value if value is POISON or _is_int(value) else None
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _poisoned(value: Any) -> bool:
-    """True for POISON and for lists holding it anywhere."""
-    return value is POISON or (isinstance(value, tuple) and any(map(_poisoned, value)))
+    return value if value is POISON or is_int(value) else None
 
 
 def _poison_targets(stmt: ast.For, scope: Scope) -> None:
@@ -679,26 +548,3 @@ def _poison_targets(stmt: ast.For, scope: Scope) -> None:
                 scope.vars[target.id] = POISON
         elif isinstance(inner, ast.For):
             _poison_targets(inner, scope)
-
-
-def _dtype_span(decl: ast.InputDecl) -> Span:
-    """Where the dtype of ``input x: f16[...]`` is written (the AST keeps only its text)."""
-    source = decl.span.source
-    line = source.line(decl.name_span.end_line)
-    found = re.compile(r"\s*:\s*(" + re.escape(decl.dtype) + r")\b").match(
-        line, decl.name_span.end_column - 1
-    )
-    if found is None:
-        return decl.span
-    line_no = decl.name_span.end_line
-    return Span(source, line_no, found.start(1) + 1, line_no, found.end(1) + 1)
-
-
-def _stem(filename: str) -> str:
-    stem = PurePath(filename).stem
-    return stem if stem.isidentifier() else "network"
-
-
-def _end_of(module: ast.Module) -> Span:
-    lines = module.source.text.splitlines() or [""]
-    return Span(module.source, len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 1)

@@ -1,0 +1,117 @@
+"""Top-level declarations: block definitions and inputs, checked before statements run."""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePath
+
+from convdsl.diagnostics import DiagnosticSink, Span
+from convdsl.frontend import ast
+from convdsl.frontend.values import BUILTINS, LowerError
+from convdsl.ir.ops import OPS
+from convdsl.ir.types import Dim, DType, TensorType
+
+
+def collect_blocks(
+    module: ast.Module, sink: DiagnosticSink
+) -> tuple[dict[str, ast.BlockDef], set[str]]:
+    """Every block definition by name, and the names of the broken ones (reported here once;
+    their calls stay quiet)."""
+    blocks: dict[str, ast.BlockDef] = {}
+    broken: set[str] = set()
+    for item in module.items:
+        if not isinstance(item, ast.BlockDef):
+            continue
+        if item.name in blocks:
+            sink.error(f"block '{item.name}' is defined twice", item.name_span)
+            continue
+        blocks[item.name] = item
+        if item.name in OPS or item.name in BUILTINS:
+            kind = "op" if item.name in OPS else "function"
+            sink.error(
+                f"block '{item.name}' has the name of a built-in {kind}",
+                item.name_span,
+                hint="rename the block",
+            )
+            broken.add(item.name)
+        seen: set[str] = set()
+        for param in item.params:
+            if param.name in seen:
+                sink.error(f"parameter '{param.name}' is declared twice", param.span)
+            seen.add(param.name)
+        for before, after in zip(item.params, item.params[1:], strict=False):
+            if before.default is not None and after.default is None:
+                sink.error(
+                    f"parameter '{after.name}' without a default follows one with a default",
+                    after.span,
+                )
+        early = [stmt for stmt in item.body[:-1] if isinstance(stmt, ast.Return)]
+        if early:
+            sink.error("return must be the last statement of a block", early[0].span)
+            broken.add(item.name)
+        elif not item.body or not isinstance(item.body[-1], ast.Return):
+            sink.error(
+                f"block '{item.name}' does not end with a return statement",
+                item.name_span,
+                hint="end the block with `return VALUE`",
+            )
+            broken.add(item.name)
+    return blocks, broken
+
+
+def input_type(decl: ast.InputDecl) -> TensorType:
+    """The type an ``input`` declares: f32/f64, 3 to 5 dims, only the batch symbolic."""
+    dtype = DType.parse(decl.dtype)
+    if dtype is None:
+        raise LowerError(
+            f"input '{decl.name}': unknown dtype '{decl.dtype}'; expected f32 or f64",
+            _dtype_span(decl),
+        )
+    if not 3 <= len(decl.dims) <= 5:
+        raise LowerError(
+            f"input '{decl.name}' has {len(decl.dims)} dims; expected [N, C, ...] with 1 to 3 "
+            "spatial dims (3 to 5 dims in all)",
+            decl.span,
+        )
+    dims: list[Dim] = []
+    for position, dim in enumerate(decl.dims):
+        if isinstance(dim, ast.Int):
+            if dim.value < 1:
+                raise LowerError(
+                    f"input '{decl.name}': dimension sizes must be positive, found {dim.value}",
+                    dim.span,
+                )
+            dims.append(dim.value)
+        elif position == 0 and dim.id != "_":
+            dims.append(dim.id)
+        else:
+            raise LowerError(
+                f"input '{decl.name}': only the batch (first) dimension may be symbolic; "
+                f"found '{dim.id}' at position {position + 1}",
+                dim.span,
+                hint="write its size as an integer",
+            )
+    return TensorType(tuple(dims), dtype)
+
+
+def _dtype_span(decl: ast.InputDecl) -> Span:
+    """Where the dtype of ``input x: f16[...]`` is written (the AST keeps only its text)."""
+    source = decl.span.source
+    line = source.line(decl.name_span.end_line)
+    found = re.compile(r"\s*:\s*(" + re.escape(decl.dtype) + r")\b").match(
+        line, decl.name_span.end_column - 1
+    )
+    if found is None:
+        return decl.span
+    line_no = decl.name_span.end_line
+    return Span(source, line_no, found.start(1) + 1, line_no, found.end(1) + 1)
+
+
+def network_name(filename: str) -> str:
+    stem = PurePath(filename).stem
+    return stem if stem.isidentifier() else "network"
+
+
+def end_of(module: ast.Module) -> Span:
+    lines = module.source.text.splitlines() or [""]
+    return Span(module.source, len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 1)
