@@ -26,6 +26,7 @@ import numpy as np
 from convdsl import weights as weights_io
 from convdsl.backends.numpy.interpreter import NumpyExecutable
 from convdsl.diagnostics import ConvdslError, Diagnostic, DiagnosticSink, Source, error
+from convdsl.ir.derived import materialize
 from convdsl.ir.graph import Graph, Param
 from convdsl.ir.types import AXIS_NAMES, TensorType, format_shape
 from convdsl.passes.pipeline import compile_source
@@ -53,7 +54,7 @@ class Network:
             if weights is None
             else weights_io.check_weights(weights, graph.params, weights_origin)
         )
-        self._executable = NumpyExecutable(graph, self.weights)
+        self._executable = NumpyExecutable(graph, materialize(graph, self.weights))
 
     # ---- inspection ------------------------------------------------------------------------
 
@@ -81,7 +82,7 @@ class Network:
 
     def set_weights(self, arrays: Mapping[str, np.ndarray], origin: str = "weights") -> None:
         self.weights = weights_io.check_weights(arrays, self.graph.params, origin)
-        self._executable = NumpyExecutable(self.graph, self.weights)
+        self._executable = NumpyExecutable(self.graph, materialize(self.graph, self.weights))
 
     def save_weights(self, path: str | Path, overwrite: bool = False) -> None:
         weights_io.save_npz(path, self.weights, overwrite=overwrite)

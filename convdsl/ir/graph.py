@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from convdsl.diagnostics import Source, Span
+from convdsl.ir.memory_plan import MemoryPlan
 from convdsl.ir.types import Dim, DType, TensorType
 
 
@@ -75,7 +76,13 @@ class Value:
 
 @dataclass(frozen=True, slots=True)
 class Node:
-    """One op application. ``name`` is the layer name: its parameters are ``{name}.{role}``.
+    """One op application. ``name`` is the layer name.
+
+    ``params`` maps each parameter role (``weight``, ``bias``...) to the parameter the node
+    reads: ``{name}.{role}`` as declared by shape inference, or a derived parameter once a pass
+    has folded something into it. A *fused kernel* has op ``"fused"``: ``parts`` are its member
+    nodes in execution order (the first is its anchor, whose name and span it keeps), ``inputs``
+    the values it reads from outside and ``outputs`` the one value it leaves behind.
 
     ``arg_spans`` maps an argument name to where the user wrote it, so an error about
     ``kernel`` points at ``kernel=7`` rather than at the whole call. ``call_sites`` lists the
@@ -90,6 +97,8 @@ class Node:
     span: Span = field(compare=False)
     arg_spans: Mapping[str, Span] = field(default_factory=dict, compare=False, hash=False)
     call_sites: tuple[CallSite, ...] = field(default=(), compare=False)
+    params: Attrs = field(default_factory=Attrs)
+    parts: tuple[Node, ...] = ()
 
     @property
     def output(self) -> int:
@@ -98,7 +107,16 @@ class Node:
         return value
 
     def param(self, role: str) -> str:
-        return f"{self.name}.{role}"
+        """The name of the parameter this node reads for ``role``."""
+        return str(self.params[role])
+
+    @property
+    def is_fused(self) -> bool:
+        return self.op == FUSED
+
+
+FUSED = "fused"
+"""The op of a fused kernel (see ``Node.parts``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +133,23 @@ class Param:
     init: str
     fan_in: int
     span: Span = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DerivedParam:
+    """A parameter computed from others when weights are bound, never stored in a weights file.
+
+    Folding passes make these: a conv's weight scaled by the batch norm folded into it is
+    ``DerivedParam("c1.weight@bn", ..., recipe="bn_fold_weight", sources=(c1.weight, bn...))``.
+    ``recipe`` names a function in ``convdsl.ir.derived``.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: DType
+    recipe: str
+    sources: tuple[str, ...]
+    attrs: Attrs = field(default_factory=Attrs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +172,8 @@ class Graph:
     outputs: tuple[tuple[str, int], ...]
     params: Mapping[str, Param] = field(default_factory=dict)
     expectations: tuple[Expectation, ...] = ()
+    derived: Mapping[str, DerivedParam] = field(default_factory=dict)
+    memory: MemoryPlan | None = None  # set by the memory-planning pass
 
     def type_of(self, value: int) -> TensorType:
         """The inferred type of a value (only valid after shape inference)."""

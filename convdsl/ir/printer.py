@@ -5,13 +5,15 @@ One line per value::
     %image: f32[N,3,224,224] = input                                   # fcn.conv:3
     %c1: f32[N,64,224,224] = conv2d(%image) kernel=[3,3] pads=[[1,1],[1,1]] ...  # fcn.conv:5
 
-Parameters are listed after the layers, outputs last.
+A fused kernel prints its parts indented under it. A parameter a pass rewired (``weight=...``)
+is shown on its node; derived parameters are listed with their recipe after the declared ones.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from convdsl.diagnostics import Span
 from convdsl.ir.graph import Graph, Node
 from convdsl.ir.types import format_shape
 
@@ -25,11 +27,22 @@ def print_graph(graph: Graph, show_locations: bool = True) -> str:
         )
     for node in graph.nodes:
         lines.append(_with_location("  " + format_node(graph, node), node.span, show_locations))
+        for part in node.parts:
+            lines.append(
+                _with_location("      " + format_node(graph, part), part.span, show_locations)
+            )
     if graph.params:
         lines.append("params")
         for param in graph.params.values():
             lines.append(
                 f"  {param.name}: {param.dtype.value}{format_shape(param.shape)} init={param.init}"
+            )
+    if graph.derived:
+        lines.append("derived")
+        for derived in graph.derived.values():
+            lines.append(
+                f"  {derived.name}: {derived.dtype.value}{format_shape(derived.shape)} = "
+                f"{derived.recipe}({', '.join(derived.sources)})"
             )
     lines.append("outputs")
     for name, value_id in graph.outputs:
@@ -43,8 +56,15 @@ def format_node(graph: Graph, node: Node) -> str:
         for v in node.outputs
     )
     ins = ", ".join(f"%{graph.values[v].name}" for v in node.inputs)
-    attrs = " ".join(f"{key}={format_attr(value)}" for key, value in node.attrs.items())
-    return f"{outs} = {node.op}({ins})" + (f" {attrs}" if attrs else "")
+    attrs = [f"{key}={format_attr(value)}" for key, value in node.attrs.items()]
+    attrs += [
+        f"{role}={name}"
+        for role, name in node.params.items()
+        if name != f"{node.name}.{role}"  # only what a pass rewired; the rest is implied
+    ]
+    if node.is_fused:
+        attrs.insert(0, f"parts={len(node.parts)}")
+    return f"{outs} = {node.op}({ins})" + (" " + " ".join(attrs) if attrs else "")
 
 
 def format_attr(value: Any) -> str:
@@ -57,7 +77,7 @@ def format_attr(value: Any) -> str:
     return str(value)
 
 
-def _with_location(text: str, span: Any, show: bool) -> str:
+def _with_location(text: str, span: Span | None, show: bool) -> str:
     if not show or span is None:
         return text
     return f"{text:<72}  # {span.source.name}:{span.line}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from convdsl.diagnostics import Diagnostic, DiagnosticSink, Span, call_notes
-from convdsl.ir.graph import Expectation, Graph, Node, Param
+from convdsl.ir.graph import Attrs, Expectation, Graph, Node, Param
 from convdsl.ir.ops import OPS
 from convdsl.ir.shape_rules import Inferred, ShapeError
 from convdsl.ir.types import AXIS_NAMES, Dim, TensorType, format_shape
@@ -34,9 +34,10 @@ def infer_shapes(graph: Graph) -> Graph:
             continue
         for value, out_type in zip(node.outputs, inferred.outputs, strict=True):
             types[value] = out_type
-        nodes.append(_resolved(node, inferred))
+        resolved = _resolved(node, inferred)
+        nodes.append(resolved)
         for spec in inferred.params:
-            name = node.param(spec.role)
+            name = resolved.param(spec.role)
             dtype = in_types[0].dtype  # type: ignore[union-attr]
             params[name] = Param(name, spec.shape, dtype, spec.init, spec.fan_in, node.span)
     for expectation in graph.expectations:
@@ -69,7 +70,8 @@ def _source_text(span: Span | None) -> str | None:
 
 def _resolved(node: Node, inferred: Inferred) -> Node:
     inputs = node.inputs if inferred.keep_inputs is None else node.inputs[: inferred.keep_inputs]
-    return replace(node, attrs=inferred.attrs, inputs=inputs)
+    params = Attrs({spec.role: f"{node.name}.{spec.role}" for spec in inferred.params})
+    return replace(node, attrs=inferred.attrs, inputs=inputs, params=params)
 
 
 def _check_expectation(

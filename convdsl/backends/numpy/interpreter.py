@@ -142,12 +142,13 @@ OP_FUNCTIONS: dict[str, OpFn] = {
 
 
 class NumpyExecutable:
-    """A graph bound to its parameters, runnable on NumPy arrays."""
+    """A graph bound to its parameters (declared and derived), runnable on NumPy arrays."""
 
     def __init__(self, graph: Graph, params: Params) -> None:
         self.graph = graph
         self.params = params
-        missing = [n.op for n in graph.nodes if n.op not in OP_FUNCTIONS]
+        ops = {part.op for node in graph.nodes for part in _parts(node)}
+        missing = sorted(ops - OP_FUNCTIONS.keys())
         if missing:
             raise InternalError(f"the NumPy interpreter has no implementation of {missing}")
         self._last_reader = _last_readers(graph)
@@ -157,20 +158,31 @@ class NumpyExecutable:
         env: dict[int, Array] = dict(inputs)
         keep = {value for _, value in self.graph.outputs}
         for index, node in enumerate(self.graph.nodes):
-            args = [env[v] for v in node.inputs]
-            try:
-                result = OP_FUNCTIONS[node.op](node, args, self.params)
-            except Exception as exc:
-                raise InternalError(
-                    f"the NumPy interpreter failed on {node.op} '{node.name}': "
-                    f"{type(exc).__name__}: {exc}",
-                    node.span,
-                ) from exc
-            env[node.output] = result
+            env[node.output] = self.run_node(node, [env[v] for v in node.inputs])
             for value in node.inputs:
                 if self._last_reader.get(value) == index and value not in keep:
                     env.pop(value, None)
         return {value: env[value] for _, value in self.graph.outputs}
+
+    def run_node(self, node: Node, args: Sequence[Array]) -> Array:
+        """One node; a fused kernel runs its parts in order on values local to it."""
+        local: dict[int, Array] = dict(zip(node.inputs, args, strict=True))
+        for part in _parts(node):
+            try:
+                result = OP_FUNCTIONS[part.op](part, [local[v] for v in part.inputs], self.params)
+            except Exception as exc:
+                where = f" in fused kernel '{node.name}'" if node.is_fused else ""
+                raise InternalError(
+                    f"the NumPy interpreter failed on {part.op} '{part.name}'{where}: "
+                    f"{type(exc).__name__}: {exc}",
+                    part.span,
+                ) from exc
+            local[part.output] = result
+        return local[node.output]
+
+
+def _parts(node: Node) -> tuple[Node, ...]:
+    return node.parts if node.is_fused else (node,)
 
 
 def _last_readers(graph: Graph) -> dict[int, int]:
