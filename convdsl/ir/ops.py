@@ -298,3 +298,16 @@ OPS: dict[str, OpDef] = _table()
 
 def lookup(name: str) -> OpDef | None:
     return OPS.get(name)
+
+
+def is_conv(op: str) -> bool:
+    """Any convolution (regular, depthwise or transposed, of any rank): the ops with a weight,
+    an optional bias and an activation epilogue."""
+    row = OPS.get(op)
+    return row is not None and row.fusion is FusionClass.CONV
+
+
+def is_conv_transpose(op: str) -> bool:
+    """A transposed convolution: its ``pads`` crop the output and its weight is
+    ``[C, O/groups, *K]``."""
+    return is_conv(op) and OPS[op].arg("output_padding") is not None

@@ -58,7 +58,7 @@ def format_node(graph: Graph, node: Node) -> str:
     ins = ", ".join(f"%{graph.values[v].name}" for v in node.inputs)
     attrs = [f"{key}={format_attr(value)}" for key, value in node.attrs.items()]
     attrs += [
-        f"{role}={name}"
+        f"param.{role}={name}"
         for role, name in node.params.items()
         if name != f"{node.name}.{role}"  # only what a pass rewired; the rest is implied
     ]
