@@ -19,6 +19,10 @@ from convdsl.ir.ops import OPS
 def verify(graph: Graph, after_pass: str = "the front end") -> None:
     """Raise ``InternalError`` naming ``after_pass`` if ``graph`` breaks an invariant."""
     problems = list(_problems(graph))
+    if not problems and graph.memory is not None:
+        from convdsl.passes.memory import plan_problems  # the plan's rules live with its pass
+
+        problems = [f"memory plan: {problem}" for problem in plan_problems(graph)]
     if problems:
         raise InternalError(f"the IR is invalid after {after_pass}: " + "; ".join(problems[:5]))
 

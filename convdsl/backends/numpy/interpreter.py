@@ -3,6 +3,8 @@
 Runs a typed, resolved graph node by node. Each op is one short function from the node's
 inputs, attributes and parameters to its outputs, built on the array kernels in ``kernels``.
 An intermediate array is released after its last reader, so peak memory follows liveness.
+``arena.ArenaExecutable`` runs the same kernels with every activation inside the one arena of a
+graph's memory plan, which proves the plan; this default path never reads the plan.
 """
 
 from __future__ import annotations
