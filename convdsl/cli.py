@@ -28,7 +28,8 @@ from convdsl.ir.cost import node_macs, node_param_count
 from convdsl.ir.graph import Graph
 from convdsl.ir.printer import print_graph
 from convdsl.ir.types import format_shape
-from convdsl.passes.pipeline import compile_source, frontend
+from convdsl.passes import report
+from convdsl.passes.pipeline import PASSES, compile_source, frontend
 
 Handler = Callable[[argparse.Namespace], None]
 
@@ -217,13 +218,19 @@ def _save(path: Path, arrays: dict[str, np.ndarray], force: bool) -> None:
 def cmd_check(args: argparse.Namespace) -> None:
     """Compile and shape-check; print layers, parameters and MACs.
 
-    Parse, lower and shape-check FILE, then print one row per layer (output shape, parameter
-    count, multiply-accumulates per batch entry), the totals, and the inputs and outputs.
+    Parse, lower, shape-check and optimize FILE, then print one row per layer as written
+    (output shape, parameter count, multiply-accumulates per batch entry), the totals, and the
+    inputs and outputs. --report adds what each optimizer pass did: fused kernels, what blocked
+    fusion, activation traffic and the planned activation memory.
 
-    convdsl check net.conv --verify
+    convdsl check net.conv --verify --report
     """
-    graph = compile_source(read_source(args.file), check=args.verify)
-    print("\n".join(summary_lines(graph)))
+    trace = report.PipelineTrace()
+    compile_source(read_source(args.file), args.opt_level, check=args.verify, after=trace)
+    # The table shows the layers as written; the report says what the optimizer made of them.
+    print("\n".join(summary_lines(trace.steps[0].after)))
+    if args.report:
+        print("\n" + "\n".join(report.report_lines(report.build_report(trace, args.opt_level))))
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -237,7 +244,14 @@ def cmd_run(args: argparse.Namespace) -> None:
     """
     if args.output is not None:
         _refuse_overwrite(args.output, args.force)
-    net = compile_file(args.file, backend=args.backend, weights=args.weights, seed=args.seed)
+    net = compile_file(
+        args.file,
+        backend=args.backend,
+        opt_level=args.opt_level,
+        weights=args.weights,
+        seed=args.seed,
+        verify=args.verify,
+    )
     given = parse_input_flags(args.input, net)
     batch = args.batch if args.batch is not None else _batch_of(given, net)
     inputs = {**net.random_inputs(seed=args.seed, batch=batch), **given}
@@ -252,13 +266,46 @@ def cmd_ir(args: argparse.Namespace) -> None:
     """Print the compiled IR.
 
     Print the IR of FILE as text: one line per value (with its source line), then the
-    parameters and the outputs.
+    parameters, the outputs and (at -O2) the memory plan. --after PASS prints it right after
+    one pass, --all after every pass that changed it, --passes lists the pipeline.
 
-    convdsl ir net.conv --no-locations | less
+    convdsl ir net.conv --after fold-batch-norm --no-locations | less
     """
+    if args.passes:
+        print("\n".join(report.passes_lines()))
+        return
+    locations = not args.no_locations
     source = read_source(args.file)
-    graph = frontend(source) if args.untyped else compile_source(source)
-    sys.stdout.write(print_graph(graph, show_locations=not args.no_locations))
+    if args.untyped:
+        sys.stdout.write(print_graph(frontend(source), show_locations=locations))
+        return
+    if args.after is not None:
+        _check_pass_name(args.after, args.opt_level)
+    trace = report.PipelineTrace()
+    graph = compile_source(source, args.opt_level, check=args.verify, after=trace)
+    if args.all:
+        sys.stdout.write(report.all_passes_text(trace, show_locations=locations))
+        return
+    if args.after is not None:
+        graph = trace.graph_after(args.after)
+    sys.stdout.write(report.graph_text(graph, show_locations=locations))
+
+
+def _check_pass_name(name: str, opt_level: int) -> None:
+    """--after names a pass that runs at this -O level."""
+    names = [p.name for p in PASSES]
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        raise error(
+            f"--after {name}: no such pass; the passes are {', '.join(names)}",
+            hint=f"did you mean '{close[0]}'?" if close else "convdsl ir FILE --passes lists them",
+        )
+    level = next(p.min_opt_level for p in PASSES if p.name == name)
+    if level > opt_level:
+        raise error(
+            f"--after {name}: the pass does not run at -O{opt_level}",
+            hint=f"it runs from -O{level} up; add -O{level}",
+        )
 
 
 def cmd_init_weights(args: argparse.Namespace) -> None:
@@ -278,6 +325,15 @@ def cmd_init_weights(args: argparse.Namespace) -> None:
 
 
 # ---- the parser ------------------------------------------------------------------------------
+
+
+def _add_compile_options(parser: argparse.ArgumentParser) -> None:
+    """-O LEVEL and --verify, shared by every command that compiles for real."""
+    parser.add_argument("-O", dest="opt_level", type=int, choices=(0, 1, 2), default=2,
+                        metavar="LEVEL", help="optimization level: 0 shape checking only, "
+                        "1 adds simplification and folding, 2 (default) adds fusion and "
+                        "memory planning")  # fmt: skip
+    parser.add_argument("--verify", action="store_true", help="verify the IR after every pass")
 
 
 def _positive(text: str) -> int:
@@ -317,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     check = _subcommand(subs, "check", cmd_check, common)
-    check.add_argument("--verify", action="store_true", help="verify the IR after every pass")
+    _add_compile_options(check)
+    check.add_argument("--report", action="store_true",
+                       help="after the table, report what the optimizer did")  # fmt: skip
 
     run = _subcommand(subs, "run", cmd_run, common)
     run.add_argument("--input", action="append", default=[], metavar="NAME=PATH.npy",
@@ -332,11 +390,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", choices=BACKENDS, default=BACKENDS[0],
                      help=f"where to run (default {BACKENDS[0]})")  # fmt: skip
     run.add_argument("--force", action="store_true", help="overwrite an existing --output file")
+    _add_compile_options(run)
 
     ir = _subcommand(subs, "ir", cmd_ir, common)
+    _add_compile_options(ir)
     ir.add_argument("--no-locations", action="store_true", help="omit '# file:line' comments")
-    ir.add_argument("--untyped", action="store_true",
-                    help="print the graph as lowered, before shape inference")  # fmt: skip
+    which = ir.add_mutually_exclusive_group()
+    which.add_argument("--untyped", action="store_true",
+                       help="print the graph as lowered, before shape inference")  # fmt: skip
+    which.add_argument("--after", metavar="PASS",
+                       help="print the IR right after pass PASS (see --passes)")  # fmt: skip
+    which.add_argument("--all", action="store_true",
+                       help="print the IR after every pass that changed it")  # fmt: skip
+    which.add_argument("--passes", action="store_true",
+                       help="list the passes with their -O level and purpose")  # fmt: skip
 
     init = _subcommand(subs, "init-weights", cmd_init_weights, common)
     init.add_argument("-o", "--output", type=Path, required=True, metavar="W.npz",

@@ -243,7 +243,7 @@ def test_init_weights_then_run_with_them_reproduces_outputs(tmp_path: Path) -> N
 def test_ir_prints_a_line_per_layer(tmp_path: Path) -> None:
     write(tmp_path / "small.conv", CHECK_SRC)
     typed, untyped = cli_many(
-        tmp_path, ["ir", "small.conv"], ["ir", "small.conv", "--untyped", "--no-locations"]
+        tmp_path, ["ir", "small.conv", "-O0"], ["ir", "small.conv", "--untyped", "--no-locations"]
     )
     assert typed.returncode == 0 and untyped.returncode == 0, typed.stderr + untyped.stderr
     layers = {"c1": "conv2d", "c2": "conv2d", "r": "relu", "y": "max_pool2d"}

@@ -15,7 +15,15 @@ from convdsl.frontend.lower import lower
 from convdsl.frontend.parse import parse
 from convdsl.ir.graph import Graph
 from convdsl.ir.verifier import verify
+from convdsl.passes.fold import fold_batch_norm, fold_pad
+from convdsl.passes.fusion import fuse
+from convdsl.passes.memory import plan_memory
 from convdsl.passes.shapes import infer_shapes
+from convdsl.passes.simplify import (
+    eliminate_common_subexpressions,
+    eliminate_dead_code,
+    remove_identities,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +39,48 @@ PASSES: tuple[Pass, ...] = (
         "shapes",
         "infer and check every shape; resolve attributes; declare parameters",
         infer_shapes,
+    ),
+    Pass(
+        "remove-identities",
+        "drop no-op crops, pads, upscales, shuffles, pools",
+        remove_identities,
+        1,
+    ),
+    Pass(
+        "fold-pad",
+        "fold explicit zero pads into the padding of the convs reading them",
+        fold_pad,
+        1,
+    ),
+    Pass(
+        "fold-batch-norm",
+        "fold batch norm into the conv before it (derived weight, bias)",
+        fold_batch_norm,
+        1,
+    ),
+    Pass(
+        "cse",
+        "merge nodes computing the same op on the same inputs",
+        eliminate_common_subexpressions,
+        1,
+    ),
+    Pass(
+        "dce",
+        "remove nodes no output depends on, and unused derived parameters",
+        eliminate_dead_code,
+        1,
+    ),
+    Pass(
+        "fuse",
+        "merge producers into the kernels of their elementwise, crop or shuffle consumers",
+        fuse,
+        min_opt_level=2,
+    ),
+    Pass(
+        "plan-memory",
+        "place every kernel output in one arena, reusing memory of dead values",
+        plan_memory,
+        min_opt_level=2,
     ),
 )
 
@@ -71,6 +121,11 @@ def run_passes(
     return graph
 
 
-def compile_source(source: Source, opt_level: int = 2, check: bool = False) -> Graph:
-    """Source text to the optimized, typed graph."""
-    return run_passes(frontend(source), opt_level=opt_level, check=check)
+def compile_source(
+    source: Source,
+    opt_level: int = 2,
+    check: bool = False,
+    after: Callable[[Pass, Graph], None] | None = None,
+) -> Graph:
+    """Source text to the optimized, typed graph; ``after`` sees the graph after each pass."""
+    return run_passes(frontend(source), opt_level=opt_level, check=check, after=after)
