@@ -1,9 +1,13 @@
 """A static memory plan: where every activation lives in one arena.
 
 Made by ``passes.memory`` over the final schedule (after fusion) and consumed by backends. Sizes
-and offsets are in bytes *per batch entry*: every activation's leading dim is the batch, so the
-plan for batch ``N`` is this plan with every size and offset multiplied by ``N`` (offsets stay
-aligned). Graph inputs live in the caller's arrays and are not planned.
+and offsets are in bytes *per batch entry* (per unit of dim 0). For a run with batch ``B`` the
+arena is ``arena_bytes * B`` and a root buffer R (one that shares nothing) holds batch entry ``n``
+of a value v at ``R.offset * B + n * R.size + (v.offset - R.offset)``: for R itself and for a
+value written in place over it that is one contiguous array at ``R.offset * B``; for a producer
+writing its channel slice of a concat's output it is a strided view whose batch stride is the
+concat's size. Graph inputs live in the caller's arrays and are not planned. The rules a plan
+must obey are checked by ``passes.memory.plan_problems``.
 """
 
 from __future__ import annotations
