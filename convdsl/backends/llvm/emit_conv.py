@@ -1,0 +1,214 @@
+"""Direct convolution (1-D/2-D/3-D, grouped, depthwise, strided, dilated, padded).
+
+A point is a block of output channels (all in one group) times ``lanes`` consecutive outputs on
+the last spatial axis. Taps on the outer axes are unrolled at compile time, each guarded by one
+uniform bounds check (padding reads nothing); taps on the last axis load the input row with a
+lane mask that zeroes padded positions, contiguously for stride 1 and lane by lane otherwise.
+Dilation only spaces the tap offsets. The innermost loop runs over the group's input channels:
+one input vector feeds ``block`` FMAs, one per output channel of the block.
+"""
+
+from __future__ import annotations
+
+import math
+
+from llvmlite import ir
+
+from convdsl.backends.llvm.emit_elementwise import ACTIVATIONS
+from convdsl.backends.llvm.kernel import KernelBuilder, Point, spatial_of, strides_of
+from convdsl.backends.llvm.loops import (
+    I64,
+    entry_alloca,
+    fma,
+    for_range,
+    fsplat,
+    gep,
+    i64,
+    isplat,
+    lane_ids,
+    load_vec,
+    loop_nest,
+    masked_gather,
+    masked_load,
+    splat,
+    vec_type,
+)
+from convdsl.ir.graph import Graph, Node
+
+
+def conv_block(graph: Graph, node: Node) -> int:
+    """Output channels per point: 4, 2 or 1, dividing the channels of a group."""
+    per_group = node.attrs["out_channels"] // node.attrs["groups"]
+    return next(block for block in (4, 2, 1) if per_group % block == 0)
+
+
+def lane_mask(
+    k: KernelBuilder, first: ir.Value, step: int, size: int, lanes: int
+) -> tuple[ir.Value, ir.Value]:
+    """Per-lane indices ``first + l * step`` and the mask of those inside ``[0, size)``."""
+    b = k.builder
+    steps = b.mul(lane_ids(lanes), isplat(b, i64(step), lanes))
+    index = b.add(isplat(b, first, lanes), steps)
+    inside = b.and_(
+        b.icmp_signed(">=", index, isplat(b, i64(0), lanes)),
+        b.icmp_signed("<", index, isplat(b, i64(size), lanes)),
+    )
+    return index, inside
+
+
+def load_row(
+    k: KernelBuilder,
+    row: ir.Value,
+    first: ir.Value,
+    index: ir.Value,
+    mask: ir.Value,
+    step: int,
+    lanes: int,
+    fill: float = 0.0,
+) -> ir.Value:
+    """Masked lanes of ``row[first + l * step]`` (``fill`` where the mask is off)."""
+    if step == 1:
+        return masked_load(k.builder, gep(k.builder, row, first), mask, lanes, fill)
+    return masked_gather(k.builder, row, index, mask, lanes, fill)
+
+
+def interior_range(node: Node, in_size: int, lanes: int) -> tuple[int, int]:
+    """``[lo, hi)``: the vector starts ``w`` on the last axis whose every tap of every lane reads
+    inside the input, as a plain (stride 1) or widened-and-shuffled (stride > 1) row load."""
+    a = node.attrs
+    step, dilation, before = (
+        a["stride"][-1],
+        a.get("dilation", (1,) * len(a["kernel"]))[-1],
+        a["pads"][-1][0],
+    )
+    reach = (a["kernel"][-1] - 1) * dilation
+    lo = -(-before // step)
+    # the widest load, of lanes * step elements from w * step - before + reach, must end inside
+    hi = (in_size + before - reach - lanes * step) // step + 1
+    return lo, max(lo, hi)
+
+
+def load_interior(
+    k: KernelBuilder, row: ir.Value, first: ir.Value, step: int, lanes: int
+) -> ir.Value:
+    """``row[first + l * step]`` for a row known to be inside: one load, then a shuffle."""
+    b = k.builder
+    if step == 1:
+        return load_vec(b, gep(b, row, first), lanes)
+    wide = load_vec(b, gep(b, row, first), lanes * step)
+    picks = ir.Constant(
+        ir.VectorType(ir.IntType(32), lanes), [lane * step for lane in range(lanes)]
+    )
+    return b.shuffle_vector(wide, ir.Constant(wide.type, ir.Undefined), picks)
+
+
+def outer_taps(
+    k: KernelBuilder,
+    point: Point,
+    taps: tuple[ir.Value, ...],
+    attrs: dict,
+    sizes: tuple[int, ...],
+    strides: tuple[int, ...],
+) -> tuple[ir.Value | None, ir.Value]:
+    """For (runtime) taps on the outer axes: the condition that they are all inside the input
+    (None if there are no outer axes) and the element offset of the input row they select."""
+    b = k.builder
+    condition: ir.Value | None = None
+    offset: ir.Value = i64(0)
+    for axis, (out_index, tap) in enumerate(zip(point.outer, taps, strict=True)):
+        before = attrs["pads"][axis][0]
+        start = b.mul(out_index, i64(attrs["stride"][axis]))
+        index = b.add(b.add(start, b.mul(tap, i64(attrs["dilation"][axis]))), i64(-before))
+        inside = b.and_(
+            b.icmp_signed(">=", index, i64(0)), b.icmp_signed("<", index, i64(sizes[axis]))
+        )
+        condition = inside if condition is None else b.and_(condition, inside)
+        offset = b.add(offset, b.mul(index, i64(strides[axis])))
+    return condition, offset
+
+
+def flat_tap(b: ir.IRBuilder, taps: tuple[ir.Value, ...], kernel: tuple[int, ...]) -> ir.Value:
+    """Row-major index of the outer taps in the weight's kernel dims (times the last dim)."""
+    flat: ir.Value = i64(0)
+    for axis, tap in enumerate(taps):
+        flat = b.add(flat, b.mul(tap, i64(math.prod(kernel[axis + 1 :]))))
+    return flat
+
+
+def emit_conv(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
+    b = k.builder
+    a = dict(node.attrs)
+    x = node.inputs[0]
+    x_type = k.type_of(x)
+    sizes, strides = spatial_of(x_type), strides_of(x_type)
+    kernel = a["kernel"]
+    taps = math.prod(kernel)
+    group_in = x_type.channels // a["groups"]
+    per_group = a["out_channels"] // a["groups"]
+    lanes, block = point.lanes, point.block
+    accumulators = [entry_alloca(b, vec_type(lanes), f"acc{j}") for j in range(block)]
+    for acc in accumulators:
+        b.store(fsplat(0.0, lanes), acc)
+    group = b.udiv(point.c, i64(per_group))
+    first_channel = b.mul(group, i64(group_in))
+    x_entry = k.entry(x, point.n)
+    weight = k.packed_param(node.param("weight"), block)
+    # Packed [O/block, Cg, taps, block]: (c+j, ci, t) is at ((c/block*Cg + ci)*taps + t)*block + j
+    weight_block = b.mul(b.udiv(point.c, i64(block)), i64(group_in * taps * block))
+    last = len(kernel) - 1
+    step, dilation, before = a["stride"][last], a["dilation"][last], a["pads"][last][0]
+    with loop_nest(b, kernel[:-1], name="tap") as outer_list:
+        outer = tuple(outer_list)
+        condition, row_offset = outer_taps(k, point, outer, a, sizes, strides[1:])
+        flat_outer = flat_tap(b, outer, kernel)
+        with maybe(b, condition):
+            for tap in range(kernel[-1]):
+                first = b.add(b.mul(point.w, i64(step)), i64(tap * dilation - before))
+                if not point.interior:
+                    index, mask = lane_mask(k, first, step, sizes[-1], lanes)
+                with for_range(b, 0, group_in, name="ci") as ci:
+                    channel_offset = b.mul(b.add(first_channel, ci), i64(strides[0]))
+                    row = gep(b, x_entry, b.add(channel_offset, row_offset))
+                    if point.interior:
+                        xv = load_interior(k, row, first, step, lanes)
+                    else:
+                        xv = load_row(k, row, first, index, mask, step, lanes)
+                    tap_index = b.add(b.mul(ci, i64(taps)), b.add(flat_outer, i64(tap)))
+                    weights = gep(b, weight, b.add(weight_block, b.mul(tap_index, i64(block))))
+                    for j, acc in enumerate(accumulators):
+                        w = b.load(gep(b, weights, j))
+                        b.store(fma(b, xv, splat(b, w, lanes), b.load(acc)), acc)
+    results = [b.load(acc) for acc in accumulators]
+    if a["bias"]:
+        bias = k.param(node.param("bias"))
+        results = [
+            b.fadd(r, splat(b, b.load(gep(b, bias, b.add(point.c, ir.Constant(I64, j)))), lanes))
+            for j, r in enumerate(results)
+        ]
+    activation = ACTIVATIONS[a["activation"]]
+    return [activation(b, r, a) for r in results]
+
+
+class maybe:
+    """``builder.if_then(condition)``, or nothing when the condition is always true."""
+
+    def __init__(self, builder: ir.IRBuilder, condition: ir.Value | None) -> None:
+        self.builder, self.condition = builder, condition
+        self.context = builder.if_then(condition) if condition is not None else None
+
+    def __enter__(self) -> None:
+        if self.context is not None:
+            self.context.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.context is not None:
+            self.context.__exit__(*exc)
+
+
+EMITTERS = {
+    **{f"conv{r}d": emit_conv for r in (1, 2, 3)},
+    **{f"depthwise{r}d": emit_conv for r in (1, 2, 3)},
+}
+BLOCKS = {name: conv_block for name in EMITTERS}
+INTERIORS = {name: interior_range for name in EMITTERS}
+TILES = {name: 2 for name in EMITTERS}

@@ -1,0 +1,324 @@
+"""Data movement and channel reductions: upscale, crop, pad, concat, pixel shuffle, softmax.
+
+One channel per point. Each output lane's source position is an index map evaluated per axis:
+a scalar on the outer axes, an ``i64`` vector on the last (``lane_index``). Contiguous maps
+(crop, concat, zero pad) load rows directly; the others gather lane by lane. Linear upscaling
+computes source coordinates in double precision, as the interpreter does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+from llvmlite import ir
+
+from convdsl.backends.llvm.emit_elementwise import vexp
+from convdsl.backends.llvm.kernel import KernelBuilder, Point, spatial_of, strides_of
+from convdsl.backends.llvm.loops import (
+    F32,
+    I1,
+    all_true,
+    binary_intrinsic,
+    entry_alloca,
+    for_range,
+    fsplat,
+    gep,
+    i64,
+    intrinsic,
+    isplat,
+    lane_ids,
+    masked_gather,
+    masked_load,
+    splat,
+    vec_type,
+)
+from convdsl.backends.llvm.parallel import thread_share
+from convdsl.ir.graph import Node
+
+F64 = ir.DoubleType()
+
+
+def lane_index(k: KernelBuilder, point: Point) -> ir.Value:
+    """The last-axis output index of every lane: ``w + l``."""
+    return k.builder.add(isplat(k.builder, point.w, point.lanes), lane_ids(point.lanes))
+
+
+def _const(b: ir.IRBuilder, like: ir.Value, value: int) -> ir.Value:
+    if isinstance(like.type, ir.VectorType):
+        return isplat(b, i64(value), like.type.count)
+    return i64(value)
+
+
+def gather(
+    k: KernelBuilder,
+    value: int,
+    n: ir.Value,
+    channel: ir.Value,
+    indices: list[ir.Value],
+    lanes: int,
+) -> ir.Value:
+    """``value[n, channel, *indices]``: ``indices[-1]`` (and ``channel`` if a vector) per lane."""
+    b = k.builder
+    strides = strides_of(k.type_of(value))
+    offset = b.mul(channel, _const(b, channel, strides[0]))
+    if not isinstance(offset.type, ir.VectorType):
+        offset = isplat(b, offset, lanes)
+    for index, stride in zip(indices, strides[1:], strict=True):
+        term = b.mul(index, _const(b, index, stride))
+        offset = b.add(
+            offset, term if isinstance(term.type, ir.VectorType) else isplat(b, term, lanes)
+        )
+    return masked_gather(b, k.entry(value, n), offset, all_true(lanes), lanes)
+
+
+def emit_crop(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
+    b = k.builder
+    starts = node.attrs["starts"]
+    outer = tuple(b.add(o, i64(s)) for o, s in zip(point.outer, starts[:-1], strict=True))
+    shifted = Point(point.n, point.c, 1, outer, b.add(point.w, i64(starts[-1])), point.lanes)
+    return k.operand_at(node.inputs[0], shifted)
+
+
+def emit_concat(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
+    b = k.builder
+    result = entry_alloca(b, vec_type(point.lanes), "concat")
+    start = 0
+    for value in node.inputs:
+        channels = k.type_of(value).channels
+        inside = b.and_(
+            b.icmp_signed(">=", point.c, i64(start)),
+            b.icmp_signed("<", point.c, i64(start + channels)),
+        )
+        with b.if_then(inside):
+            moved = Point(point.n, b.sub(point.c, i64(start)), 1, point.outer, point.w, point.lanes)
+            b.store(k.operand_at(value, moved)[0], result)
+        start += channels
+    return [b.load(result)]
+
+
+def emit_pad(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
+    b = k.builder
+    a = node.attrs
+    x = node.inputs[0]
+    sizes = spatial_of(k.type_of(x))
+    indices = [*point.outer, lane_index(k, point)]
+    if a["mode"] == "zero":
+        return [_zero_pad(k, x, point, a["pads"], sizes, a["value"])]
+    mapped = [
+        _edge(b, b.sub(index, _const(b, index, before)), size, a["mode"])
+        for index, (before, _), size in zip(indices, a["pads"], sizes, strict=True)
+    ]
+    return [gather(k, x, point.n, point.c, mapped, point.lanes)]
+
+
+def _edge(b: ir.IRBuilder, index: ir.Value, size: int, mode: str) -> ir.Value:
+    """Map an index outside ``[0, size)`` back inside: mirror (``reflect``) or clamp."""
+    zero, last = _const(b, index, 0), _const(b, index, size - 1)
+    if mode == "reflect":
+        index = b.select(b.icmp_signed("<", index, zero), b.sub(zero, index), index)
+        return b.select(
+            b.icmp_signed(">", index, last), b.sub(_const(b, index, 2 * (size - 1)), index), index
+        )
+    index = b.select(b.icmp_signed("<", index, zero), zero, index)
+    return b.select(b.icmp_signed(">", index, last), last, index)
+
+
+def _zero_pad(k: KernelBuilder, x: int, point: Point, pads, sizes, value: float) -> ir.Value:  # type: ignore[no-untyped-def]
+    """Rows inside the input load with a lane mask filled with ``value``; rows outside are all
+    ``value`` (their clamped address is read, then discarded)."""
+    b = k.builder
+    inside: ir.Value = ir.Constant(I1, 1)
+    outer = []
+    for index, (before, _), size in zip(point.outer, pads[:-1], sizes[:-1], strict=True):
+        source = b.sub(index, i64(before))
+        ok = b.and_(b.icmp_signed(">=", source, i64(0)), b.icmp_signed("<", source, i64(size)))
+        inside = b.and_(inside, ok)
+        outer.append(b.select(ok, source, i64(0)))
+    first = b.sub(point.w, i64(pads[-1][0]))
+    lanes = b.add(isplat(b, first, point.lanes), lane_ids(point.lanes))
+    mask = b.and_(
+        b.icmp_signed(">=", lanes, isplat(b, i64(0), point.lanes)),
+        b.icmp_signed("<", lanes, isplat(b, i64(sizes[-1]), point.lanes)),
+    )
+    strides = strides_of(k.type_of(x))
+    offset = b.mul(point.c, i64(strides[0]))
+    for index, stride in zip(outer, strides[1:-1], strict=True):
+        offset = b.add(offset, b.mul(index, i64(stride)))
+    row = gep(b, k.entry(x, point.n), offset)
+    loaded = masked_load(b, gep(b, row, first), mask, point.lanes, value)
+    return b.select(inside, loaded, fsplat(value, point.lanes))
+
+
+def emit_pixel_shuffle(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
+    b = k.builder
+    r = node.attrs["factor"]
+    x = node.inputs[0]
+    out_channels = k.type_of(node.output).channels
+    (oh,) = point.outer
+    ow = lane_index(k, point)
+    i, ih = b.urem(oh, i64(r)), b.udiv(oh, i64(r))
+    j, iw = b.urem(ow, _const(b, ow, r)), b.udiv(ow, _const(b, ow, r))
+    lanes = point.lanes
+    if node.attrs["order"] == "crd":
+        base = b.mul(b.add(b.mul(point.c, i64(r)), i), i64(r))
+        channel = b.add(isplat(b, base, lanes), j)
+    else:
+        row = b.mul(i, i64(r))
+        channel = b.add(
+            b.mul(b.add(isplat(b, row, lanes), j), _const(b, j, out_channels)),
+            isplat(b, point.c, lanes),
+        )
+    return [gather(k, x, point.n, channel, [ih, iw], lanes)]
+
+
+def emit_upscale(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
+    b = k.builder
+    a = node.attrs
+    x = node.inputs[0]
+    sizes = spatial_of(k.type_of(x))
+    indices = [*point.outer, lane_index(k, point)]
+    if a["mode"] == "nearest":
+        sources = [
+            b.udiv(index, _const(b, index, f))
+            for index, f in zip(indices, a["factors"], strict=True)
+        ]
+        return [gather(k, x, point.n, point.c, sources, point.lanes)]
+    axes = [
+        _linear_axis(b, index, size, f, a["align_corners"])
+        for index, size, f in zip(indices, sizes, a["factors"], strict=True)
+    ]
+    total: ir.Value = fsplat(0.0, point.lanes)
+    for corner in itertools.product((0, 1), repeat=len(axes)):
+        weight: ir.Value = fsplat(1.0, point.lanes)
+        chosen = []
+        for side, (lo, hi, frac) in zip(corner, axes, strict=True):
+            factor = frac if side else b.fsub(_fconst(frac, 1.0), frac)
+            if not isinstance(factor.type, ir.VectorType):
+                factor = splat(b, factor, point.lanes)
+            weight = b.fmul(weight, factor)
+            chosen.append(hi if side else lo)
+        value = gather(k, x, point.n, point.c, chosen, point.lanes)
+        total = b.fadd(total, b.fmul(weight, value))
+    return [total]
+
+
+def _fconst(like: ir.Value, value: float) -> ir.Value:
+    if isinstance(like.type, ir.VectorType):
+        return fsplat(value, like.type.count)
+    return ir.Constant(F32, value)
+
+
+def _linear_axis(
+    b: ir.IRBuilder, index: ir.Value, size: int, factor: int, align: bool
+) -> tuple[ir.Value, ir.Value, ir.Value]:
+    """Source ``(lo, hi, weight of hi)`` of output ``index`` (scalar or vector) on one axis."""
+    lanes = index.type.count if isinstance(index.type, ir.VectorType) else 0
+    dtype = ir.VectorType(F64, lanes) if lanes else F64
+
+    def const(value: float) -> ir.Value:
+        return ir.Constant(dtype, [value] * lanes) if lanes else ir.Constant(F64, value)
+
+    dst = b.sitofp(index, dtype)
+    out_size = size * factor
+    if align:
+        ratio = (size - 1) / (out_size - 1) if out_size > 1 else 0.0
+        src = b.fmul(dst, const(ratio))
+    else:
+        src = b.fsub(b.fdiv(b.fadd(dst, const(0.5)), const(float(factor))), const(0.5))
+        src = b.select(b.fcmp_ordered("<", src, const(0.0)), const(0.0), src)
+    suffix = f"v{lanes}f64" if lanes else "f64"
+    floor = intrinsic(b, f"llvm.floor.{suffix}", dtype, [src])
+    lo = b.fptosi(floor, index.type)
+    hi = b.add(lo, _const(b, lo, 1))
+    last = _const(b, hi, size - 1)
+    hi = b.select(b.icmp_signed(">", hi, last), last, hi)
+    frac = b.fptrunc(b.fsub(src, floor), vec_type(lanes) if lanes else F32)
+    return lo, hi, frac
+
+
+def emit_softmax(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
+    """``exp(x_c - max) / sum exp(x_j - max)`` over the channels at the point's position."""
+    b = k.builder
+    x = node.inputs[0]
+    channels = k.type_of(x).channels
+    lanes = point.lanes
+    top = entry_alloca(b, vec_type(lanes), "max")
+    total = entry_alloca(b, vec_type(lanes), "sum")
+    b.store(fsplat(float("-inf"), lanes), top)
+    b.store(fsplat(0.0, lanes), total)
+
+    def at(channel: ir.Value) -> ir.Value:
+        moved = Point(point.n, channel, 1, point.outer, point.w, lanes)
+        return k.operand_at(x, moved)[0]
+
+    with for_range(b, 0, channels, name="sm") as channel:
+        b.store(binary_intrinsic(b, "maxnum", b.load(top), at(channel)), top)
+    peak = b.load(top)
+    with for_range(b, 0, channels, name="se") as channel:
+        b.store(b.fadd(b.load(total), vexp(b, b.fsub(at(channel), peak))), total)
+    mine = vexp(b, b.fsub(at(point.c), peak))
+    return [b.fdiv(mine, b.load(total))]
+
+
+EMITTERS = {
+    "crop": emit_crop,
+    "concat": emit_concat,
+    "pad": emit_pad,
+    "pixel_shuffle": emit_pixel_shuffle,
+    "upscale": emit_upscale,
+    "softmax": emit_softmax,
+}
+
+
+def softmax_kernel(k: KernelBuilder, node: Node) -> None:
+    """A whole unfused softmax kernel in three passes over the channels (max, exp and sum,
+    scale), so each element costs O(1) rather than the point model's O(channels)."""
+    b = k.builder
+    x, out = node.inputs[0], node.output
+    x_type = k.type_of(x)
+    channels = x_type.channels
+    sizes = spatial_of(x_type)
+    per_batch = math.prod(sizes[:-1])
+    lo, hi = thread_share(b, b.mul(k.batch, i64(per_batch)))
+    width = sizes[-1]
+    main = width - width % k.lanes
+    with for_range(b, lo, hi, name="row") as item:
+        n = b.udiv(item, i64(per_batch))
+        rest = b.urem(item, i64(per_batch))
+        outer: list[ir.Value] = []
+        for size in reversed(sizes[:-1]):
+            outer.insert(0, b.urem(rest, i64(size)))
+            rest = b.udiv(rest, i64(size))
+        for start, stop, lanes in ((0, main, k.lanes), (main, width, 1)):
+            if start < stop:
+                with for_range(b, start, stop, lanes, name=f"sw{lanes}") as w:
+                    _softmax_column(
+                        k, x, out, Point(n, i64(0), 1, tuple(outer), w, lanes), channels
+                    )
+
+
+def _softmax_column(k: KernelBuilder, x: int, out: int, point: Point, channels: int) -> None:
+    b = k.builder
+    lanes = point.lanes
+    top = entry_alloca(b, vec_type(lanes), "max")
+    total = entry_alloca(b, vec_type(lanes), "sum")
+    b.store(fsplat(float("-inf"), lanes), top)
+    b.store(fsplat(0.0, lanes), total)
+
+    def at(channel: ir.Value) -> Point:
+        return Point(point.n, channel, 1, point.outer, point.w, lanes)
+
+    with for_range(b, 0, channels, name="smax") as c:
+        b.store(binary_intrinsic(b, "maxnum", b.load(top), k.operand_at(x, at(c))[0]), top)
+    peak = b.load(top)
+    with for_range(b, 0, channels, name="sexp") as c:
+        e = vexp(b, b.fsub(k.operand_at(x, at(c))[0], peak))
+        k.store(out, at(c), [e])
+        b.store(b.fadd(b.load(total), e), total)
+    scale = b.load(total)
+    with for_range(b, 0, channels, name="sdiv") as c:
+        k.store(out, at(c), [b.fdiv(k.operand_at(out, at(c))[0], scale)])
+
+
+KERNELS = {"softmax": softmax_kernel}

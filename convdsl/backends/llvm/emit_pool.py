@@ -1,0 +1,148 @@
+"""Windowed max and average pooling, and the global pools.
+
+Same point model and window walk as ``emit_conv`` (outer taps unrolled behind one bounds check,
+last-axis taps as masked row loads), with one channel per point. Max fills padded lanes with
+``-inf`` so padding never wins; average fills with 0 and divides by the per-window count of
+``numpy.pool.avg_pool`` (real elements, or elements inside the padded input with
+``include_pad``), computed per lane on the last axis and per point on the others.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from convdsl.backends.llvm.emit_conv import lane_mask, load_row, maybe, outer_taps
+from convdsl.backends.llvm.kernel import KernelBuilder, Point, spatial_of, strides_of
+from convdsl.backends.llvm.loops import (
+    F32,
+    binary_intrinsic,
+    entry_alloca,
+    for_range,
+    fsplat,
+    gep,
+    i64,
+    isplat,
+    lane_ids,
+    load_vec,
+    loop_nest,
+    splat,
+    vec_type,
+)
+from convdsl.ir.graph import Node
+
+NEG_INF = float("-inf")
+
+
+def _window(k: KernelBuilder, node: Node, point: Point, fill: float, combine: str) -> ir.Value:
+    """The window reduction (``maxnum`` or ``fadd``) of the point's single channel."""
+    b = k.builder
+    a = dict(node.attrs)
+    a.setdefault("dilation", (1,) * len(a["kernel"]))
+    x = node.inputs[0]
+    sizes, strides = spatial_of(k.type_of(x)), strides_of(k.type_of(x))
+    lanes = point.lanes
+    acc = entry_alloca(b, vec_type(lanes), "window")
+    b.store(fsplat(fill, lanes), acc)
+    base = gep(b, k.entry(x, point.n), b.mul(point.c, i64(strides[0])))
+    kernel = a["kernel"]
+    last = len(kernel) - 1
+    step, dilation, before = a["stride"][last], a["dilation"][last], a["pads"][last][0]
+    with loop_nest(b, kernel[:-1], name="ptap") as outer_list:
+        outer = tuple(outer_list)
+        condition, row_offset = outer_taps(k, point, outer, a, sizes, strides[1:])
+        with maybe(b, condition):
+            row = gep(b, base, row_offset)
+            for tap in range(kernel[-1]):
+                first = b.add(b.mul(point.w, i64(step)), i64(tap * dilation - before))
+                index, mask = lane_mask(k, first, step, sizes[-1], lanes)
+                xv = load_row(k, row, first, index, mask, step, lanes, fill)
+                current = b.load(acc)
+                new = (
+                    binary_intrinsic(b, "maxnum", current, xv)
+                    if combine == "max"
+                    else b.fadd(current, xv)
+                )
+                b.store(new, acc)
+    return b.load(acc)
+
+
+def emit_max_pool(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
+    return [_window(k, node, point, NEG_INF, "max")]
+
+
+def emit_avg_pool(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
+    b = k.builder
+    a = node.attrs
+    total = _window(k, node, point, 0.0, "add")
+    sizes = spatial_of(k.type_of(node.inputs[0]))
+    count: ir.Value = i64(1)
+    for axis, out_index in enumerate(point.outer):
+        count = b.mul(count, _count(b, out_index, axis, a, sizes[axis]))
+    last = len(sizes) - 1
+    lanes_index = b.add(isplat(b, point.w, point.lanes), lane_ids(point.lanes))
+    per_lane = b.mul(isplat(b, count, point.lanes), _count(b, lanes_index, last, a, sizes[last]))
+    return [b.fdiv(total, b.sitofp(per_lane, vec_type(point.lanes)))]
+
+
+def _count(b: ir.IRBuilder, out_index: ir.Value, axis: int, attrs, size: int) -> ir.Value:  # type: ignore[no-untyped-def]
+    """Elements of window ``out_index`` on ``axis`` that count (scalar or per-lane i64)."""
+    before, after = attrs["pads"][axis]
+    lo, hi = (-before, size + after) if attrs["include_pad"] else (0, size)
+    lanes = out_index.type.count if isinstance(out_index.type, ir.VectorType) else 0
+
+    def const(value: int) -> ir.Value:
+        return isplat(b, i64(value), lanes) if lanes else i64(value)
+
+    start = b.sub(b.mul(out_index, const(attrs["stride"][axis])), const(before))
+    end = b.add(start, const(attrs["kernel"][axis]))
+    end = b.select(b.icmp_signed("<", end, const(hi)), end, const(hi))
+    start = b.select(b.icmp_signed(">", start, const(lo)), start, const(lo))
+    count = b.sub(end, start)
+    return b.select(b.icmp_signed(">", count, const(1)), count, const(1))
+
+
+def _global(k: KernelBuilder, node: Node, point: Point, kind: str) -> list[ir.Value]:
+    """Reduce every spatial position of the point's channel, ``lanes`` at a time."""
+    b = k.builder
+    x = node.inputs[0]
+    x_type = k.type_of(x)
+    plane = strides_of(x_type)[0]
+    lanes = k.lanes
+    fill = NEG_INF if kind == "max" else 0.0
+    acc = entry_alloca(b, vec_type(lanes), "global")
+    b.store(fsplat(fill, lanes), acc)
+    tail = entry_alloca(b, F32, "tail")
+    b.store(ir.Constant(F32, fill), tail)
+    base = gep(b, k.entry(x, point.n), b.mul(point.c, i64(plane)))
+    main = plane - plane % lanes
+
+    def combine(x: ir.Value, y: ir.Value) -> ir.Value:
+        return binary_intrinsic(b, "maxnum", x, y) if kind == "max" else b.fadd(x, y)
+
+    with for_range(b, 0, main, lanes, name="g") as i:
+        b.store(combine(b.load(acc), load_vec(b, gep(b, base, i), lanes)), acc)
+    with for_range(b, main, plane, name="gt") as i:
+        b.store(combine(b.load(tail), b.load(gep(b, base, i))), tail)
+    vector = b.load(acc)
+    result = b.load(tail)
+    for lane in range(lanes):
+        result = combine(result, b.extract_element(vector, ir.Constant(ir.IntType(32), lane)))
+    if kind == "avg":
+        result = b.fdiv(result, ir.Constant(F32, float(plane)))
+    return [splat(b, result, point.lanes)]
+
+
+def emit_global_avg_pool(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
+    return _global(k, node, point, "avg")
+
+
+def emit_global_max_pool(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
+    return _global(k, node, point, "max")
+
+
+EMITTERS = {
+    **{f"max_pool{r}d": emit_max_pool for r in (1, 2, 3)},
+    **{f"avg_pool{r}d": emit_avg_pool for r in (1, 2, 3)},
+    "global_avg_pool": emit_global_avg_pool,
+    "global_max_pool": emit_global_max_pool,
+}

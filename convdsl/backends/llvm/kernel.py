@@ -1,0 +1,212 @@
+"""What every op emitter works with: a ``Point`` of the output and a ``KernelBuilder``.
+
+A kernel computes its output one *point* at a time: batch entry ``n``, a block of ``block``
+consecutive channels starting at ``c``, indices ``outer`` on every spatial axis but the last, and
+``lanes`` consecutive positions starting at ``w`` on the last axis. An op emitter returns one
+``<lanes x float>`` per channel of the block. Elementwise parts of a fused kernel read their
+operands at the same point (from registers if a previous part made them, else from memory), so
+an epilogue is computed in registers before the single store.
+
+Scratch values (internal values of a fused kernel that runs part by part) live after the
+planned arena: batch entry ``n`` at ``offset * B + n * size``. Addressing otherwise follows the
+memory plan (``convdsl.ir.memory_plan``): batch entry ``n`` of a planned
+value ``v`` whose root buffer is ``R`` starts at byte ``R.offset * B + n * R.size + (v.offset -
+R.offset)`` of the arena; within an entry a value is dense ``[C, *spatial]``. Graph inputs are
+dense ``[B, C, *spatial]`` caller arrays; parameters are dense float32 arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from llvmlite import ir
+
+from convdsl.backends.llvm.loops import (
+    F32P,
+    I1,
+    I64,
+    PTR,
+    gep,
+    i64,
+    load_vec,
+    masked_load,
+    masked_store,
+    store_vec,
+)
+from convdsl.diagnostics import InternalError
+from convdsl.ir.graph import Graph, Node
+from convdsl.ir.types import TensorType
+from convdsl.passes.memory import root_of
+
+# The struct every kernel worker receives: the entry function's arguments.
+DATA_FIELDS = ("inputs", "outputs", "arena", "params", "batch")
+DATA_TYPE = ir.LiteralStructType([PTR, PTR, PTR, PTR, I64])
+
+
+@dataclass(frozen=True)
+class Point:
+    """A block of output channels times ``lanes`` positions on the last axis (module doc)."""
+
+    n: ir.Value
+    c: ir.Value
+    block: int
+    outer: tuple[ir.Value, ...]
+    w: ir.Value
+    lanes: int
+    interior: bool = False  # every last-axis window tap of every lane is inside the input
+    valid: int | None = None  # a tail point: only lanes < valid exist (loads/stores masked)
+
+
+def spatial_of(t: TensorType) -> tuple[int, ...]:
+    """Spatial sizes, with a tensor that has none treated as one position wide."""
+    return t.spatial or (1,)
+
+
+def entry_elements(t: TensorType) -> int:
+    """Elements in one batch entry."""
+    return t.channels * math.prod(spatial_of(t))
+
+
+def strides_of(t: TensorType) -> tuple[int, ...]:
+    """Element strides of ``(channel, *spatial)`` inside one batch entry."""
+    sizes = spatial_of(t)
+    strides = [1]
+    for size in reversed(sizes[1:]):
+        strides.insert(0, strides[0] * size)
+    return (math.prod(sizes), *strides)
+
+
+@dataclass
+class KernelBuilder:
+    """Emits one kernel worker: holds the builder and the worker's view of the data struct."""
+
+    graph: Graph
+    builder: ir.IRBuilder
+    lanes: int
+    param_index: dict[str, int]  # shared with the module builder: packings add entries
+    packings: dict[str, tuple[str, int]] = field(default_factory=dict)  # shared too
+    scratch: dict[int, tuple[int, int]] = field(default_factory=dict)
+    fields: dict[str, ir.Value] = field(default_factory=dict)
+    local: dict[int, list[ir.Value]] = field(default_factory=dict)
+
+    def load_fields(self, data: ir.Value) -> None:
+        b = self.builder
+        struct = b.bitcast(data, DATA_TYPE.as_pointer())
+        for index, name in enumerate(DATA_FIELDS):
+            slot = b.gep(
+                struct, [ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), index)]
+            )
+            self.fields[name] = b.load(slot, name=name)
+
+    @property
+    def batch(self) -> ir.Value:
+        return self.fields["batch"]
+
+    def type_of(self, value: int) -> TensorType:
+        return self.graph.type_of(value)
+
+    # ---- addresses --------------------------------------------------------------------------
+
+    def entry(self, value: int, n: ir.Value) -> ir.Value:
+        """``float*`` to batch entry ``n`` of ``value``."""
+        b = self.builder
+        if value in self.graph.inputs:
+            slot = self.graph.inputs.index(value)
+            table = b.bitcast(self.fields["inputs"], F32P.as_pointer())
+            base = b.load(b.gep(table, [i64(slot)]))
+            per_entry = entry_elements(self.type_of(value))
+            return gep(b, base, b.mul(n, i64(per_entry)))
+        if value in self.scratch:
+            offset, size = self.scratch[value]
+            start = b.add(b.mul(self.batch, i64(offset)), b.mul(n, i64(size)))
+            return b.bitcast(b.gep(self.fields["arena"], [start]), F32P)
+        plan = self.graph.memory
+        if plan is None or value not in plan.buffers:
+            raise InternalError(f"value %{self.graph.values[value].name} has no arena slot")
+        buffer = plan.buffers[value]
+        root = root_of(plan, buffer.value)
+        start = b.mul(self.batch, i64(root.offset))
+        start = b.add(start, b.mul(n, i64(root.size)))
+        start = b.add(start, i64(buffer.offset - root.offset))
+        return b.bitcast(b.gep(self.fields["arena"], [start]), F32P)
+
+    def param(self, name: str) -> ir.Value:
+        """``float*`` to the parameter ``name`` (declared or derived)."""
+        b = self.builder
+        table = b.bitcast(self.fields["params"], F32P.as_pointer())
+        return b.load(b.gep(table, [i64(self.param_index[name])]))
+
+    def packed_param(self, name: str, block: int) -> ir.Value:
+        """``float*`` to conv weight ``name`` ``[O, Cg, *K]`` repacked as ``[O/block, Cg, taps,
+        block]``, so the ``block`` weights one input vector meets are adjacent (see
+        ``pack_weight``); the executable makes the array when it binds weights."""
+        key = f"{name}@pack{block}"
+        if key not in self.param_index:
+            self.param_index[key] = len(self.param_index)
+            self.packings[key] = (name, block)
+        return self.param(key)
+
+    def offset(
+        self, value: int, channel: ir.Value, outer: tuple[ir.Value, ...], w: ir.Value
+    ) -> ir.Value:
+        """Element offset of ``(channel, *outer, w)`` inside one batch entry of ``value``."""
+        b = self.builder
+        strides = strides_of(self.type_of(value))
+        total = b.add(b.mul(channel, i64(strides[0])), w)
+        for index, stride in zip(outer, strides[1:-1], strict=True):
+            total = b.add(total, b.mul(index, i64(stride)))
+        return total
+
+    def pointer(self, value: int, point: Point, j: int) -> ir.Value:
+        """``float*`` to channel ``point.c + j`` of ``value`` at ``point``."""
+        b = self.builder
+        channel = b.add(point.c, i64(j))
+        return gep(b, self.entry(value, point.n), self.offset(value, channel, point.outer, point.w))
+
+    # ---- values at a point ------------------------------------------------------------------
+
+    def operand(self, value: int, point: Point) -> list[ir.Value]:
+        """``value`` at ``point``: computed by an earlier part, or loaded from memory."""
+        if value in self.local:
+            return self.local[value]
+        return self.operand_at(value, point)
+
+    def operand_at(self, value: int, point: Point) -> list[ir.Value]:
+        """``value`` loaded from memory at ``point`` (which need not be the kernel's own)."""
+        if point.valid is not None:
+            mask = valid_mask(point)
+            return [
+                masked_load(self.builder, self.pointer(value, point, j), mask, point.lanes)
+                for j in range(point.block)
+            ]
+        return [
+            load_vec(self.builder, self.pointer(value, point, j), point.lanes)
+            for j in range(point.block)
+        ]
+
+    def store(self, value: int, point: Point, vectors: list[ir.Value]) -> None:
+        for j, vector in enumerate(vectors):
+            if point.valid is not None:
+                masked_store(self.builder, vector, self.pointer(value, point, j), valid_mask(point))
+            else:
+                store_vec(self.builder, vector, self.pointer(value, point, j))
+
+
+def valid_mask(point: Point) -> ir.Constant:
+    assert point.valid is not None
+    return ir.Constant(
+        ir.VectorType(I1, point.lanes), [lane < point.valid for lane in range(point.lanes)]
+    )
+
+
+def node_output_type(graph: Graph, node: Node) -> TensorType:
+    return graph.type_of(node.output)
+
+
+def pack_weight(weight: np.ndarray, block: int) -> np.ndarray:
+    """``[O, Cg, *K]`` -> ``[O/block, Cg, taps, block]`` (contiguous float32)."""
+    out_channels, group_in = weight.shape[:2]
+    blocks = weight.reshape(out_channels // block, block, group_in, -1)
+    return np.ascontiguousarray(blocks.transpose(0, 2, 3, 1), dtype=np.float32)

@@ -1,0 +1,224 @@
+"""Small building blocks over llvmlite's ``IRBuilder``: loops, constants, vectors, intrinsics.
+
+Loops are context managers (``for_range``, ``loop_nest``) whose index is an ``i64`` phi; the
+body is whatever the ``with`` block emits. Vector helpers are generic over the lane count, so a
+kernel written for ``<8 x float>`` works unchanged with 16 or 4 lanes (and 1, for remainders).
+All loads and stores here are unaligned unless asked otherwise: the arena is 64-byte aligned
+but a kernel's vector may start at any element.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from llvmlite import ir
+
+I1 = ir.IntType(1)
+I8 = ir.IntType(8)
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+F32 = ir.FloatType()
+PTR = I8.as_pointer()
+F32P = F32.as_pointer()
+VOID = ir.VoidType()
+
+
+def i64(value: int) -> ir.Constant:
+    return ir.Constant(I64, value)
+
+
+def f32(value: float) -> ir.Constant:
+    return ir.Constant(F32, value)
+
+
+def vec_type(lanes: int) -> ir.VectorType:
+    return ir.VectorType(F32, lanes)
+
+
+def splat(builder: ir.IRBuilder, scalar: ir.Value, lanes: int) -> ir.Value:
+    """``scalar`` broadcast to every lane (a constant vector if ``scalar`` is constant)."""
+    if isinstance(scalar, ir.Constant):
+        return ir.Constant(vec_type(lanes), [scalar.constant] * lanes)
+    one = builder.insert_element(
+        ir.Constant(vec_type(lanes), ir.Undefined), scalar, ir.Constant(I32, 0)
+    )
+    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+
+
+def fsplat(value: float, lanes: int) -> ir.Constant:
+    return ir.Constant(vec_type(lanes), [value] * lanes)
+
+
+def all_true(lanes: int) -> ir.Constant:
+    return ir.Constant(ir.VectorType(I1, lanes), [1] * lanes)
+
+
+def lane_ids(lanes: int) -> ir.Constant:
+    """``<0, 1, ..., lanes-1>`` as i64, for per-lane index arithmetic."""
+    return ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+
+
+def isplat(builder: ir.IRBuilder, value: ir.Value, lanes: int) -> ir.Value:
+    vt = ir.VectorType(I64, lanes)
+    if isinstance(value, ir.Constant):
+        return ir.Constant(vt, [value.constant] * lanes)
+    one = builder.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(I32, 0))
+    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+
+
+# ---- loops ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def for_range(
+    builder: ir.IRBuilder,
+    start: ir.Value | int,
+    stop: ir.Value | int,
+    step: int = 1,
+    name: str = "i",
+) -> Iterator[ir.Value]:
+    """``for i in range(start, stop, step)`` (``step > 0``); yields the ``i64`` index."""
+    start_v = i64(start) if isinstance(start, int) else start
+    stop_v = i64(stop) if isinstance(stop, int) else stop
+    before = builder.block
+    header = builder.append_basic_block(f"{name}.head")
+    body = builder.append_basic_block(f"{name}.body")
+    done = builder.append_basic_block(f"{name}.end")
+    builder.branch(header)
+    builder.position_at_end(header)
+    index = builder.phi(I64, name=name)
+    index.add_incoming(start_v, before)
+    builder.cbranch(builder.icmp_signed("<", index, stop_v), body, done)
+    builder.position_at_end(body)
+    yield index
+    following = builder.add(index, i64(step), name=f"{name}.next")
+    index.add_incoming(following, builder.block)
+    builder.branch(header)
+    builder.position_at_end(done)
+
+
+@contextmanager
+def loop_nest(
+    builder: ir.IRBuilder, stops: Sequence[ir.Value | int], name: str = "i"
+) -> Iterator[list[ir.Value]]:
+    """Nested ``for_range(0, stop)`` loops, outermost first; yields the indices."""
+    if not stops:
+        yield []
+        return
+    with (
+        for_range(builder, 0, stops[0], name=f"{name}{len(stops)}") as outer,
+        loop_nest(builder, stops[1:], name) as inner,
+    ):
+        yield [outer, *inner]
+
+
+@contextmanager
+def if_then(builder: ir.IRBuilder, condition: ir.Value) -> Iterator[None]:
+    with builder.if_then(condition):
+        yield
+
+
+def entry_alloca(builder: ir.IRBuilder, ty: ir.Type, name: str = "") -> ir.Value:
+    """A stack slot in the function's entry block (where mem2reg promotes it to registers)."""
+    function = builder.function
+    with builder.goto_block(function.entry_basic_block):
+        if function.entry_basic_block.instructions:
+            builder.position_before(function.entry_basic_block.instructions[0])
+        return builder.alloca(ty, name=name)
+
+
+# ---- memory ---------------------------------------------------------------------------------
+
+
+def gep(builder: ir.IRBuilder, base: ir.Value, index: ir.Value | int) -> ir.Value:
+    """``&base[index]`` for a ``float*`` base."""
+    return builder.gep(base, [i64(index) if isinstance(index, int) else index])
+
+
+def load_vec(builder: ir.IRBuilder, ptr: ir.Value, lanes: int, align: int = 4) -> ir.Value:
+    """``lanes`` consecutive floats at the ``float*`` ``ptr`` (``align=64`` if known aligned)."""
+    cast = builder.bitcast(ptr, vec_type(lanes).as_pointer())
+    return builder.load(cast, align=align)
+
+
+def store_vec(builder: ir.IRBuilder, value: ir.Value, ptr: ir.Value, align: int = 4) -> None:
+    cast = builder.bitcast(ptr, value.type.as_pointer())
+    builder.store(value, cast, align=align)
+
+
+def intrinsic(builder: ir.IRBuilder, name: str, ret: ir.Type, args: Sequence[ir.Value]) -> ir.Value:
+    """Call the LLVM intrinsic ``name`` (declared on first use)."""
+    module = builder.module
+    try:
+        function = module.get_global(name)
+    except KeyError:
+        function = ir.Function(module, ir.FunctionType(ret, [a.type for a in args]), name)
+    return builder.call(function, list(args))
+
+
+def _suffix(ty: ir.Type) -> str:
+    if isinstance(ty, ir.VectorType):
+        return f"v{ty.count}f32"
+    return "f32"
+
+
+def fma(builder: ir.IRBuilder, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
+    """``a * b + c`` in one rounding (``llvm.fma.v8f32`` etc.)."""
+    return intrinsic(builder, f"llvm.fma.{_suffix(a.type)}", a.type, [a, b, c])
+
+
+def unary_intrinsic(builder: ir.IRBuilder, name: str, x: ir.Value) -> ir.Value:
+    """``llvm.{name}.v8f32(x)``: exp, fabs, ... (LLVM expands vector forms lane by lane
+    where the CPU has no instruction)."""
+    return intrinsic(builder, f"llvm.{name}.{_suffix(x.type)}", x.type, [x])
+
+
+def binary_intrinsic(builder: ir.IRBuilder, name: str, a: ir.Value, b: ir.Value) -> ir.Value:
+    """``llvm.maxnum`` / ``llvm.minnum`` and friends."""
+    return intrinsic(builder, f"llvm.{name}.{_suffix(a.type)}", a.type, [a, b])
+
+
+def masked_load(
+    builder: ir.IRBuilder, ptr: ir.Value, mask: ir.Value, lanes: int, fill: float = 0.0
+) -> ir.Value:
+    """Lanes of ``ptr[0:lanes]`` where ``mask`` is set, ``fill`` elsewhere; masked-off lanes
+    are never touched, so ``ptr`` may point before or past the array."""
+    vt = vec_type(lanes)
+    cast = builder.bitcast(ptr, vt.as_pointer())
+    return intrinsic(
+        builder,
+        f"llvm.masked.load.v{lanes}f32.p0",
+        vt,
+        [cast, ir.Constant(I32, 4), mask, fsplat(fill, lanes)],
+    )
+
+
+def masked_store(builder: ir.IRBuilder, value: ir.Value, ptr: ir.Value, mask: ir.Value) -> None:
+    """Store the lanes of ``value`` where ``mask`` is set; other addresses are not touched."""
+    lanes = value.type.count
+    cast = builder.bitcast(ptr, value.type.as_pointer())
+    intrinsic(
+        builder, f"llvm.masked.store.v{lanes}f32.p0", VOID, [value, cast, ir.Constant(I32, 4), mask]
+    )
+
+
+def masked_gather(
+    builder: ir.IRBuilder,
+    base: ir.Value,
+    offsets: ir.Value,
+    mask: ir.Value,
+    lanes: int,
+    fill: float = 0.0,
+) -> ir.Value:
+    """``base[offsets[l]]`` where ``mask[l]``, ``fill`` elsewhere (``offsets`` an i64 vector).
+
+    Built lane by lane from scalar loads at clamped addresses (llvmlite's ``gep`` takes no
+    vector indices); LLVM may turn it into a hardware gather."""
+    safe = builder.select(mask, offsets, ir.Constant(offsets.type, [0] * lanes))
+    result: ir.Value = fsplat(0.0, lanes)
+    for lane in range(lanes):
+        at = ir.Constant(I32, lane)
+        value = builder.load(gep(builder, base, builder.extract_element(safe, at)))
+        result = builder.insert_element(result, value, at)
+    return builder.select(mask, result, fsplat(fill, lanes))

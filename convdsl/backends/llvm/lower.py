@@ -1,0 +1,337 @@
+"""Lower a typed, optimized, memory-planned graph to one LLVM module.
+
+The module has one entry function::
+
+    void run(float** inputs, float** outputs, i8* arena, float** params, i64 batch)
+
+that runs every kernel of ``graph.nodes`` in order, each as an outlined worker called through
+``GOMP_parallel`` (``parallel``), over the arena laid out by ``graph.memory``; at the end it copies
+each graph output from its arena slot into the caller's ``outputs[i]`` (dense ``[B, C, ...]``).
+A kernel (a node, or a fused node's parts) is a loop over output points (``kernel.Point``): the
+flat range of (batch, channel block, outer spatial index) work items is split between threads,
+and the last spatial axis is walked a register tile at a time (``TILES``: 2 vectors for convs),
+then one vector, then one element for the tail. Window ops emit each point twice, unmasked for
+positions whose taps are all inside the input (``INTERIORS``) and masked elsewhere. A fused kernel
+that does not fit the point model (an anchor followed by pixel_shuffle or crop) runs part by
+part, its internal values in scratch slots after the planned arena.
+
+Every part's op must have an emitter here; anything else is a ``ConvdslError`` naming the op and
+its line. A crash while emitting one op is an ``InternalError`` naming that op and line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from convdsl.backends.llvm import emit_conv, emit_data, emit_elementwise, emit_pool, emit_transpose
+from convdsl.backends.llvm.kernel import (
+    DATA_FIELDS,
+    DATA_TYPE,
+    KernelBuilder,
+    Point,
+    entry_elements,
+    spatial_of,
+)
+from convdsl.backends.llvm.loops import F32P, I32, I64, PTR, VOID, for_range, gep, i64, intrinsic
+from convdsl.backends.llvm.parallel import WORKER_TYPE, call_parallel, thread_share
+from convdsl.diagnostics import ConvdslError, InternalError, error
+from convdsl.ir.graph import Graph, Node
+from convdsl.ir.ops import OPS, FusionClass
+from convdsl.ir.types import DType
+
+Emitter = Callable[[KernelBuilder, Node, Point], list[ir.Value]]
+BlockRule = Callable[[Graph, Node], int]
+
+EMITTERS: dict[str, Emitter] = {
+    **emit_elementwise.EMITTERS,
+    **emit_conv.EMITTERS,
+    **emit_pool.EMITTERS,
+    **emit_data.EMITTERS,
+    **emit_transpose.EMITTERS,
+}
+BLOCKS: dict[str, BlockRule] = {**emit_conv.BLOCKS, **emit_transpose.BLOCKS}
+# Ops with a whole-kernel emitter, used when the op runs alone (not inside a fused kernel).
+KERNELS: dict[str, Callable[[KernelBuilder, Node], None]] = {**emit_data.KERNELS}
+# Ops whose points span several native vectors on the last axis (a register tile).
+TILES: dict[str, int] = {**emit_conv.TILES}
+# Window ops that emit a faster, unmasked point where every tap is inside (``Point.interior``).
+INTERIORS: dict[str, Callable[[Node, int, int], tuple[int, int]]] = {**emit_conv.INTERIORS}
+# Ops whose emitters are safe on a tail point (``Point.valid``): their own loads are
+# bounds-masked (windows) or masked through ``KernelBuilder.operand`` (elementwise).
+MASKED_TAIL = {*emit_conv.EMITTERS, *emit_transpose.EMITTERS, *emit_elementwise.EMITTERS}
+ENTRY = "run"
+RUN_TYPE = ir.FunctionType(
+    VOID, [F32P.as_pointer(), F32P.as_pointer(), PTR, F32P.as_pointer(), I64]
+)
+
+
+def parts(node: Node) -> tuple[Node, ...]:
+    return node.parts if node.is_fused else (node,)
+
+
+def check_lowerable(graph: Graph) -> None:
+    """Raise a ``ConvdslError`` for the first op this backend cannot lower."""
+    if graph.memory is None:
+        raise InternalError("the llvm backend needs a memory plan (compile at -O2)")
+    for value in graph.values.values():
+        if value.type is not None and value.type.dtype is not DType.F32:
+            raise error(
+                f"llvm backend supports only f32 tensors yet; %{value.name} is {value.type}",
+                value.span,
+            )
+    for node in graph.nodes:
+        for part in parts(node):
+            if part.op not in EMITTERS:
+                raise error(f"llvm backend cannot lower {part.op} yet", part.span)
+
+
+def fits_point_model(graph: Graph, node: Node) -> bool:
+    """Whether a fused kernel runs as one loop over output points: every part has the
+    kernel's output shape, and only elementwise parts read values made inside the kernel.
+    Other kernels (an anchor followed by pixel_shuffle or crop) run part by part, their
+    internal values in scratch slots after the planned arena."""
+    made: set[int] = set()
+    out_shape = graph.type_of(node.output).shape
+    for part in node.parts:
+        elementwise = OPS[part.op].fusion is FusionClass.ELEMENTWISE
+        if graph.type_of(part.output).shape != out_shape:
+            return False
+        if not elementwise and made.intersection(part.inputs):
+            return False
+        made.add(part.output)
+    return True
+
+
+class ModuleBuilder:
+    """Builds the module: one worker per kernel, then the entry function."""
+
+    def __init__(self, graph: Graph, lanes: int, threads: int) -> None:
+        check_lowerable(graph)
+        self.graph = graph
+        self.lanes = lanes
+        self.threads = threads
+        self.module = ir.Module(name=graph.name)
+        names = [*graph.params, *graph.derived]
+        self.param_index = {name: index for index, name in enumerate(names)}
+        self.packings: dict[str, tuple[str, int]] = {}  # packed parameter -> (source, block)
+        self.scratch: dict[int, tuple[int, int]] = {}  # value -> (offset, size) per batch entry
+        assert graph.memory is not None
+        self.arena_bytes = graph.memory.arena_bytes  # planned arena plus scratch, per entry
+
+    def build(self) -> ir.Module:
+        workers = []
+        for index, node in enumerate(self.graph.nodes):
+            if self._copy_free(node):
+                continue
+            if node.is_fused and not fits_point_model(self.graph, node):
+                for step, part in enumerate(node.parts):
+                    if part.output != node.output:
+                        self._add_scratch(part.output)
+                    workers.append(self._kernel(index, part, f"{index}_{step}"))
+            else:
+                workers.append(self._kernel(index, node, str(index)))
+        self._entry(workers)
+        return self.module
+
+    # ---- kernels ----------------------------------------------------------------------------
+
+    def _copy_free(self, node: Node) -> bool:
+        """A concat whose inputs the memory plan already placed in its slices."""
+        plan = self.graph.memory
+        assert plan is not None
+        if node.op != "concat":
+            return False
+        return all(_shares_into(plan, v, node.output) for v in node.inputs)
+
+    def _add_scratch(self, value: int) -> None:
+        size = entry_elements(self.graph.type_of(value)) * 4
+        size += -size % 64
+        self.scratch[value] = (self.arena_bytes, size)
+        self.arena_bytes += size
+
+    def _kernel(self, index: int, node: Node, tag: str) -> ir.Function:
+        worker = ir.Function(self.module, WORKER_TYPE, f"kernel{tag}_{_ident(node.name)}")
+        worker.attributes.add("nounwind")
+        _frame_pointer(worker)
+        builder = ir.IRBuilder(worker.append_basic_block("entry"))
+        k = KernelBuilder(
+            self.graph, builder, self.lanes, self.param_index, self.packings, self.scratch
+        )
+        k.load_fields(worker.args[0])
+        try:
+            if node.op in KERNELS:
+                KERNELS[node.op](k, node)
+            else:
+                self._points(k, node)
+        except ConvdslError:
+            raise
+        except Exception as exc:
+            raise InternalError(
+                f"llvm backend failed lowering {node.op} '{node.name}': "
+                f"{type(exc).__name__}: {exc}",
+                node.span,
+            ) from exc
+        builder.ret_void()
+        return worker
+
+    def _points(self, k: KernelBuilder, node: Node) -> None:
+        b = k.builder
+        out_type = self.graph.type_of(node.output)
+        anchor = parts(node)[0]
+        block = BLOCKS[anchor.op](self.graph, anchor) if anchor.op in BLOCKS else 1
+        sizes = spatial_of(out_type)
+        outer_sizes = sizes[:-1]
+        blocks = out_type.channels // block
+        per_batch = blocks * math.prod(outer_sizes)
+        total = b.mul(k.batch, i64(per_batch))
+        lo, hi = thread_share(b, total)
+        width = sizes[-1]
+        tile = TILES.get(anchor.op, 1) * self.lanes
+        with for_range(b, lo, hi, name="item") as item:
+            n = b.udiv(item, i64(per_batch))
+            rest = b.urem(item, i64(per_batch))
+            outer: list[ir.Value] = []
+            for size in reversed(outer_sizes):
+                outer.insert(0, b.urem(rest, i64(size)))
+                rest = b.udiv(rest, i64(size))
+            channel = b.mul(rest, i64(block))
+            masked_tail = all(p.op in MASKED_TAIL for p in parts(node))
+            for start, stop, lanes in lane_steps(width, (tile, self.lanes, 1)):
+                if lanes == 1 and masked_tail:
+                    # One vector with the lanes past the row's end masked off, not a scalar loop.
+                    point = Point(n, channel, block, tuple(outer), i64(start), self.lanes)
+                    self._point(k, node, dataclasses.replace(point, valid=stop - start))
+                    continue
+                with for_range(b, start, stop, lanes, name=f"w{lanes}") as w:
+                    point = Point(n, channel, block, tuple(outer), w, lanes)
+                    self._split_interior(k, node, anchor, point)
+
+    def _split_interior(self, k: KernelBuilder, node: Node, anchor: Node, point: Point) -> None:
+        """Emit the point twice, unmasked for vector starts inside the anchor's interior range
+        and masked elsewhere, with a (well-predicted) branch between them."""
+        if anchor.op not in INTERIORS or point.lanes == 1:
+            self._point(k, node, point)
+            return
+        in_size = spatial_of(self.graph.type_of(anchor.inputs[0]))[-1]
+        lo, hi = INTERIORS[anchor.op](anchor, in_size, point.lanes)
+        if lo >= hi:
+            self._point(k, node, point)
+            return
+        b = k.builder
+        inside = b.and_(b.icmp_signed(">=", point.w, i64(lo)), b.icmp_signed("<", point.w, i64(hi)))
+        with b.if_else(inside) as (fast, border):
+            with fast:
+                self._point(k, node, dataclasses.replace(point, interior=True))
+            with border:
+                self._point(k, node, point)
+
+    def _point(self, k: KernelBuilder, node: Node, point: Point) -> None:
+        k.local = {}
+        for part in parts(node):
+            try:
+                k.local[part.output] = EMITTERS[part.op](k, part, point)
+            except (ConvdslError, InternalError):
+                raise
+            except Exception as exc:
+                where = f" in fused kernel '{node.name}'" if node.is_fused else ""
+                raise InternalError(
+                    f"llvm backend failed lowering {part.op} '{part.name}'{where}: "
+                    f"{type(exc).__name__}: {exc}",
+                    part.span,
+                ) from exc
+        k.store(node.output, point, k.local[node.output])
+        k.local = {}
+
+    # ---- entry ------------------------------------------------------------------------------
+
+    def _entry(self, workers: list[ir.Function]) -> None:
+        run = ir.Function(self.module, RUN_TYPE, ENTRY)
+        _frame_pointer(run)
+        b = ir.IRBuilder(run.append_basic_block("entry"))
+        data = b.alloca(DATA_TYPE, name="data")
+        for index, (name, arg) in enumerate(zip(DATA_FIELDS, run.args, strict=True)):
+            slot = b.gep(data, [ir.Constant(I32, 0), ir.Constant(I32, index)])
+            b.store(arg if name == "batch" else b.bitcast(arg, PTR), slot)
+        raw = b.bitcast(data, PTR)
+        for worker in workers:
+            if self.threads == 1:
+                b.call(worker, [raw])
+            else:
+                call_parallel(b, worker, raw, ir.Constant(I32, self.threads))
+        self._copy_outputs(b, raw, run.args[1], run.args[4])
+        b.ret_void()
+
+    def _copy_outputs(
+        self, b: ir.IRBuilder, raw: ir.Value, outputs: ir.Value, batch: ir.Value
+    ) -> None:
+        k = KernelBuilder(self.graph, b, self.lanes, self.param_index, self.packings, self.scratch)
+        k.load_fields(raw)
+        for slot, (_, value) in enumerate(self.graph.outputs):
+            entry_bytes = entry_elements(self.graph.type_of(value)) * 4
+            target = b.load(b.gep(outputs, [i64(slot)]))
+            with for_range(b, 0, batch, name="copy") as n:
+                dst = b.bitcast(gep(b, target, b.mul(n, i64(entry_bytes // 4))), PTR)
+                src = b.bitcast(k.entry(value, n), PTR)
+                intrinsic(
+                    b,
+                    "llvm.memcpy.p0.p0.i64",
+                    VOID,
+                    [dst, src, i64(entry_bytes), ir.Constant(ir.IntType(1), 0)],
+                )
+
+
+def lane_steps(width: int, steps: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """Cover ``range(width)`` with ``(start, stop, step)`` runs, widest steps first."""
+    runs = []
+    start = 0
+    for step in dict.fromkeys(steps):
+        stop = start + (width - start) // step * step
+        if stop > start:
+            runs.append((start, stop, step))
+        start = stop
+    return runs
+
+
+def _shares_into(plan, value: int, container: int) -> bool:  # type: ignore[no-untyped-def]
+    buffer = plan.buffers.get(value)
+    while buffer is not None and buffer.shares is not None:
+        if buffer.shares == container:
+            return True
+        buffer = plan.buffers[buffer.shares]
+    return False
+
+
+def _frame_pointer(function: ir.Function) -> None:
+    """Keep a frame pointer: spills then go to slots addressed off an aligned frame (see the
+    LLVM backend issue: misaligned 512-bit spills made one kernel 1.9x slower)."""
+    # llvmlite only accepts enum attributes by name; this string attribute is printed verbatim.
+    set.add(function.attributes, '"frame-pointer"="all"')
+
+
+def _ident(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name)
+
+
+@dataclass(frozen=True)
+class Lowered:
+    """The module and what running it needs: ``params[i]`` is the name of ``float** params``
+    entry ``i`` (declared, derived, then packed copies made by ``packings``: name -> (source,
+    block)), and the arena bytes per batch entry (the plan's, plus scratch for unfused parts)."""
+
+    module: ir.Module
+    params: tuple[str, ...]
+    packings: dict[str, tuple[str, int]]
+    arena_bytes: int
+
+
+def lower_graph(graph: Graph, lanes: int, threads: int) -> Lowered:
+    """Lower ``graph`` (see the module docstring for the entry function)."""
+    builder = ModuleBuilder(graph, lanes, threads)
+    module = builder.build()
+    names = sorted(builder.param_index, key=builder.param_index.__getitem__)
+    return Lowered(module, tuple(names), builder.packings, builder.arena_bytes)

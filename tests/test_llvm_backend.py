@@ -1,0 +1,407 @@
+"""The llvm backend against the NumPy interpreter (the reference), op by op and fused.
+
+Every supported op runs on adversarial shapes (odd sizes, stride > kernel, dilation with stride,
+1-wide dims, groups != channels, channel counts 1/3/5/17, batch 1 and 3) and must agree within
+rtol 1e-4. Also: the threading runtime really uses two threads and gives the same bits as one,
+unsupported ops are compile-time errors naming the op and its line, and target detection.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from llvmlite import ir
+
+import convdsl
+from convdsl.backends.llvm import lower
+from convdsl.backends.llvm.executable import LlvmExecutable, aligned_empty
+from convdsl.backends.llvm.jit import Jit
+from convdsl.backends.llvm.loops import F32P, I64, VOID, for_range, gep, loop_nest
+from convdsl.backends.llvm.parallel import WORKER_TYPE, call_parallel, load_libgomp, thread_share
+from convdsl.backends.llvm.target import host_target, lanes_for
+from convdsl.diagnostics import ConvdslError, InternalError
+from convdsl.ir.derived import materialize
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def compile_both(
+    src: str, threads: int = 2, name: str = "t.conv"
+) -> tuple[convdsl.Network, LlvmExecutable]:
+    net = convdsl.compile_string(src, name)
+    return net, LlvmExecutable(net.graph, materialize(net.graph, net.weights), threads=threads)
+
+
+def run_native(net: convdsl.Network, native: LlvmExecutable, inputs: dict) -> dict[str, np.ndarray]:
+    ids = {net.graph.values[v].name: v for v in net.graph.inputs}
+    results = native.run({ids[name]: array for name, array in inputs.items()})
+    return {name: results[v] for name, v in net.graph.outputs}
+
+
+def assert_matches(
+    src: str, batches: tuple[int, ...] = (1, 3), seed: int = 0, scale: float = 1.0
+) -> None:
+    net, native = compile_both(src)
+    for batch in batches:
+        inputs = {k: v * np.float32(scale) for k, v in net.random_inputs(seed, batch).items()}
+        expected = net(**inputs)
+        got = run_native(net, native, inputs)
+        for name, want in expected.items():
+            assert got[name].shape == want.shape, name
+            scale = float(np.abs(want).max()) or 1.0
+            np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
+
+
+# ---- ops, one family per case ---------------------------------------------------------------
+
+ELEMENTWISE = """
+input x: f32[N, 5, 7, 9]
+input y: f32[N, 5, 7, 9]
+output a = relu(x)
+output b = relu6(x)
+output c = leaky_relu(x, alpha=0.2)
+output d = sigmoid(x)
+output e = tanh(x) + tanh(x * y)
+output f = silu(x)
+output g = hard_sigmoid(x)
+output h = hard_swish(x)
+output i = x + y
+output j = x * y
+output k = batch_norm(x, eps=0.001)
+output l = elu(x, alpha=0.7)
+output m = gelu(x) + gelu(y, approximate=tanh)
+"""
+
+CONVS = {
+    "conv2d_same": "input x: f32[N, 3, 11, 13]\noutput y = conv2d(x, 17, kernel=3, padding=same)",
+    "conv2d_stride_gt_kernel": (
+        "input x: f32[N, 5, 13, 17]\noutput y = conv2d(x, 4, kernel=2, stride=3, bias=false)"
+    ),
+    "conv2d_dilation_stride": (
+        "input x: f32[N, 3, 19, 23]\n"
+        "output y = conv2d(x, 5, kernel=[3, 2], stride=[2, 3], dilation=[3, 2], "
+        "padding=[[2, 1], [0, 3]], activation=relu6)"
+    ),
+    "conv2d_groups": (
+        "input x: f32[N, 6, 9, 10]\n"
+        "output y = conv2d(x, 9, kernel=3, groups=3, padding=same, activation=silu)"
+    ),
+    "conv2d_1wide": (
+        "input x: f32[N, 1, 1, 17]\noutput y = conv2d(x, 3, kernel=[1, 5], padding=same)"
+    ),
+    "conv2d_1x1_wide": (
+        "input x: f32[N, 17, 5, 33]\noutput y = conv2d(x, 8, kernel=1, activation=tanh)"
+    ),
+    "conv1d_causal_dilated": (
+        "input x: f32[N, 3, 37]\noutput y = conv1d(x, 5, kernel=3, dilation=4, padding=causal)"
+    ),
+    "conv1d_stride": (
+        "input x: f32[N, 4, 29]\n"
+        "output y = conv1d(x, 4, kernel=5, stride=3, padding=2, groups=2, activation=sigmoid)"
+    ),
+    "conv3d": (
+        "input x: f32[N, 3, 5, 6, 9]\n"
+        "output y = conv3d(x, 5, kernel=3, stride=[1, 2, 1], dilation=[2, 1, 1], padding=same)"
+    ),
+    "depthwise2d": (
+        "input x: f32[N, 5, 12, 11]\n"
+        "output y = depthwise2d(x, kernel=3, multiplier=2, stride=2, padding=same, "
+        "activation=relu6)"
+    ),
+    "depthwise1d_dilated": (
+        "input x: f32[N, 17, 40]\n"
+        "output y = depthwise1d(x, kernel=3, dilation=5, padding=same, bias=false)"
+    ),
+    "conv2d_stride2_interior": (
+        "input x: f32[N, 5, 7, 50]\noutput y = conv2d(x, 6, kernel=3, stride=2, padding=same)"
+    ),
+    "conv2d_wide_interior": (
+        "input x: f32[N, 3, 4, 41]\n"
+        "output y = conv2d(x, 4, kernel=[2, 5], dilation=[1, 3], padding=same)"
+    ),
+    "depthwise3d": (
+        "input x: f32[N, 3, 4, 5, 10]\noutput y = depthwise3d(x, kernel=[1, 3, 3], padding=1)"
+    ),
+}
+
+POOLS = """
+input x: f32[N, 3, 11, 13]
+output a = max_pool2d(x, 3, stride=2, padding=1)
+output b = avg_pool2d(x, [2, 3], stride=[3, 2], padding=1, ceil_mode=true)
+output c = avg_pool2d(x, 3, stride=2, padding=1, include_pad=true, ceil_mode=true)
+output d = max_pool2d(x, 2, stride=3, dilation=2, ceil_mode=true)
+output e = global_avg_pool(x)
+output f = global_max_pool(x)
+output g = max_pool2d(global_avg_pool(x), 1) + global_max_pool(x)
+"""
+
+POOLS_1D_3D = """
+input x: f32[N, 5, 19]
+input v: f32[N, 3, 5, 6, 7]
+output a = max_pool1d(x, 4, stride=3, padding=2, ceil_mode=true)
+output b = avg_pool1d(x, 3, stride=1, padding=1)
+output c = max_pool3d(v, 2)
+output d = avg_pool3d(v, 3, stride=2, padding=1, ceil_mode=true)
+output e = global_max_pool(v)
+"""
+
+DATA = """
+input x: f32[N, 4, 5, 7]
+output a = upscale(x, 2)
+output b = upscale(x, 3, mode=bilinear)
+output c = upscale(x, 2, mode=bilinear, align_corners=true)
+output d = crop(x, size=[3, 4], offset=center)
+output e = pad(x, [[1, 2], [3, 1]], value=1.5)
+output f = pad(x, [[2, 1], [3, 2]], mode=reflect)
+output g = pad(x, [[2, 1], [3, 2]], mode=replicate)
+output h = concat(x, relu(x), x)
+output i = pixel_shuffle(x, 2)
+output j = pixel_shuffle(x, 2, order=dcr)
+output k = softmax(x)
+"""
+
+DATA_1D_3D = """
+input x: f32[N, 3, 11]
+input v: f32[N, 2, 3, 4, 5]
+output a = upscale(x, 3, mode=linear)
+output b = upscale(v, 2, mode=trilinear)
+output c = upscale(v, [1, 2, 3])
+output d = pad(x, [[4, 0]], mode=reflect)
+output e = crop(v, size=[2, 2, 3], offset=[1, 0, 2])
+output f = concat(v, v)
+"""
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 8.0])
+def test_elementwise_matches_interpreter(scale: float) -> None:
+    """Scales reach tanh near 0 (relative precision), the relu6 and hard_* kinks, saturation."""
+    assert_matches(ELEMENTWISE, scale=scale)
+
+
+TRANSPOSED = {
+    "conv_transpose2d": (
+        "input x: f32[N, 4, 5, 7]\n"
+        "output a = conv_transpose2d(x, 6, kernel=4, stride=2, padding=1)\n"
+        "output b = conv_transpose2d(x, 3, kernel=3, stride=[3, 2], dilation=[2, 1], "
+        "padding=[[1, 2], [0, 1]], output_padding=[1, 1], activation=relu)\n"
+        "output c = conv_transpose2d(x, 6, kernel=2, groups=2, bias=false)\n"
+        "output d = conv_transpose2d(x, 4, kernel=3, stride=2, padding=same)"
+    ),
+    "conv_transpose1d_3d": (
+        "input x: f32[N, 3, 17]\n"
+        "input v: f32[N, 2, 3, 4, 5]\n"
+        "output a = conv_transpose1d(x, 5, kernel=3, stride=4, dilation=2, output_padding=2)\n"
+        "output b = conv_transpose3d(v, 4, kernel=2, stride=2)\n"
+        "output c = conv_transpose1d(x, 6, kernel=5, padding=2, groups=3)"
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "src",
+    [*CONVS.values(), *TRANSPOSED.values(), POOLS, POOLS_1D_3D, DATA, DATA_1D_3D],
+    ids=[*CONVS, *TRANSPOSED, "pools", "pools_1d_3d", "data", "data_1d_3d"],
+)
+def test_op_matches_interpreter(src: str) -> None:
+    assert_matches(src)
+
+
+# ---- fused kernels --------------------------------------------------------------------------
+
+FUSED = {
+    "conv_bn_relu": (
+        "input x: f32[N, 3, 9, 10]\n"
+        "output y = relu(batch_norm(conv2d(x, 5, kernel=3, padding=same, bias=false)))"
+    ),
+    "conv_skip_add": (
+        "input x: f32[N, 4, 9, 11]\n"
+        "a = conv2d(x, 4, kernel=3, padding=same)\n"
+        "output y = relu(conv2d(a, 4, kernel=3, padding=same) + a)"
+    ),
+    "upscale_add": (
+        "input x: f32[N, 3, 8, 10]\n"
+        "d = conv2d(x, 3, kernel=3, stride=2, padding=same, activation=relu)\n"
+        "output y = upscale(d, 2, mode=bilinear) + x"
+    ),
+    "gated": (
+        "input x: f32[N, 4, 33]\n"
+        "output y = tanh(conv1d(x, 4, kernel=2, padding=causal)) * "
+        "sigmoid(conv1d(x, 4, kernel=2, padding=causal))"
+    ),
+    "softmax_epilogue": "input x: f32[N, 5, 3, 9]\noutput y = softmax(x) * x",
+    "pool_epilogue": (
+        "input x: f32[N, 3, 8, 9]\noutput y = relu(max_pool2d(x, 2)) * avg_pool2d(x, 2)"
+    ),
+    "conv_then_pixel_shuffle": (
+        "input x: f32[N, 3, 5, 6]\n"
+        "output y = pixel_shuffle(conv2d(x, 12, kernel=3, padding=same), 2)"
+    ),
+    "transpose_then_crop": (
+        "input x: f32[N, 3, 6, 7]\n"
+        "u = conv_transpose2d(x, 2, kernel=4, stride=2, bias=false)\n"
+        "output y = crop(u, size=[9, 11], offset=center)"
+    ),
+    "concat_slices": (
+        "input x: f32[N, 3, 7, 9]\n"
+        "a = conv2d(x, 5, kernel=3, padding=same, activation=relu)\n"
+        "b = conv2d(x, 3, kernel=1)\n"
+        "output y = conv2d(concat(a, b), 2, kernel=1)"
+    ),
+}
+
+
+@pytest.mark.parametrize("src", FUSED.values(), ids=FUSED.keys())
+def test_fused_kernels_match_interpreter(src: str) -> None:
+    net = convdsl.compile_string(src)
+    if "concat" not in src:
+        assert any(node.is_fused for node in net.graph.nodes), "the pattern must actually fuse"
+    assert_matches(src)
+
+
+@pytest.mark.parametrize("example", ["quickstart", "espcn", "unet3d"])
+def test_examples_match_interpreter(example: str) -> None:
+    assert_matches((EXAMPLES / f"{example}.conv").read_text(), batches=(1,))
+
+
+# ---- threads --------------------------------------------------------------------------------
+
+
+def test_two_threads_give_the_same_bits_as_one() -> None:
+    src = (EXAMPLES / "quickstart.conv").read_text()
+    net, one = compile_both(src, threads=1)
+    two = LlvmExecutable(net.graph, materialize(net.graph, net.weights), threads=2)
+    inputs = net.random_inputs(seed=3, batch=3)
+    a, b = run_native(net, one, inputs), run_native(net, two, inputs)
+    assert np.array_equal(a["out"], b["out"])
+    assert "GOMP_parallel" in two.llvm_ir and "GOMP_parallel" not in one.llvm_ir
+
+
+def test_gomp_parallel_runs_each_share_on_its_own_thread() -> None:
+    """A worker records ``omp_get_thread_num`` for every item of its share."""
+    load_libgomp()
+    module = ir.Module()
+    worker = ir.Function(module, WORKER_TYPE, "worker")
+    b = ir.IRBuilder(worker.append_basic_block("entry"))
+    out = b.bitcast(worker.args[0], I64.as_pointer())
+    lo, hi = thread_share(b, ir.Constant(I64, 101))
+    get_id = module.get_global("omp_get_thread_num")
+    with for_range(b, lo, hi) as i:
+        b.store(b.sext(b.call(get_id, []), I64), b.gep(out, [i]))
+    b.ret_void()
+    entry = ir.Function(module, ir.FunctionType(VOID, [worker.args[0].type]), "entry")
+    eb = ir.IRBuilder(entry.append_basic_block("entry"))
+    call_parallel(eb, worker, entry.args[0], ir.Constant(ir.IntType(32), 2))
+    eb.ret_void()
+    jit = Jit(module)
+    owners = np.full(101, -1, np.int64)
+    ctypes.CFUNCTYPE(None, ctypes.c_void_p)(jit.address("entry"))(owners.ctypes.data)
+    assert owners[:51].tolist() == [0] * 51 and owners[51:].tolist() == [1] * 50
+
+
+# ---- loops and target -----------------------------------------------------------------------
+
+
+def test_loop_nest_visits_every_index_in_order() -> None:
+    module = ir.Module()
+    fn = ir.Function(module, ir.FunctionType(VOID, [F32P]), "fill")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    with loop_nest(b, [3, 4]) as (i, j):
+        flat = b.add(b.mul(i, ir.Constant(I64, 4)), j)
+        b.store(b.sitofp(flat, ir.FloatType()), gep(b, fn.args[0], flat))
+    with for_range(b, 12, 20, 3) as k:
+        b.store(ir.Constant(ir.FloatType(), -1.0), gep(b, fn.args[0], k))
+    b.ret_void()
+    jit = Jit(module)
+    out = np.zeros(20, np.float32)
+    ctypes.CFUNCTYPE(None, ctypes.c_void_p)(jit.address("fill"))(out.ctypes.data)
+    expected = np.concatenate([np.arange(12), [-1, 0, 0, -1, 0, 0, -1, 0]])
+    assert out.tolist() == expected.tolist()
+
+
+def test_lanes_follow_cpu_features() -> None:
+    assert lanes_for("+avx,+avx2,+fma,+avx512f") == 16
+    assert lanes_for("+avx,+avx2,-avx512f") == 8
+    assert lanes_for("+sse4.2,-avx") == 4
+    assert lanes_for("+neon,+fp-armv8") == 4
+    target = host_target()
+    assert target.lanes == lanes_for(target.features) and target.cpu
+
+
+def test_arena_is_aligned_and_inputs_need_not_be() -> None:
+    assert aligned_empty(1000).ctypes.data % 64 == 0
+    net, native = compile_both("input x: f32[N, 3, 20]\noutput y = conv1d(x, 2, kernel=3)")
+    raw = np.zeros(3 * 20 + 1, np.float32)[1:].reshape(1, 3, 20)  # 4 bytes past an allocation
+    raw[...] = np.random.default_rng(0).standard_normal(raw.shape)
+    np.testing.assert_allclose(run_native(net, native, {"x": raw})["y"], net(x=raw)["y"], rtol=1e-5)
+
+
+# ---- errors ---------------------------------------------------------------------------------
+
+
+def test_unlowerable_op_is_a_compile_error_naming_op_and_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delitem(lower.EMITTERS, "conv_transpose2d")
+    src = (
+        "input x: f32[N, 3, 8, 8]\na = relu(x)\n"
+        "output y = conv_transpose2d(a, 4, kernel=2, stride=2)\n"
+    )
+    with pytest.raises(ConvdslError) as info:
+        compile_both(src, name="up.conv")
+    assert str(info.value).splitlines()[0] == (
+        "up.conv:3:12: error: llvm backend cannot lower conv_transpose2d yet"
+    )
+
+
+def test_f64_tensors_are_a_compile_error() -> None:
+    with pytest.raises(
+        ConvdslError,
+        match=r"^d.conv:1:7: error: llvm backend supports only f32 tensors yet; %x is f64",
+    ):
+        compile_both("input x: f64[N, 3, 8]\noutput y = relu(x)\n", name="d.conv")
+
+
+def test_emitter_crash_names_the_op_and_its_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(k, node, point):  # type: ignore[no-untyped-def]
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setitem(lower.EMITTERS, "relu", broken)
+    with pytest.raises(InternalError, match=r"relu 'y'.*ZeroDivisionError: boom") as info:
+        compile_both("input x: f32[N, 2, 4]\noutput y = relu(x)\n", name="c.conv")
+    assert "c.conv:2" in str(info.value)
+
+
+@st.composite
+def conv_configs(draw: st.DrawFn) -> str:
+    rank = draw(st.sampled_from([1, 2]))
+    groups = draw(st.sampled_from([1, 2, 3]))
+    channels = groups * draw(st.integers(1, 3))
+    out = groups * draw(st.integers(1, 5))
+    kernel = [draw(st.integers(1, 4)) for _ in range(rank)]
+    stride = [draw(st.integers(1, 3)) for _ in range(rank)]
+    dilation = [draw(st.integers(1, 3)) for _ in range(rank)]
+    sizes = [draw(st.integers(1, 12)) + (k - 1) * d for k, d in zip(kernel, dilation, strict=True)]
+    sizes[-1] += draw(st.integers(0, 24))
+    padding = draw(st.sampled_from(["valid", "same", "explicit"]))
+    if padding == "explicit":
+        pads = [[draw(st.integers(0, 2)), draw(st.integers(0, 2))] for _ in range(rank)]
+        padding = str(pads)
+    op = draw(st.sampled_from(["conv", "conv_transpose"]))
+    activation = draw(st.sampled_from(["none", "relu", "hard_swish"]))
+    shape = ", ".join(str(s) for s in sizes)
+    return (
+        f"input x: f32[N, {channels}, {shape}]\n"
+        f"output y = {op}{rank}d(x, {out}, kernel={kernel}, stride={stride}, dilation={dilation}, "
+        f"padding={padding if op == 'conv' else 'valid'}, groups={groups}, activation={activation})"
+    )
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_configs())
+def test_random_convs_match_interpreter(src: str) -> None:
+    assert_matches(src, batches=(2,))
