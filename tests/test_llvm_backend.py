@@ -405,3 +405,59 @@ def conv_configs(draw: st.DrawFn) -> str:
 @given(conv_configs())
 def test_random_convs_match_interpreter(src: str) -> None:
     assert_matches(src, batches=(2,))
+
+
+# ---- transposed convolution split by output phase -------------------------------------------
+
+PHASE_SPLIT = {
+    "stride2_kernels_1_2_5": (
+        "input x: f32[N, 3, 6, 7]\n"
+        "output a = conv_transpose2d(x, 4, kernel=1, stride=2)\n"
+        "output b = conv_transpose2d(x, 4, kernel=2, stride=2, activation=relu)\n"
+        "output c = conv_transpose2d(x, 5, kernel=5, stride=2, padding=[[2, 0], [1, 3]])"
+    ),
+    "stride3_kernels_2_3_7": (
+        "input x: f32[N, 2, 5, 9]\n"
+        "output a = conv_transpose2d(x, 3, kernel=2, stride=3, output_padding=2)\n"
+        "output b = conv_transpose2d(x, 3, kernel=3, stride=3, padding=1)\n"
+        "output c = conv_transpose2d(x, 6, kernel=[7, 4], stride=[3, 2], groups=2)"
+    ),
+    "stride8_kernels_4_8_16": (
+        "input x: f32[N, 3, 4, 5]\n"
+        "output a = conv_transpose2d(x, 2, kernel=4, stride=8, bias=false)\n"
+        "output b = conv_transpose2d(x, 7, kernel=8, stride=8)\n"
+        "output c = conv_transpose2d(x, 21, kernel=16, stride=8, padding=[[4, 3], [0, 5]])"
+    ),
+    "dilation_with_stride": (
+        "input x: f32[N, 4, 5, 6]\n"
+        "output a = conv_transpose2d(x, 4, kernel=3, stride=2, dilation=2, output_padding=1)\n"
+        "output b = conv_transpose2d(x, 6, kernel=[3, 4], stride=[3, 4], dilation=[2, 6], "
+        "groups=2, padding=[[1, 2], [3, 0]])\n"
+        "output c = conv_transpose2d(x, 2, kernel=5, stride=3, dilation=3, activation=tanh)"
+    ),
+    "rank_1_and_3": (
+        "input x: f32[N, 4, 29]\ninput v: f32[N, 2, 3, 4, 5]\n"
+        "output a = conv_transpose1d(x, 6, kernel=7, stride=3, padding=[[2, 5]], groups=2)\n"
+        "output b = conv_transpose1d(x, 3, kernel=2, stride=8, output_padding=5)\n"
+        "output c = conv_transpose3d(v, 4, kernel=[3, 2, 5], stride=[2, 3, 2], "
+        "dilation=[1, 2, 1])\n"
+        "output d = conv_transpose3d(v, 2, kernel=4, stride=2, padding=1, output_padding=1)"
+    ),
+    "stride1_contiguous_stores": (
+        "input x: f32[N, 3, 5, 21]\n"
+        "output a = conv_transpose2d(x, 5, kernel=3, padding=[[0, 2], [2, 1]], groups=1)"
+    ),
+}
+
+
+@pytest.mark.parametrize("src", PHASE_SPLIT.values(), ids=PHASE_SPLIT)
+def test_transposed_conv_phases_match_interpreter(src: str) -> None:
+    assert_matches(src)
+
+
+def test_upscore8_runs_phase_split_with_packed_weights() -> None:
+    src = "input x: f32[N, 21, 28, 28]\noutput y = conv_transpose2d(x, 21, kernel=16, stride=8)"
+    net = convdsl.compile_string(src, "u.conv")
+    lowered = lower.lower_graph(net.graph, host_target().lanes, threads=2)
+    assert lowered.packings == {"y.weight@tpack7": ("y.weight", 7)}
+    assert_matches(src, batches=(1,))

@@ -13,6 +13,7 @@ import math
 
 from llvmlite import ir
 
+from convdsl.backends.llvm import emit_transpose_phase
 from convdsl.backends.llvm.emit_conv import conv_block, flat_tap, maybe
 from convdsl.backends.llvm.emit_elementwise import ACTIVATIONS
 from convdsl.backends.llvm.kernel import KernelBuilder, Point, spatial_of, strides_of
@@ -116,3 +117,5 @@ def emit_conv_transpose(k: KernelBuilder, node: Node, point: Point) -> list[ir.V
 
 EMITTERS = {f"conv_transpose{r}d": emit_conv_transpose for r in (1, 2, 3)}
 BLOCKS = {name: conv_block for name in EMITTERS}
+# Alone (or as one step of a part-by-part fused kernel) the op runs split by output phase.
+KERNELS = emit_transpose_phase.KERNELS

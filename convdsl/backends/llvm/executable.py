@@ -26,6 +26,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from convdsl.backends.llvm.emit_transpose_phase import pack_transposed
 from convdsl.backends.llvm.jit import Jit
 from convdsl.backends.llvm.kernel import pack_weight
 from convdsl.backends.llvm.lower import ENTRY, lower_graph
@@ -64,7 +65,8 @@ class LlvmExecutable:
         self._run = _RUN(self.jit.address(ENTRY))
         arrays = dict(params)
         for name, (source, block) in lowered.packings.items():
-            arrays[name] = pack_weight(arrays[source], block)
+            packer = pack_transposed if name.endswith(f"@tpack{block}") else pack_weight
+            arrays[name] = packer(arrays[source], block)
         self._params = [np.ascontiguousarray(arrays[n], dtype=np.float32) for n in lowered.params]
         self._param_table = _pointer_table(self._params)
         self._arena = aligned_empty(0)

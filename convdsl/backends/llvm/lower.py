@@ -56,7 +56,10 @@ EMITTERS: dict[str, Emitter] = {
 }
 BLOCKS: dict[str, BlockRule] = {**emit_conv.BLOCKS, **emit_transpose.BLOCKS}
 # Ops with a whole-kernel emitter, used when the op runs alone (not inside a fused kernel).
-KERNELS: dict[str, Callable[[KernelBuilder, Node], None]] = {**emit_data.KERNELS}
+KERNELS: dict[str, Callable[[KernelBuilder, Node], None]] = {
+    **emit_data.KERNELS,
+    **emit_transpose.KERNELS,
+}
 # Ops whose points span several native vectors on the last axis (a register tile).
 TILES: dict[str, int] = {**emit_conv.TILES}
 # Window ops that emit a faster, unmasked point where every tap is inside (``Point.interior``).
