@@ -1,4 +1,4 @@
-"""Probe the (not yet wired-in) LLVM backend on one 3x3 conv against the NumPy interpreter.
+"""Probe the LLVM backend on one 3x3 conv against the NumPy interpreter.
 
     python benchmarks/llvm_conv_probe.py
 

@@ -10,6 +10,11 @@
 >>> net(x=np.ones((2, 3, 8, 8), np.float32))["y"].shape
 (2, 4, 8, 8)
 
+Two backends (``BACKENDS``): ``"numpy"``, the reference interpreter and the default, and
+``"llvm"``, the whole graph JIT-compiled to one native function over a memory-planned arena
+(``convdsl.backends.llvm``). The llvm backend always runs on a memory plan, so a graph compiled
+below -O2 (whose pipeline did not plan memory) is planned here before lowering.
+
 Every user mistake raises ``convdsl.ConvdslError`` carrying diagnostics with file, line and
 column; anything else escaping is a bug in convdsl.
 """
@@ -19,7 +24,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,9 +34,13 @@ from convdsl.diagnostics import ConvdslError, Diagnostic, DiagnosticSink, Source
 from convdsl.ir.derived import materialize
 from convdsl.ir.graph import Graph, Param
 from convdsl.ir.types import AXIS_NAMES, TensorType, format_shape
+from convdsl.passes.memory import plan_memory
 from convdsl.passes.pipeline import compile_source
 
-BACKENDS = ("numpy",)
+if TYPE_CHECKING:
+    from convdsl.backends.llvm.executable import LlvmExecutable
+
+BACKENDS = ("numpy", "llvm")
 
 
 class Network:
@@ -44,17 +53,30 @@ class Network:
         weights: Mapping[str, np.ndarray] | None = None,
         seed: int = 0,
         weights_origin: str = "weights",
+        threads: int = 2,
     ) -> None:
         if backend not in BACKENDS:
             raise error(f"unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise error(f"threads must be a positive integer, found {threads!r}")
+        graph = backend_graph(graph, backend)
         self.graph = graph
         self.backend = backend
+        self.threads = threads
         self.weights: dict[str, np.ndarray] = (
             weights_io.init_params(graph.params, seed)
             if weights is None
             else weights_io.check_weights(weights, graph.params, weights_origin)
         )
-        self._executable = NumpyExecutable(graph, materialize(graph, self.weights))
+        self._executable = self._build(materialize(graph, self.weights))
+
+    def _build(self, params: Mapping[str, np.ndarray]) -> NumpyExecutable | LlvmExecutable:
+        if self.backend == "llvm":
+            # Imported here: llvmlite and libgomp load only for networks that use them.
+            from convdsl.backends.llvm.executable import LlvmExecutable
+
+            return LlvmExecutable(self.graph, params, threads=self.threads)
+        return NumpyExecutable(self.graph, params)
 
     # ---- inspection ------------------------------------------------------------------------
 
@@ -82,7 +104,8 @@ class Network:
 
     def set_weights(self, arrays: Mapping[str, np.ndarray], origin: str = "weights") -> None:
         self.weights = weights_io.check_weights(arrays, self.graph.params, origin)
-        self._executable = NumpyExecutable(self.graph, materialize(self.graph, self.weights))
+        # LlvmExecutable binds parameters only at construction: new weights mean a recompile.
+        self._executable = self._build(materialize(self.graph, self.weights))
 
     def save_weights(self, path: str | Path, overwrite: bool = False) -> None:
         weights_io.save_npz(path, self.weights, overwrite=overwrite)
@@ -152,6 +175,30 @@ class Network:
         return arrays
 
 
+def backend_graph(graph: Graph, backend: str) -> Graph:
+    """The graph ``backend`` runs: for llvm, with a memory plan even below -O2."""
+    if backend == "llvm" and graph.memory is None:
+        # The llvm backend runs in one arena; below -O2 the pipeline did not plan it.
+        return plan_memory(graph)
+    return graph
+
+
+def check_backend(graph: Graph, backend: str, threads: int = 2) -> None:
+    """Compile ``graph`` for ``backend`` without binding weights or running it, so that
+    lowering errors (an op or dtype the backend lacks) show; the numpy backend has none."""
+    if backend not in BACKENDS:
+        raise error(f"unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
+    if backend == "llvm":
+        from convdsl.backends.llvm.jit import Jit
+        from convdsl.backends.llvm.lower import lower_graph
+        from convdsl.backends.llvm.parallel import load_libgomp
+        from convdsl.backends.llvm.target import host_target
+
+        load_libgomp()
+        target = host_target()
+        Jit(lower_graph(backend_graph(graph, backend), target.lanes, threads).module, target)
+
+
 def _as_array(value: Any) -> np.ndarray | None:
     try:
         return np.asarray(value)
@@ -200,12 +247,21 @@ def compile_string(
     weights: str | Path | Mapping[str, np.ndarray] | None = None,
     seed: int = 0,
     verify: bool = False,
+    threads: int = 2,
 ) -> Network:
-    """Compile ``.conv`` source text; ``name`` is the file name used in diagnostics."""
+    """Compile ``.conv`` source text; ``name`` is the file name used in diagnostics.
+
+    ``backend`` is ``"numpy"`` (default) or ``"llvm"``; ``threads`` is the llvm backend's
+    thread count (the numpy backend ignores it).
+    """
+    if backend not in BACKENDS:  # before compiling: a typo should not cost a compile
+        raise error(f"unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
     graph = compile_source(Source(name, text), opt_level=opt_level, check=verify)
     arrays = weights_io.read_npz(weights) if isinstance(weights, str | Path) else weights
     origin = str(weights) if isinstance(weights, str | Path) else "weights"
-    return Network(graph, backend=backend, weights=arrays, seed=seed, weights_origin=origin)
+    return Network(
+        graph, backend=backend, weights=arrays, seed=seed, weights_origin=origin, threads=threads
+    )
 
 
 def compile_file(
@@ -216,6 +272,7 @@ def compile_file(
     weights: str | Path | Mapping[str, np.ndarray] | None = None,
     seed: int = 0,
     verify: bool = False,
+    threads: int = 2,
 ) -> Network:
     """Compile a ``.conv`` file (see ``compile_string``)."""
     return compile_string(
@@ -226,6 +283,7 @@ def compile_file(
         weights=weights,
         seed=seed,
         verify=verify,
+        threads=threads,
     )
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 import convdsl
 from convdsl import weights as weights_io
-from convdsl.api import BACKENDS, Network, compile_file, read_source
+from convdsl.api import BACKENDS, Network, check_backend, compile_file, read_source
 from convdsl.diagnostics import ConvdslError, DiagnosticSink, error
 from convdsl.ir.cost import node_macs, node_param_count
 from convdsl.ir.graph import Graph
@@ -221,12 +221,17 @@ def cmd_check(args: argparse.Namespace) -> None:
     Parse, lower, shape-check and optimize FILE, then print one row per layer as written
     (output shape, parameter count, multiply-accumulates per batch entry), the totals, and the
     inputs and outputs. --report adds what each optimizer pass did: fused kernels, what blocked
-    fusion, activation traffic and the planned activation memory.
+    fusion, activation traffic and the planned activation memory. --backend llvm also lowers
+    and JIT-compiles FILE for the llvm backend, without running it, so that what the backend
+    cannot compile is reported too.
 
     convdsl check net.conv --verify --report
     """
     trace = report.PipelineTrace()
-    compile_source(read_source(args.file), args.opt_level, check=args.verify, after=trace)
+    source = read_source(args.file)
+    graph = compile_source(source, args.opt_level, check=args.verify, after=trace)
+    # Lowered and JIT-compiled (no weights, no run) so that backend errors show here too.
+    check_backend(graph, args.backend, args.threads)
     # The table shows the layers as written; the report says what the optimizer made of them.
     print("\n".join(summary_lines(trace.steps[0].after)))
     if args.report:
@@ -238,7 +243,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     Compile FILE and run it. Inputs not given with --input are seeded standard-normal arrays,
     their symbolic batch bound to --batch (default: the batch of the given inputs, else 1).
-    Prints the shape, dtype, min, max and mean of each output.
+    Prints the shape, dtype, min, max and mean of each output. --backend llvm runs it as
+    native code on --threads threads.
 
     convdsl run net.conv --input image=image.npy --weights w.npz --output out.npz
     """
@@ -251,6 +257,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         weights=args.weights,
         seed=args.seed,
         verify=args.verify,
+        threads=args.threads,
     )
     given = parse_input_flags(args.input, net)
     batch = args.batch if args.batch is not None else _batch_of(given, net)
@@ -324,6 +331,24 @@ def cmd_init_weights(args: argparse.Namespace) -> None:
     print(f"wrote {len(arrays)} arrays ({count:,} parameters) to {args.output}")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    """Time the network on every backend, side by side.
+
+    Compile FILE and time it in this process on the same seeded inputs and weights with the
+    NumPy interpreter, the LLVM backend and, when installed, PyTorch CPU and ONNX Runtime (the
+    network converted from the IR): the median of --runs runs after --warmup warm-ups, GFLOP/s,
+    the speedup over the interpreter and the largest output difference from it.
+
+    convdsl bench net.conv --batch 8 --threads 2 --backends numpy,llvm
+    """
+    from convdsl import bench  # imports torch/onnxruntime only when benchmarking
+
+    backends = bench.parse_backends(args.backends)
+    result = bench.bench_file(args.file, batch=args.batch, runs=args.runs, warmup=args.warmup,
+                              threads=args.threads, backends=backends)  # fmt: skip
+    print("\n".join(bench.report_lines(result)))
+
+
 # ---- the parser ------------------------------------------------------------------------------
 
 
@@ -334,6 +359,15 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
                         "1 adds simplification and folding, 2 (default) adds fusion and "
                         "memory planning")  # fmt: skip
     parser.add_argument("--verify", action="store_true", help="verify the IR after every pass")
+
+
+def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+    """--backend NAME and --threads N, shared by check and run."""
+    backends = " or ".join(BACKENDS)
+    parser.add_argument("--backend", choices=BACKENDS, default=BACKENDS[0],
+                        help=f"where to run: {backends} (default {BACKENDS[0]})")  # fmt: skip
+    parser.add_argument("--threads", type=_positive, default=2, metavar="N",
+                        help="threads of the llvm backend (default 2)")  # fmt: skip
 
 
 def _positive(text: str) -> int:
@@ -376,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compile_options(check)
     check.add_argument("--report", action="store_true",
                        help="after the table, report what the optimizer did")  # fmt: skip
+    _add_backend_options(check)
 
     run = _subcommand(subs, "run", cmd_run, common)
     run.add_argument("--input", action="append", default=[], metavar="NAME=PATH.npy",
@@ -387,8 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0,
                      help="seed of random inputs and (without --weights) parameters")  # fmt: skip
     run.add_argument("--batch", type=_positive, metavar="B", help="batch size of random inputs")
-    run.add_argument("--backend", choices=BACKENDS, default=BACKENDS[0],
-                     help=f"where to run (default {BACKENDS[0]})")  # fmt: skip
+    _add_backend_options(run)
     run.add_argument("--force", action="store_true", help="overwrite an existing --output file")
     _add_compile_options(run)
 
@@ -410,6 +444,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the .npz file to write")  # fmt: skip
     init.add_argument("--seed", type=int, default=0, help="initialization seed (default 0)")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    bench = _subcommand(subs, "bench", cmd_bench, common)
+    bench.add_argument("--batch", type=_positive, default=1, metavar="B",
+                       help="batch size of the random inputs (default 1)")  # fmt: skip
+    bench.add_argument("--runs", type=_positive, default=15, metavar="R",
+                       help="timed runs per backend; prints the median (default 15)")  # fmt: skip
+    bench.add_argument("--warmup", type=int, default=3, metavar="W",
+                       help="untimed runs before timing (default 3)")  # fmt: skip
+    bench.add_argument("--threads", type=_positive, default=2, metavar="T",
+                       help="threads of llvm, torch and onnxruntime (default 2)")  # fmt: skip
+    bench.add_argument("--backends", default="numpy,llvm,torch,onnxruntime", metavar="LIST",
+                       help="comma-separated backends to time (default all: "
+                       "numpy,llvm,torch,onnxruntime)")  # fmt: skip
     return parser
 
 

@@ -32,7 +32,15 @@ from convdsl.ir.ops import OPS, REQUIRED, ArgKind, ArgSpec, OpDef
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
-DOC_FILES = ("index.md", "language.md", "architecture.md", "cli.md", "api.md", "optimizer.md")
+DOC_FILES = (
+    "index.md",
+    "language.md",
+    "architecture.md",
+    "cli.md",
+    "api.md",
+    "optimizer.md",
+    "backends.md",
+)
 LANGUAGES = {"conv", "conv-fragment", "python", "console", "text"}
 
 

@@ -1,0 +1,192 @@
+"""The llvm backend selected through the API and the CLI agrees with the numpy backend.
+
+Every example network runs on both backends with the same (random, non-trivial) weights and
+inputs; the interpreter is the reference, itself tested against PyTorch. LLVM compiles take
+seconds for the big examples, so each compiled network is shared by the tests of this module.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import random_weights
+
+import convdsl
+from convdsl import cli
+from convdsl.api import BACKENDS, Network
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((REPO / "examples").glob("*.conv"))
+TWO_BATCHES = {"quickstart", "espcn"}
+
+
+def assert_agrees(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> None:
+    assert got.keys() == ref.keys()
+    for name, expected in ref.items():
+        assert got[name].shape == expected.shape and got[name].dtype == expected.dtype
+        atol = 1e-5 * float(np.abs(expected).max())
+        np.testing.assert_allclose(got[name], expected, rtol=1e-4, atol=atol, err_msg=name)
+
+
+def example_weights(net: Network, seed: int) -> dict[str, np.ndarray]:
+    """The network's own initialization (it keeps activations of these deep nets near 1, so
+    float32 rounding stays far below the tolerance), with every bias and every batch norm made
+    non-trivial: the init makes biases zero and batch norm the identity."""
+    rng = np.random.default_rng(seed)
+    weights = dict(net.weights)
+    for name in net.params:
+        if name.endswith(".running_var"):
+            layer = name.removesuffix(".running_var")
+            weights[name] = rng.uniform(0.5, 2.0, weights[name].shape)
+            weights[f"{layer}.running_mean"] = rng.normal(0, 0.1, weights[name].shape)
+            weights[f"{layer}.weight"] = rng.uniform(0.8, 1.2, weights[name].shape)
+    for name, array in weights.items():
+        if name.endswith(".bias"):
+            weights[name] = rng.normal(0, 0.1, array.shape)
+    return {name: array.astype(np.float32) for name, array in weights.items()}
+
+
+@pytest.fixture(scope="module", params=EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def pair(request: pytest.FixtureRequest) -> tuple[Network, Network]:
+    """(llvm, numpy) networks of one example, bound to the same random weights."""
+    numpy_net = convdsl.compile_file(request.param, seed=3)
+    weights = example_weights(numpy_net, seed=3)
+    numpy_net.set_weights(weights)
+    return convdsl.compile_file(request.param, backend="llvm", weights=weights), numpy_net
+
+
+def test_every_example_agrees_with_the_interpreter(pair: tuple[Network, Network]) -> None:
+    native, reference = pair
+    assert (native.backend, reference.backend) == ("llvm", "numpy")
+    batches = (1, 2) if native.name in TWO_BATCHES else (1,)
+    for batch in batches:
+        inputs = reference.random_inputs(seed=batch, batch=batch)
+        assert_agrees(native(inputs), reference(inputs))
+
+
+@pytest.mark.parametrize("opt_level", [0, 1])
+def test_llvm_below_o2_plans_memory_itself(opt_level: int) -> None:
+    path = REPO / "examples" / "quickstart.conv"
+    reference = convdsl.compile_file(path, opt_level=opt_level)
+    assert reference.graph.memory is None  # the pipeline did not plan it at this level
+    weights = random_weights(reference, seed=1)
+    reference.set_weights(weights)
+    native = convdsl.compile_file(path, backend="llvm", opt_level=opt_level, weights=weights)
+    assert native.graph.memory is not None
+    assert [n.op for n in native.graph.nodes] == [n.op for n in reference.graph.nodes]
+    inputs = reference.random_inputs(seed=5, batch=2)
+    assert_agrees(native(inputs), reference(inputs))
+
+
+def test_batch_norm_at_o0_on_llvm_runs_unfolded() -> None:
+    src = """
+    input x: f32[N, 3, 9, 9]
+    c = conv2d(x, 4, kernel=3, stride=2, bias=false)
+    output y = relu(batch_norm(c))
+    """
+    reference = convdsl.compile_string(src, opt_level=0)
+    weights = random_weights(reference, seed=2)
+    native = convdsl.compile_string(src, backend="llvm", opt_level=0, weights=weights)
+    assert "batch_norm" in [n.op for n in native.graph.nodes]
+    reference.set_weights(weights)
+    inputs = reference.random_inputs(seed=0, batch=3)
+    assert_agrees(native(inputs), reference(inputs))
+
+
+def test_one_thread_equals_two_threads_bit_for_bit() -> None:
+    path = REPO / "examples" / "espcn.conv"
+    one = convdsl.compile_file(path, backend="llvm", threads=1, seed=4)
+    two = convdsl.compile_file(path, backend="llvm", threads=2, seed=4)
+    assert (one.threads, two.threads) == (1, 2)
+    inputs = one.random_inputs(seed=7, batch=3)
+    a, b = one(inputs), two(inputs)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_set_weights_rebinds_the_llvm_network() -> None:
+    src = "input x: f32[N, 2, 12]\noutput y = conv1d(x, 3, kernel=3, padding=same)\n"
+    native = convdsl.compile_string(src, backend="llvm")
+    reference = convdsl.compile_string(src)
+    inputs = reference.random_inputs(seed=1, batch=2)
+    before = native(inputs)["y"]
+    weights = random_weights(reference, seed=9)
+    native.set_weights(weights)
+    reference.set_weights(weights)
+    after = native(inputs)
+    assert not np.allclose(after["y"], before)
+    assert_agrees(after, reference(inputs))
+
+
+def test_unknown_backend_lists_the_backends() -> None:
+    with pytest.raises(convdsl.ConvdslError) as caught:
+        convdsl.compile_string("input x: f32[N, 1, 4]\noutput y = relu(x)\n", backend="cuda")
+    assert str(caught.value.diagnostics[0].message) == (
+        "unknown backend 'cuda'; expected one of numpy, llvm"
+    )
+    assert BACKENDS == ("numpy", "llvm")
+
+
+def test_bad_thread_count_is_a_user_error() -> None:
+    with pytest.raises(convdsl.ConvdslError, match="threads must be a positive integer"):
+        convdsl.compile_string("input x: f32[N, 1, 4]\noutput y = relu(x)\n", threads=0)
+
+
+def test_f64_on_llvm_is_the_backends_error() -> None:
+    src = "input x: f64[N, 2, 4]\noutput y = relu(x)\n"
+    assert convdsl.compile_string(src)(x=np.ones((1, 2, 4)))["y"].dtype == np.float64
+    with pytest.raises(convdsl.ConvdslError) as caught:
+        convdsl.compile_string(src, "f.conv", backend="llvm")
+    rendered = caught.value.render()
+    assert rendered.startswith("f.conv:1:7: error: llvm backend supports only f32 tensors yet")
+
+
+def test_cli_check_compiles_for_llvm(capsys: pytest.CaptureFixture[str]) -> None:
+    path = REPO / "examples" / "quickstart.conv"
+    assert cli.main(["check", str(path), "--backend", "llvm", "-O0", "--threads", "1"]) == 0
+    assert capsys.readouterr().out.startswith("network quickstart\n")
+
+
+def test_cli_check_llvm_fails_where_numpy_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "f64.conv"
+    path.write_text("input x: f64[N, 2, 4]\noutput y = relu(x)\n")
+    assert cli.main(["check", str(path)]) == 0
+    capsys.readouterr()
+    assert cli.main(["check", str(path), "--backend", "llvm"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "error: llvm backend supports only f32 tensors yet" in captured.err
+
+
+def test_cli_run_llvm_output_equals_numpy(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    example = str(REPO / "examples" / "espcn.conv")
+    commands = [
+        ["run", example, "--batch", "2", "--backend", "llvm", "--output", "llvm.npz"],
+        ["run", example, "--batch", "2", "--backend", "numpy", "--output", "numpy.npz"],
+        ["run", example, "--backend", "tpu"],
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "convdsl", *args],
+            cwd=tmp_path,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for args in commands
+    ]
+    (llvm_out, _), _, (_, bad_err) = (p.communicate(timeout=120) for p in procs)
+    assert [p.returncode for p in procs] == [0, 0, 2]
+    assert "invalid choice: 'tpu' (choose from 'numpy', 'llvm')" in bad_err
+    assert llvm_out.endswith("wrote 1 output(s) to llvm.npz\n")
+    with np.load(tmp_path / "llvm.npz") as got, np.load(tmp_path / "numpy.npz") as ref:
+        assert_agrees(dict(got), dict(ref))
