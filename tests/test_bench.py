@@ -126,7 +126,9 @@ def test_a_missing_package_is_reported_not_raised(
         importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name)
     )
     result = bench.bench_file(tiny, runs=1, warmup=0, backends=("numpy", "onnxruntime"))
-    assert result.row("onnxruntime").status == "not installed (onnxruntime missing)"
+    status = result.row("onnxruntime").status
+    # onnx itself may be missing too on a fresh machine; onnxruntime must be named either way.
+    assert status.startswith("not installed (onnxruntime") and status.endswith(" missing)")
     assert result.row("onnxruntime").ms is None
     lines = bench.report_lines(result)
     assert any(line.split()[:3] == ["onnxruntime", "not", "installed"] for line in lines)
