@@ -90,11 +90,21 @@ def _im2col_matmul(
     windows = im2col_view(xp, kernel, stride, dilation, out_sizes)
     # Columns [N, G, C/G * K, P] so the matmul lands directly in [N, O, P] order.
     channels_taps_first = (0, 1, *range(2 + rank, 2 + 2 * rank), *range(2, 2 + rank))
-    columns = windows.transpose(channels_taps_first).reshape(
-        n, groups, group_channels * math.prod(kernel), math.prod(out_sizes)
-    )
+    windows = windows.transpose(channels_taps_first)
+    column_shape = (groups, group_channels * math.prod(kernel), math.prod(out_sizes))
     weights = w.reshape(groups, out_channels // groups, -1)
-    return np.matmul(weights, columns).reshape(n, out_channels, *out_sizes)
+    out = np.empty((n, groups, out_channels // groups, column_shape[2]), np.result_type(xp, w))
+    # The columns are k**d times the input: build them a few batch entries at a time so a large
+    # batch does not allocate (and stream through) gigabytes of columns at once.
+    chunk = max(1, COLUMN_BYTES // (math.prod(column_shape) * xp.itemsize))
+    for start in range(0, n, chunk):
+        columns = windows[start : start + chunk].reshape(-1, *column_shape)
+        np.matmul(weights, columns, out=out[start : start + chunk])
+    return out.reshape(n, out_channels, *out_sizes)
+
+
+COLUMN_BYTES = 64 << 20
+"""The most im2col column bytes ``conv`` builds at once (at least one batch entry's worth)."""
 
 
 def conv_transpose(
