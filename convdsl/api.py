@@ -104,8 +104,11 @@ class Network:
 
     def set_weights(self, arrays: Mapping[str, np.ndarray], origin: str = "weights") -> None:
         self.weights = weights_io.check_weights(arrays, self.graph.params, origin)
-        # LlvmExecutable binds parameters only at construction: new weights mean a recompile.
-        self._executable = self._build(materialize(self.graph, self.weights))
+        params = materialize(self.graph, self.weights)
+        if isinstance(self._executable, NumpyExecutable):
+            self._executable = NumpyExecutable(self.graph, params)
+        else:
+            self._executable.bind(params)  # no recompile: only the parameter table changes
 
     def save_weights(self, path: str | Path, overwrite: bool = False) -> None:
         weights_io.save_npz(path, self.weights, overwrite=overwrite)

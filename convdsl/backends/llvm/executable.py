@@ -59,17 +59,24 @@ class LlvmExecutable:
         self.graph = graph
         self.threads = threads
         self.target = host_target()
-        lowered = lower_graph(graph, self.target.lanes, threads)
-        self._arena_per_entry = lowered.arena_bytes
-        self.jit = Jit(lowered.module, self.target)
+        self._lowered = lower_graph(graph, self.target.lanes, threads)
+        self._arena_per_entry = self._lowered.arena_bytes
+        self.jit = Jit(self._lowered.module, self.target)
         self._run = _RUN(self.jit.address(ENTRY))
+        self.bind(params)
+        self._arena = aligned_empty(0)
+
+    def bind(self, params: Mapping[str, Array]) -> None:
+        """Use new parameter arrays (same names and shapes) without recompiling: the generated
+        code reads parameters through a pointer table, so only the packing is redone."""
         arrays = dict(params)
-        for name, (source, block) in lowered.packings.items():
+        for name, (source, block) in self._lowered.packings.items():
             packer = pack_transposed if name.endswith(f"@tpack{block}") else pack_weight
             arrays[name] = packer(arrays[source], block)
-        self._params = [np.ascontiguousarray(arrays[n], dtype=np.float32) for n in lowered.params]
+        self._params = [
+            np.ascontiguousarray(arrays[n], dtype=np.float32) for n in self._lowered.params
+        ]
         self._param_table = _pointer_table(self._params)
-        self._arena = aligned_empty(0)
 
     @property
     def llvm_ir(self) -> str:
