@@ -11,6 +11,7 @@ one input vector feeds ``block`` FMAs, one per output channel of the block.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from llvmlite import ir
 
@@ -135,23 +136,56 @@ def flat_tap(b: ir.IRBuilder, taps: tuple[ir.Value, ...], kernel: tuple[int, ...
     return flat
 
 
+@dataclass(frozen=True)
+class ConvSetup:
+    """What every direct (and transposed) conv emitter computes first for one point."""
+
+    sizes: tuple[int, ...]
+    strides: tuple[int, ...]
+    kernel: tuple[int, ...]
+    taps: int
+    group_in: int
+    per_group: int
+    accumulators: list[ir.Value]
+    first_channel: ir.Value
+    x_entry: ir.Value
+
+
+def conv_setup(k: KernelBuilder, node: Node, point: Point, prefix: str) -> ConvSetup:
+    """Input geometry, zeroed accumulators (one vector per output channel of the block) and
+    the first input channel of the point's group."""
+    b = k.builder
+    x = node.inputs[0]
+    x_type = k.type_of(x)
+    groups = node.attrs["groups"]
+    group_in = x_type.channels // groups
+    per_group = node.attrs["out_channels"] // groups
+    accumulators = [
+        entry_alloca(b, vec_type(point.lanes), f"{prefix}{j}") for j in range(point.block)
+    ]
+    for acc in accumulators:
+        b.store(fsplat(0.0, point.lanes), acc)
+    group = b.udiv(point.c, i64(per_group))
+    return ConvSetup(
+        sizes=spatial_of(x_type),
+        strides=strides_of(x_type),
+        kernel=node.attrs["kernel"],
+        taps=math.prod(node.attrs["kernel"]),
+        group_in=group_in,
+        per_group=per_group,
+        accumulators=accumulators,
+        first_channel=b.mul(group, i64(group_in)),
+        x_entry=k.entry(x, point.n),
+    )
+
+
 def emit_conv(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
     b = k.builder
     a = dict(node.attrs)
-    x = node.inputs[0]
-    x_type = k.type_of(x)
-    sizes, strides = spatial_of(x_type), strides_of(x_type)
-    kernel = a["kernel"]
-    taps = math.prod(kernel)
-    group_in = x_type.channels // a["groups"]
-    per_group = a["out_channels"] // a["groups"]
     lanes, block = point.lanes, point.block
-    accumulators = [entry_alloca(b, vec_type(lanes), f"acc{j}") for j in range(block)]
-    for acc in accumulators:
-        b.store(fsplat(0.0, lanes), acc)
-    group = b.udiv(point.c, i64(per_group))
-    first_channel = b.mul(group, i64(group_in))
-    x_entry = k.entry(x, point.n)
+    c = conv_setup(k, node, point, "acc")
+    sizes, strides, kernel, taps, group_in = c.sizes, c.strides, c.kernel, c.taps, c.group_in
+    accumulators, first_channel, x_entry = c.accumulators, c.first_channel, c.x_entry
     weight = k.packed_param(node.param("weight"), block)
     # Packed [O/block, Cg, taps, block]: (c+j, ci, t) is at ((c/block*Cg + ci)*taps + t)*block + j
     weight_block = b.mul(b.udiv(point.c, i64(block)), i64(group_in * taps * block))

@@ -9,19 +9,15 @@ load with a lane mask (contiguously for stride 1, lane by lane otherwise). Posit
 
 from __future__ import annotations
 
-import math
-
 from llvmlite import ir
 
 from convdsl.backends.llvm import emit_transpose_phase
-from convdsl.backends.llvm.emit_conv import conv_block, flat_tap, maybe
+from convdsl.backends.llvm.emit_conv import conv_block, conv_setup, flat_tap, maybe
 from convdsl.backends.llvm.emit_elementwise import ACTIVATIONS
-from convdsl.backends.llvm.kernel import KernelBuilder, Point, spatial_of, strides_of
+from convdsl.backends.llvm.kernel import KernelBuilder, Point
 from convdsl.backends.llvm.loops import (
-    entry_alloca,
     fma,
     for_range,
-    fsplat,
     gep,
     i64,
     isplat,
@@ -30,7 +26,6 @@ from convdsl.backends.llvm.loops import (
     masked_gather,
     masked_load,
     splat,
-    vec_type,
 )
 from convdsl.ir.graph import Node
 
@@ -57,21 +52,12 @@ def _source(
 def emit_conv_transpose(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
     b = k.builder
     a = node.attrs
-    x = node.inputs[0]
-    x_type = k.type_of(x)
-    sizes, strides = spatial_of(x_type), strides_of(x_type)
-    kernel = a["kernel"]
-    taps = math.prod(kernel)
-    group_in = x_type.channels // a["groups"]
-    per_group = a["out_channels"] // a["groups"]
-    lanes, block = point.lanes, point.block
-    accumulators = [entry_alloca(b, vec_type(lanes), f"tacc{j}") for j in range(block)]
-    for acc in accumulators:
-        b.store(fsplat(0.0, lanes), acc)
-    group = b.udiv(point.c, i64(per_group))
-    first_channel = b.mul(group, i64(group_in))
+    lanes = point.lanes
+    c = conv_setup(k, node, point, "tacc")
+    sizes, strides, kernel, taps = c.sizes, c.strides, c.kernel, c.taps
+    group_in, per_group = c.group_in, c.per_group
+    accumulators, first_channel, x_entry = c.accumulators, c.first_channel, c.x_entry
     local = b.urem(point.c, i64(per_group))
-    x_entry = k.entry(x, point.n)
     weight = k.param(node.param("weight"))
     last = len(kernel) - 1
     positions = b.add(isplat(b, point.w, lanes), lane_ids(lanes))
