@@ -127,6 +127,25 @@ CONVS = {
     "depthwise3d": (
         "input x: f32[N, 3, 4, 5, 10]\noutput y = depthwise3d(x, kernel=[1, 3, 3], padding=1)"
     ),
+    # Register tiles (emit_conv_tile): rows of several tiles, a narrower tile and a partial
+    # vector; padding wider than a vector; 12- and 8-channel blocks on narrow rows.
+    "tile_rows_mixed": (
+        "input x: f32[N, 5, 3, 61]\noutput y = conv2d(x, 8, kernel=3, padding=same, activation=relu)"
+    ),
+    "tile_padding_wider_than_vector": (
+        "input x: f32[N, 3, 2, 30]\noutput y = conv2d(x, 4, kernel=[1, 19], padding=same)"
+    ),
+    "tile_stride3_right_edge": (
+        "input x: f32[N, 3, 4, 83]\noutput y = conv2d(x, 6, kernel=[2, 4], stride=3, padding=[[1, 0], [2, 3]])"
+    ),
+    "tile_channel_blocks_12_8": (
+        "input x: f32[N, 7, 7, 7]\n"
+        "output a = conv2d(x, 24, kernel=3, padding=same)\n"
+        "output b = conv2d(x, 16, kernel=3, stride=2, dilation=2, padding=same, groups=1)"
+    ),
+    "tile_rows_outside_input": (
+        "input x: f32[N, 2, 3, 9]\noutput y = conv2d(x, 3, kernel=3, dilation=3, padding=4)"
+    ),
 }
 
 POOLS = """

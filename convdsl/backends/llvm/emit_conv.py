@@ -1,11 +1,10 @@
-"""Direct convolution (1-D/2-D/3-D, grouped, depthwise, strided, dilated, padded).
+"""Window geometry shared by the conv-like emitters (pools, transposed conv, conv tiles).
 
 A point is a block of output channels (all in one group) times ``lanes`` consecutive outputs on
-the last spatial axis. Taps on the outer axes are unrolled at compile time, each guarded by one
-uniform bounds check (padding reads nothing); taps on the last axis load the input row with a
-lane mask that zeroes padded positions, contiguously for stride 1 and lane by lane otherwise.
-Dilation only spaces the tap offsets. The innermost loop runs over the group's input channels:
-one input vector feeds ``block`` FMAs, one per output channel of the block.
+the last spatial axis. Taps on the outer axes are guarded by one uniform bounds check per point
+(padding reads nothing); taps on the last axis load the input row with a lane mask that zeroes
+padded positions, contiguously for stride 1 and lane by lane otherwise. Dilation only spaces the
+tap offsets. The convolution itself is ``emit_conv_tile`` (a register tile).
 """
 
 from __future__ import annotations
@@ -15,23 +14,17 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from convdsl.backends.llvm.emit_elementwise import ACTIVATIONS
 from convdsl.backends.llvm.kernel import KernelBuilder, Point, spatial_of, strides_of
 from convdsl.backends.llvm.loops import (
-    I64,
     entry_alloca,
-    fma,
-    for_range,
     fsplat,
     gep,
     i64,
     isplat,
     lane_ids,
     load_vec,
-    loop_nest,
     masked_gather,
     masked_load,
-    splat,
     vec_type,
 )
 from convdsl.ir.graph import Graph, Node
@@ -179,50 +172,6 @@ def conv_setup(k: KernelBuilder, node: Node, point: Point, prefix: str) -> ConvS
     )
 
 
-def emit_conv(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
-    b = k.builder
-    a = dict(node.attrs)
-    lanes, block = point.lanes, point.block
-    c = conv_setup(k, node, point, "acc")
-    sizes, strides, kernel, taps, group_in = c.sizes, c.strides, c.kernel, c.taps, c.group_in
-    accumulators, first_channel, x_entry = c.accumulators, c.first_channel, c.x_entry
-    weight = k.packed_param(node.param("weight"), block)
-    # Packed [O/block, Cg, taps, block]: (c+j, ci, t) is at ((c/block*Cg + ci)*taps + t)*block + j
-    weight_block = b.mul(b.udiv(point.c, i64(block)), i64(group_in * taps * block))
-    last = len(kernel) - 1
-    step, dilation, before = a["stride"][last], a["dilation"][last], a["pads"][last][0]
-    with loop_nest(b, kernel[:-1], name="tap") as outer_list:
-        outer = tuple(outer_list)
-        condition, row_offset = outer_taps(k, point, outer, a, sizes, strides[1:])
-        flat_outer = flat_tap(b, outer, kernel)
-        with maybe(b, condition):
-            for tap in range(kernel[-1]):
-                first = b.add(b.mul(point.w, i64(step)), i64(tap * dilation - before))
-                if not point.interior:
-                    index, mask = lane_mask(k, first, step, sizes[-1], lanes)
-                with for_range(b, 0, group_in, name="ci") as ci:
-                    channel_offset = b.mul(b.add(first_channel, ci), i64(strides[0]))
-                    row = gep(b, x_entry, b.add(channel_offset, row_offset))
-                    if point.interior:
-                        xv = load_interior(k, row, first, step, lanes)
-                    else:
-                        xv = load_row(k, row, first, index, mask, step, lanes)
-                    tap_index = b.add(b.mul(ci, i64(taps)), b.add(flat_outer, i64(tap)))
-                    weights = gep(b, weight, b.add(weight_block, b.mul(tap_index, i64(block))))
-                    for j, acc in enumerate(accumulators):
-                        w = b.load(gep(b, weights, j))
-                        b.store(fma(b, xv, splat(b, w, lanes), b.load(acc)), acc)
-    results = [b.load(acc) for acc in accumulators]
-    if a["bias"]:
-        bias = k.param(node.param("bias"))
-        results = [
-            b.fadd(r, splat(b, b.load(gep(b, bias, b.add(point.c, ir.Constant(I64, j)))), lanes))
-            for j, r in enumerate(results)
-        ]
-    activation = ACTIVATIONS[a["activation"]]
-    return [activation(b, r, a) for r in results]
-
-
 class maybe:
     """``builder.if_then(condition)``, or nothing when the condition is always true."""
 
@@ -237,12 +186,3 @@ class maybe:
     def __exit__(self, *exc: object) -> None:
         if self.context is not None:
             self.context.__exit__(*exc)
-
-
-EMITTERS = {
-    **{f"conv{r}d": emit_conv for r in (1, 2, 3)},
-    **{f"depthwise{r}d": emit_conv for r in (1, 2, 3)},
-}
-BLOCKS = {name: conv_block for name in EMITTERS}
-INTERIORS = {name: interior_range for name in EMITTERS}
-TILES = {name: 2 for name in EMITTERS}

@@ -9,9 +9,10 @@ that runs every kernel of ``graph.nodes`` in order, each as an outlined worker c
 each graph output from its arena slot into the caller's ``outputs[i]`` (dense ``[B, C, ...]``).
 A kernel (a node, or a fused node's parts) is a loop over output points (``kernel.Point``): the
 flat range of (batch, channel block, outer spatial index) work items is split between threads,
-and the last spatial axis is walked a register tile at a time (``TILES``: 2 vectors for convs),
-then one vector, then one element for the tail. Window ops emit each point twice, unmasked for
-positions whose taps are all inside the input (``INTERIORS``) and masked elsewhere. A fused kernel
+and the last spatial axis is walked one vector at a time, then the tail. A kernel anchored by a
+convolution walks its rows in register tiles of several vectors (``TILE_EMITTERS``,
+``row_segments``): unmasked where every tap is inside the input, masked on the borders; the
+fused parts after the anchor then run once per vector of the tile. A fused kernel
 that does not fit the point model (an anchor followed by pixel_shuffle or crop) runs part by
 part, its internal values in scratch slots after the planned arena.
 
@@ -28,7 +29,14 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from convdsl.backends.llvm import emit_conv, emit_data, emit_elementwise, emit_pool, emit_transpose
+from convdsl.backends.llvm import (
+    emit_conv,
+    emit_conv_tile,
+    emit_data,
+    emit_elementwise,
+    emit_pool,
+    emit_transpose,
+)
 from convdsl.backends.llvm.kernel import (
     DATA_FIELDS,
     DATA_TYPE,
@@ -49,24 +57,22 @@ BlockRule = Callable[[Graph, Node], int]
 
 EMITTERS: dict[str, Emitter] = {
     **emit_elementwise.EMITTERS,
-    **emit_conv.EMITTERS,
     **emit_pool.EMITTERS,
     **emit_data.EMITTERS,
     **emit_transpose.EMITTERS,
 }
-BLOCKS: dict[str, BlockRule] = {**emit_conv.BLOCKS, **emit_transpose.BLOCKS}
+BLOCKS: dict[str, BlockRule] = {**emit_transpose.BLOCKS}
 # Ops with a whole-kernel emitter, used when the op runs alone (not inside a fused kernel).
 KERNELS: dict[str, Callable[[KernelBuilder, Node], None]] = {
     **emit_data.KERNELS,
     **emit_transpose.KERNELS,
 }
-# Ops whose points span several native vectors on the last axis (a register tile).
-TILES: dict[str, int] = {**emit_conv.TILES}
-# Window ops that emit a faster, unmasked point where every tap is inside (``Point.interior``).
-INTERIORS: dict[str, Callable[[Node, int, int], tuple[int, int]]] = {**emit_conv.INTERIORS}
 # Ops whose emitters are safe on a tail point (``Point.valid``): their own loads are
 # bounds-masked (windows) or masked through ``KernelBuilder.operand`` (elementwise).
-MASKED_TAIL = {*emit_conv.EMITTERS, *emit_transpose.EMITTERS, *emit_elementwise.EMITTERS}
+# Ops computed as a register tile of several vectors, rows walked by ``row_segments``.
+TILE_EMITTERS = emit_conv_tile.TILE_EMITTERS
+TILE_SHAPES = emit_conv_tile.TILE_SHAPES
+MASKED_TAIL = {*emit_conv_tile.TILE_EMITTERS, *emit_transpose.EMITTERS, *emit_elementwise.EMITTERS}
 ENTRY = "run"
 RUN_TYPE = ir.FunctionType(
     VOID, [F32P.as_pointer(), F32P.as_pointer(), PTR, F32P.as_pointer(), I64]
@@ -89,7 +95,7 @@ def check_lowerable(graph: Graph) -> None:
             )
     for node in graph.nodes:
         for part in parts(node):
-            if part.op not in EMITTERS:
+            if part.op not in EMITTERS and part.op not in TILE_EMITTERS:
                 raise error(f"llvm backend cannot lower {part.op} yet", part.span)
 
 
@@ -186,56 +192,77 @@ class ModuleBuilder:
         b = k.builder
         out_type = self.graph.type_of(node.output)
         anchor = parts(node)[0]
-        block = BLOCKS[anchor.op](self.graph, anchor) if anchor.op in BLOCKS else 1
+        if anchor.op in TILE_SHAPES:
+            block, _ = TILE_SHAPES[anchor.op](self.graph, anchor, self.lanes)
+        else:
+            block = BLOCKS[anchor.op](self.graph, anchor) if anchor.op in BLOCKS else 1
         sizes = spatial_of(out_type)
         outer_sizes = sizes[:-1]
         blocks = out_type.channels // block
         per_batch = blocks * math.prod(outer_sizes)
         total = b.mul(k.batch, i64(per_batch))
         lo, hi = thread_share(b, total)
-        width = sizes[-1]
-        tile = TILES.get(anchor.op, 1) * self.lanes
         with for_range(b, lo, hi, name="item") as item:
+            # Channel blocks vary fastest: consecutive items (one thread's) read the same
+            # input rows, which then stay in cache for every block of output channels.
             n = b.udiv(item, i64(per_batch))
             rest = b.urem(item, i64(per_batch))
+            channel = b.mul(b.urem(rest, i64(blocks)), i64(block))
+            rest = b.udiv(rest, i64(blocks))
             outer: list[ir.Value] = []
             for size in reversed(outer_sizes):
                 outer.insert(0, b.urem(rest, i64(size)))
                 rest = b.udiv(rest, i64(size))
-            channel = b.mul(rest, i64(block))
-            masked_tail = all(p.op in MASKED_TAIL for p in parts(node))
-            for start, stop, lanes in lane_steps(width, (tile, self.lanes, 1)):
-                if lanes == 1 and masked_tail:
-                    # One vector with the lanes past the row's end masked off, not a scalar loop.
-                    point = Point(n, channel, block, tuple(outer), i64(start), self.lanes)
-                    self._point(k, node, dataclasses.replace(point, valid=stop - start))
-                    continue
-                with for_range(b, start, stop, lanes, name=f"w{lanes}") as w:
-                    point = Point(n, channel, block, tuple(outer), w, lanes)
-                    self._split_interior(k, node, anchor, point)
+            if anchor.op in TILE_EMITTERS:
+                self._tiles(k, node, anchor, Point(n, channel, block, tuple(outer), i64(0), 1))
+            else:
+                self._row(k, node, Point(n, channel, block, tuple(outer), i64(0), 1))
 
-    def _split_interior(self, k: KernelBuilder, node: Node, anchor: Node, point: Point) -> None:
-        """Emit the point twice, unmasked for vector starts inside the anchor's interior range
-        and masked elsewhere, with a (well-predicted) branch between them."""
-        if anchor.op not in INTERIORS or point.lanes == 1:
-            self._point(k, node, point)
-            return
-        in_size = spatial_of(self.graph.type_of(anchor.inputs[0]))[-1]
-        lo, hi = INTERIORS[anchor.op](anchor, in_size, point.lanes)
-        if lo >= hi:
-            self._point(k, node, point)
-            return
+    def _row(self, k: KernelBuilder, node: Node, row: Point) -> None:
+        """One output row: vectors, then the tail (one masked vector, or single elements)."""
         b = k.builder
-        inside = b.and_(b.icmp_signed(">=", point.w, i64(lo)), b.icmp_signed("<", point.w, i64(hi)))
-        with b.if_else(inside) as (fast, border):
-            with fast:
-                self._point(k, node, dataclasses.replace(point, interior=True))
-            with border:
+        width = spatial_of(self.graph.type_of(node.output))[-1]
+        masked_tail = all(p.op in MASKED_TAIL for p in parts(node))
+        for start, stop, lanes in lane_steps(width, (self.lanes, 1)):
+            if lanes == 1 and masked_tail:
+                # One vector with the lanes past the row's end masked off, not a scalar loop.
+                point = dataclasses.replace(row, w=i64(start), lanes=self.lanes)
+                self._point(k, node, dataclasses.replace(point, valid=stop - start))
+                continue
+            with for_range(b, start, stop, lanes, name=f"w{lanes}") as w:
+                point = dataclasses.replace(row, w=w, lanes=lanes)
                 self._point(k, node, point)
 
-    def _point(self, k: KernelBuilder, node: Node, point: Point) -> None:
-        k.local = {}
+    def _tiles(self, k: KernelBuilder, node: Node, anchor: Node, row: Point) -> None:
+        """One output row of a kernel whose anchor is a register tile (``TILE_EMITTERS``):
+        masked single vectors on the borders, tiles of several vectors in between."""
+        b = k.builder
+        _, vectors = TILE_SHAPES[anchor.op](self.graph, anchor, self.lanes)
+        width = spatial_of(self.graph.type_of(node.output))[-1]
+        in_size = spatial_of(self.graph.type_of(anchor.inputs[0]))[-1]
+        lo, hi = emit_conv.interior_range(anchor, in_size, self.lanes)
+        masked_tail = all(p.op in MASKED_TAIL for p in parts(node))
+        for segment in row_segments(width, lo, hi, vectors, self.lanes):
+            lanes = self.lanes
+            if segment.valid is not None and not masked_tail:
+                lanes = 1  # a tail some part cannot mask: one element at a time
+            step = len(segment.masked) * lanes
+            stop = width if lanes == 1 else segment.stop
+            with for_range(b, segment.start, stop, step, name="w") as w:
+                valid = segment.valid if lanes > 1 else None
+                point = dataclasses.replace(row, w=w, lanes=lanes, valid=valid)
+                results = TILE_EMITTERS[anchor.op](k, anchor, point, segment.masked)
+                for v, vecs in enumerate(results):
+                    at = dataclasses.replace(point, w=b.add(w, i64(v * lanes)))
+                    self._point(k, node, at, {anchor.output: vecs})
+
+    def _point(self, k: KernelBuilder, node: Node, point: Point, made: dict | None = None) -> None:
+        """Emit the kernel's parts at ``point`` and store its output; ``made`` holds values
+        already computed at the point (a register tile's results), whose parts are skipped."""
+        k.local = dict(made or {})
         for part in parts(node):
+            if part.output in k.local:
+                continue
             try:
                 k.local[part.output] = EMITTERS[part.op](k, part, point)
             except (ConvdslError, InternalError):
@@ -286,6 +313,43 @@ class ModuleBuilder:
                     VOID,
                     [dst, src, i64(entry_bytes), ir.Constant(ir.IntType(1), 0)],
                 )
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Tile starts ``range(start, stop, len(masked) * lanes)`` of an output row; ``masked[v]``:
+    vector ``v`` of the tile touches the border; ``valid``: a final partial vector."""
+
+    start: int
+    stop: int
+    masked: tuple[bool, ...]
+    valid: int | None = None
+
+
+def row_segments(width: int, lo: int, hi: int, vectors: int, lanes: int) -> list[Segment]:
+    """Cover a row of ``width`` outputs with tiles of ``vectors`` vectors, then one narrower
+    tile, then a partial vector; a vector is masked unless its start is in ``[lo, hi)`` (the
+    interior). Consecutive tiles with the same masks form one loop."""
+    segments: list[Segment] = []
+    size = vectors * lanes
+
+    def add(start: int, count: int) -> None:
+        masked = tuple(not lo <= start + v * lanes < hi for v in range(count))
+        last = segments[-1] if segments else None
+        if last and last.valid is None and last.masked == masked and last.stop == start:
+            segments[-1] = dataclasses.replace(last, stop=start + count * lanes)
+        else:
+            segments.append(Segment(start, start + count * lanes, masked))
+
+    for start in range(0, width - size + 1, size):
+        add(start, vectors)
+    start = width // size * size
+    if (width - start) // lanes:
+        add(start, (width - start) // lanes)
+        start += (width - start) // lanes * lanes
+    if start < width:
+        segments.append(Segment(start, start + 1, (True,), valid=width - start))
+    return segments
 
 
 def lane_steps(width: int, steps: tuple[int, ...]) -> list[tuple[int, int, int]]:

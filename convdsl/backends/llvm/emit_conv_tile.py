@@ -1,0 +1,209 @@
+"""Direct convolution as a register tile (1-D/2-D/3-D, grouped, depthwise, strided, dilated).
+
+A tile is ``block`` output channels (one group) times ``vectors`` native vectors of consecutive
+outputs on the last spatial axis: ``block * vectors`` accumulators (about 12, so that with the
+input vectors and one broadcast weight the tile stays in AVX2's 16 registers without spills).
+For every valid outer tap (a runtime range per axis, so rows near a border simply run fewer taps)
+and every input channel of the group, the taps on the last axis are unrolled: each loads
+``vectors`` input vectors and broadcasts ``block`` weights, then ``block * vectors`` FMAs.
+Dilation only spaces the tap offsets; a stride > 1 loads ``lanes * stride`` elements and keeps
+every ``stride``-th with a shuffle. Tiles on the border of the last axis (``masked``) load with
+lane masks computed once per tile, so padding reads nothing.
+
+Weights are repacked at bind time as ``[O/block, Cg, taps, block]`` (``kernel.pack_weight``):
+the ``block`` weights that meet one input vector are adjacent.
+"""
+
+from __future__ import annotations
+
+import math
+
+from llvmlite import ir
+
+from convdsl.backends.llvm.emit_elementwise import ACTIVATIONS
+from convdsl.backends.llvm.kernel import KernelBuilder, Point, spatial_of, strides_of
+from convdsl.backends.llvm.loops import (
+    I32,
+    entry_alloca,
+    fma,
+    for_range,
+    fsplat,
+    gep,
+    i64,
+    load_vec,
+    masked_load,
+    splat,
+    vec_type,
+)
+from convdsl.ir.graph import Graph, Node
+
+ACCUMULATORS = 12  # of 16 vector registers on AVX2: leaves room for inputs and a weight
+
+
+def tile_shape(graph: Graph, node: Node, lanes: int) -> tuple[int, int]:
+    """``(block, vectors)``: output channels per tile (dividing a group's channels) and native
+    vectors along the last axis, aiming at ``ACCUMULATORS`` accumulators without making the
+    tile wider than the output row."""
+    per_group = node.attrs["out_channels"] // node.attrs["groups"]
+    width = spatial_of(graph.type_of(node.output))[-1]
+    vectors = max(1, min(3, -(-width // lanes)))
+    for block in (12, 8, 6, 4, 3, 2, 1):
+        if per_group % block == 0 and block * vectors <= ACCUMULATORS:
+            break
+    if block * vectors < ACCUMULATORS // 2:  # few channels (depthwise): widen the tile instead
+        vectors = max(vectors, min(ACCUMULATORS // block, 4, -(-width // lanes)))
+    return block, vectors
+
+
+def tap_range(
+    b: ir.IRBuilder, start: ir.Value, kernel: int, dilation: int, size: int
+) -> tuple[ir.Value, ir.Value]:
+    """``[lo, hi)`` of the taps ``t < kernel`` with ``0 <= start + t * dilation < size``."""
+    zero = i64(0)
+    ahead = b.sub(zero, start)  # taps before this one read index < 0
+    lo = b.select(
+        b.icmp_signed("<=", start, zero),
+        b.sdiv(b.add(ahead, i64(dilation - 1)), i64(dilation)),
+        zero,
+    )
+    room = b.sub(i64(size - 1), start)
+    hi = b.add(b.sdiv(room, i64(dilation)), i64(1))
+    hi = b.select(b.icmp_signed("<", room, zero), zero, hi)
+    hi = b.select(b.icmp_signed("<", hi, i64(kernel)), hi, i64(kernel))
+    return lo, hi
+
+
+def wide_mask(b: ir.IRBuilder, first: ir.Value, width: int, size: int) -> ir.Value:
+    """Mask of ``first + e`` in ``[0, size)`` for ``e < width`` (i32 lanes: cheap compares)."""
+    index = b.add(
+        splat_i32(b, b.trunc(first, I32), width),
+        ir.Constant(ir.VectorType(I32, width), list(range(width))),
+    )
+    inside = b.icmp_signed(">=", index, ir.Constant(index.type, [0] * width))
+    below = b.icmp_signed("<", index, ir.Constant(index.type, [size] * width))
+    return b.and_(inside, below)
+
+
+def splat_i32(b: ir.IRBuilder, value: ir.Value, width: int) -> ir.Value:
+    vt = ir.VectorType(I32, width)
+    one = b.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(I32, 0))
+    return b.shuffle_vector(one, one, ir.Constant(vt, [0] * width))
+
+
+def load_strided(
+    b: ir.IRBuilder, at: ir.Value, step: int, lanes: int, mask: ir.Value | None
+) -> ir.Value:
+    """``at[l * step]`` for ``l < lanes``: one (masked) load of ``lanes * step``, then a
+    shuffle keeping every ``step``-th element."""
+    width = lanes * step
+    wide = load_vec(b, at, width) if mask is None else masked_load(b, at, mask, width)
+    if step == 1:
+        return wide
+    picks = ir.Constant(ir.VectorType(I32, lanes), [lane * step for lane in range(lanes)])
+    return b.shuffle_vector(wide, ir.Constant(wide.type, ir.Undefined), picks)
+
+
+def emit_conv_tile(
+    k: KernelBuilder, node: Node, point: Point, masked: tuple[bool, ...]
+) -> list[list[ir.Value]]:
+    """``results[v][j]``: output channel ``point.c + j`` at the ``point.lanes`` positions
+    from ``point.w + v * point.lanes``, bias and activation applied, for ``len(masked)``
+    vectors; those with ``masked[v]`` load with lane masks (they touch the border)."""
+    vectors = len(masked)
+    b = k.builder
+    a = node.attrs
+    lanes, block = point.lanes, point.block
+    x_type = k.type_of(node.inputs[0])
+    sizes, strides = spatial_of(x_type), strides_of(x_type)
+    kernel = a["kernel"]
+    taps, last = math.prod(kernel), len(kernel) - 1
+    groups = a["groups"]
+    group_in = x_type.channels // groups
+    per_group = a["out_channels"] // groups
+    step, dilation = a["stride"][last], a["dilation"][last]
+    first = b.sub(b.mul(point.w, i64(step)), i64(a["pads"][last][0]))
+
+    weight = k.packed_param(node.param("weight"), block)
+    weight = gep(b, weight, b.mul(b.udiv(point.c, i64(block)), i64(group_in * taps * block)))
+    group = b.udiv(point.c, i64(per_group))
+    channels = gep(b, k.entry(node.inputs[0], point.n), b.mul(group, i64(group_in * strides[0])))
+
+    # Lane masks of every (tap, vector) load, once per tile.
+    masks: dict[tuple[int, int], ir.Value] = {}
+    for v in range(vectors):
+        for tap in range(kernel[-1] if masked[v] else 0):
+            start = b.add(first, i64(tap * dilation + v * lanes * step))
+            masks[tap, v] = wide_mask(b, start, lanes * step, sizes[-1])
+
+    accumulators = [
+        [entry_alloca(b, vec_type(lanes), f"acc{j}_{v}") for v in range(vectors)]
+        for j in range(block)
+    ]
+    for row in accumulators:
+        for acc in row:
+            b.store(fsplat(0.0, lanes), acc)
+
+    def outer_taps(axis: int, row: ir.Value, tap_flat: ir.Value) -> None:
+        """Loop over the valid taps of outer axis ``axis``, then deeper axes, then channels."""
+        if axis == last:
+            channel_loop(row, tap_flat)
+            return
+        start = b.sub(b.mul(point.outer[axis], i64(a["stride"][axis])), i64(a["pads"][axis][0]))
+        d = a["dilation"][axis]
+        lo, hi = tap_range(b, start, kernel[axis], d, sizes[axis])
+        with for_range(b, lo, hi, name=f"tap{axis}") as tap:
+            index = b.add(start, b.mul(tap, i64(d)))
+            outer_taps(
+                axis + 1,
+                b.add(row, b.mul(index, i64(strides[1 + axis]))),
+                b.add(tap_flat, b.mul(tap, i64(math.prod(kernel[axis + 1 :])))),
+            )
+
+    def channel_loop(row: ir.Value, tap_flat: ir.Value) -> None:
+        row_base = gep(b, channels, b.add(row, first))
+        weight_base = gep(b, weight, b.mul(tap_flat, i64(block)))
+        with for_range(b, 0, group_in, name="ci") as ci:
+            x_row = gep(b, row_base, b.mul(ci, i64(strides[0])))
+            w_row = gep(b, weight_base, b.mul(ci, i64(taps * block)))
+            values = [[b.load(acc) for acc in row_accs] for row_accs in accumulators]
+            for tap in range(kernel[-1]):
+                xs = [
+                    load_strided(
+                        b,
+                        gep(b, x_row, tap * dilation + v * lanes * step),
+                        step,
+                        lanes,
+                        masks.get((tap, v)),
+                    )
+                    for v in range(vectors)
+                ]
+                for j in range(block):
+                    w = splat(b, b.load(gep(b, w_row, tap * block + j)), lanes)
+                    for v in range(vectors):
+                        values[j][v] = fma(b, xs[v], w, values[j][v])
+            for row_accs, row_values in zip(accumulators, values, strict=True):
+                for acc, value in zip(row_accs, row_values, strict=True):
+                    b.store(value, acc)
+
+    outer_taps(0, i64(0), i64(0))
+
+    bias = k.param(node.param("bias")) if a["bias"] else None
+    activation = ACTIVATIONS[a["activation"]]
+    results: list[list[ir.Value]] = [[] for _ in range(vectors)]
+    for j in range(block):
+        shift = None
+        if bias is not None:
+            shift = splat(b, b.load(gep(b, bias, b.add(point.c, i64(j)))), lanes)
+        for v in range(vectors):
+            value = b.load(accumulators[j][v])
+            if shift is not None:
+                value = b.fadd(value, shift)
+            results[v].append(activation(b, value, a))
+    return results
+
+
+TILE_EMITTERS = {
+    **{f"conv{r}d": emit_conv_tile for r in (1, 2, 3)},
+    **{f"depthwise{r}d": emit_conv_tile for r in (1, 2, 3)},
+}
+TILE_SHAPES = {name: tile_shape for name in TILE_EMITTERS}
