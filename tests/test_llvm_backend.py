@@ -143,6 +143,18 @@ CONVS = {
         "output a = conv2d(x, 24, kernel=3, padding=same)\n"
         "output b = conv2d(x, 16, kernel=3, stride=2, dilation=2, padding=same, groups=1)"
     ),
+    # Input channels in chunks (conv_schedule): partial sums wait in the output, the last
+    # chunk adds bias and activation; a fused skip-add is read only after the last chunk.
+    "chunked_channels_fused_add": (
+        "input x: f32[N, 40, 5, 13]\ninput s: f32[N, 6, 5, 13]\n"
+        "output y = relu(conv2d(x, 6, kernel=3, padding=same, activation=tanh) + s)"
+    ),
+    "chunked_channels_3d": (
+        "input x: f32[N, 17, 3, 4, 11]\noutput y = conv3d(x, 4, kernel=3, padding=same)"
+    ),
+    "chunked_channels_pointwise_grouped": (
+        "input x: f32[N, 202, 3, 9]\noutput y = conv2d(x, 4, kernel=1, groups=2)"
+    ),
     "tile_rows_outside_input": (
         "input x: f32[N, 2, 3, 9]\noutput y = conv2d(x, 3, kernel=3, dilation=3, padding=4)"
     ),

@@ -16,6 +16,7 @@ the ``block`` weights that meet one input vector are adjacent.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from llvmlite import ir
@@ -35,24 +36,7 @@ from convdsl.backends.llvm.loops import (
     splat,
     vec_type,
 )
-from convdsl.ir.graph import Graph, Node
-
-ACCUMULATORS = 12  # of 16 vector registers on AVX2: leaves room for inputs and a weight
-
-
-def tile_shape(graph: Graph, node: Node, lanes: int) -> tuple[int, int]:
-    """``(block, vectors)``: output channels per tile (dividing a group's channels) and native
-    vectors along the last axis, aiming at ``ACCUMULATORS`` accumulators without making the
-    tile wider than the output row."""
-    per_group = node.attrs["out_channels"] // node.attrs["groups"]
-    width = spatial_of(graph.type_of(node.output))[-1]
-    vectors = max(1, min(3, -(-width // lanes)))
-    for block in (12, 8, 6, 4, 3, 2, 1):
-        if per_group % block == 0 and block * vectors <= ACCUMULATORS:
-            break
-    if block * vectors < ACCUMULATORS // 2:  # few channels (depthwise): widen the tile instead
-        vectors = max(vectors, min(ACCUMULATORS // block, 4, -(-width // lanes)))
-    return block, vectors
+from convdsl.ir.graph import Node
 
 
 def tap_range(
@@ -104,11 +88,19 @@ def load_strided(
 
 
 def emit_conv_tile(
-    k: KernelBuilder, node: Node, point: Point, masked: tuple[bool, ...]
+    k: KernelBuilder,
+    node: Node,
+    point: Point,
+    masked: tuple[bool, ...],
+    channels: tuple[ir.Value, ir.Value],
+    resume: tuple[ir.Value, int] | None = None,
 ) -> list[list[ir.Value]]:
-    """``results[v][j]``: output channel ``point.c + j`` at the ``point.lanes`` positions
-    from ``point.w + v * point.lanes``, bias and activation applied, for ``len(masked)``
-    vectors; those with ``masked[v]`` load with lane masks (they touch the border)."""
+    """``sums[v][j]``: output channel ``point.c + j`` at the ``point.lanes`` positions from
+    ``point.w + v * point.lanes``, summed over the group's input channels ``[lo, hi)`` of
+    ``channels`` (no bias or activation: ``finish_tile``), for ``len(masked)`` vectors; those
+    with ``masked[v]`` load with lane masks (they touch the border). ``resume = (flag, value)``:
+    where ``flag`` is set, start from the partial sums stored in ``value`` at the point instead
+    of zero."""
     vectors = len(masked)
     b = k.builder
     a = node.attrs
@@ -126,7 +118,7 @@ def emit_conv_tile(
     weight = k.packed_param(node.param("weight"), block)
     weight = gep(b, weight, b.mul(b.udiv(point.c, i64(block)), i64(group_in * taps * block)))
     group = b.udiv(point.c, i64(per_group))
-    channels = gep(b, k.entry(node.inputs[0], point.n), b.mul(group, i64(group_in * strides[0])))
+    x_group = gep(b, k.entry(node.inputs[0], point.n), b.mul(group, i64(group_in * strides[0])))
 
     # Lane masks of every (tap, vector) load, once per tile.
     masks: dict[tuple[int, int], ir.Value] = {}
@@ -142,6 +134,13 @@ def emit_conv_tile(
     for row in accumulators:
         for acc in row:
             b.store(fsplat(0.0, lanes), acc)
+    if resume is not None:
+        flag, partial = resume
+        with b.if_then(flag):
+            for v in range(vectors):
+                at = dataclasses.replace(point, w=b.add(point.w, i64(v * lanes)))
+                for j, value in enumerate(k.operand_at(partial, at)):
+                    b.store(value, accumulators[j][v])
 
     def outer_taps(axis: int, row: ir.Value, tap_flat: ir.Value) -> None:
         """Loop over the valid taps of outer axis ``axis``, then deeper axes, then channels."""
@@ -160,9 +159,9 @@ def emit_conv_tile(
             )
 
     def channel_loop(row: ir.Value, tap_flat: ir.Value) -> None:
-        row_base = gep(b, channels, b.add(row, first))
+        row_base = gep(b, x_group, b.add(row, first))
         weight_base = gep(b, weight, b.mul(tap_flat, i64(block)))
-        with for_range(b, 0, group_in, name="ci") as ci:
+        with for_range(b, channels[0], channels[1], name="ci") as ci:
             x_row = gep(b, row_base, b.mul(ci, i64(strides[0])))
             w_row = gep(b, weight_base, b.mul(ci, i64(taps * block)))
             values = [[b.load(acc) for acc in row_accs] for row_accs in accumulators]
@@ -187,23 +186,33 @@ def emit_conv_tile(
 
     outer_taps(0, i64(0), i64(0))
 
-    bias = k.param(node.param("bias")) if a["bias"] else None
+    return [[b.load(accumulators[j][v]) for j in range(block)] for v in range(vectors)]
+
+
+def finish_tile(
+    k: KernelBuilder, node: Node, point: Point, sums: list[list[ir.Value]]
+) -> list[list[ir.Value]]:
+    """Bias and activation on finished sums (``sums[v][j]`` as ``emit_conv_tile`` made them)."""
+    b = k.builder
+    a = node.attrs
     activation = ACTIVATIONS[a["activation"]]
-    results: list[list[ir.Value]] = [[] for _ in range(vectors)]
-    for j in range(block):
-        shift = None
-        if bias is not None:
-            shift = splat(b, b.load(gep(b, bias, b.add(point.c, i64(j)))), lanes)
-        for v in range(vectors):
-            value = b.load(accumulators[j][v])
-            if shift is not None:
-                value = b.fadd(value, shift)
-            results[v].append(activation(b, value, a))
-    return results
+    shifts: list[ir.Value | None] = [None] * point.block
+    if a["bias"]:
+        bias = k.param(node.param("bias"))
+        shifts = [
+            splat(b, b.load(gep(b, bias, b.add(point.c, i64(j)))), point.lanes)
+            for j in range(point.block)
+        ]
+    return [
+        [
+            activation(b, value if shift is None else b.fadd(value, shift), a)
+            for value, shift in zip(row, shifts, strict=True)
+        ]
+        for row in sums
+    ]
 
 
 TILE_EMITTERS = {
     **{f"conv{r}d": emit_conv_tile for r in (1, 2, 3)},
     **{f"depthwise{r}d": emit_conv_tile for r in (1, 2, 3)},
 }
-TILE_SHAPES = {name: tile_shape for name in TILE_EMITTERS}

@@ -37,6 +37,7 @@ from convdsl.backends.llvm import (
     emit_pool,
     emit_transpose,
 )
+from convdsl.backends.llvm.conv_schedule import conv_schedule, row_segments
 from convdsl.backends.llvm.kernel import (
     DATA_FIELDS,
     DATA_TYPE,
@@ -71,7 +72,6 @@ KERNELS: dict[str, Callable[[KernelBuilder, Node], None]] = {
 # bounds-masked (windows) or masked through ``KernelBuilder.operand`` (elementwise).
 # Ops computed as a register tile of several vectors, rows walked by ``row_segments``.
 TILE_EMITTERS = emit_conv_tile.TILE_EMITTERS
-TILE_SHAPES = emit_conv_tile.TILE_SHAPES
 MASKED_TAIL = {*emit_conv_tile.TILE_EMITTERS, *emit_transpose.EMITTERS, *emit_elementwise.EMITTERS}
 ENTRY = "run"
 RUN_TYPE = ir.FunctionType(
@@ -192,10 +192,10 @@ class ModuleBuilder:
         b = k.builder
         out_type = self.graph.type_of(node.output)
         anchor = parts(node)[0]
-        if anchor.op in TILE_SHAPES:
-            block, _ = TILE_SHAPES[anchor.op](self.graph, anchor, self.lanes)
-        else:
-            block = BLOCKS[anchor.op](self.graph, anchor) if anchor.op in BLOCKS else 1
+        if anchor.op in TILE_EMITTERS:
+            self._conv_kernel(k, node, anchor)
+            return
+        block = BLOCKS[anchor.op](self.graph, anchor) if anchor.op in BLOCKS else 1
         sizes = spatial_of(out_type)
         outer_sizes = sizes[:-1]
         blocks = out_type.channels // block
@@ -203,8 +203,6 @@ class ModuleBuilder:
         total = b.mul(k.batch, i64(per_batch))
         lo, hi = thread_share(b, total)
         with for_range(b, lo, hi, name="item") as item:
-            # Channel blocks vary fastest: consecutive items (one thread's) read the same
-            # input rows, which then stay in cache for every block of output channels.
             n = b.udiv(item, i64(per_batch))
             rest = b.urem(item, i64(per_batch))
             channel = b.mul(b.urem(rest, i64(blocks)), i64(block))
@@ -213,10 +211,7 @@ class ModuleBuilder:
             for size in reversed(outer_sizes):
                 outer.insert(0, b.urem(rest, i64(size)))
                 rest = b.udiv(rest, i64(size))
-            if anchor.op in TILE_EMITTERS:
-                self._tiles(k, node, anchor, Point(n, channel, block, tuple(outer), i64(0), 1))
-            else:
-                self._row(k, node, Point(n, channel, block, tuple(outer), i64(0), 1))
+            self._row(k, node, Point(n, channel, block, tuple(outer), i64(0), 1))
 
     def _row(self, k: KernelBuilder, node: Node, row: Point) -> None:
         """One output row: vectors, then the tail (one masked vector, or single elements)."""
@@ -233,28 +228,89 @@ class ModuleBuilder:
                 point = dataclasses.replace(row, w=w, lanes=lanes)
                 self._point(k, node, point)
 
-    def _tiles(self, k: KernelBuilder, node: Node, anchor: Node, row: Point) -> None:
-        """One output row of a kernel whose anchor is a register tile (``TILE_EMITTERS``):
-        masked single vectors on the borders, tiles of several vectors in between."""
+    def _conv_kernel(self, k: KernelBuilder, node: Node, anchor: Node) -> None:
+        """A kernel anchored by a convolution, walked as ``conv_schedule`` says: per work item
+        (batch entry, outer indices, a group of channel blocks), per chunk of input channels,
+        per register tile of the row, per channel block."""
         b = k.builder
-        _, vectors = TILE_SHAPES[anchor.op](self.graph, anchor, self.lanes)
-        width = spatial_of(self.graph.type_of(node.output))[-1]
+        plan = conv_schedule(self.graph, anchor, self.lanes, self.threads)
+        out_type = self.graph.type_of(node.output)
+        sizes = spatial_of(out_type)
+        width = sizes[-1]
+        groups = out_type.channels // plan.block // plan.group
+        per_batch = groups * math.prod(sizes[:-1])
+        group_in = self.graph.type_of(anchor.inputs[0]).channels // anchor.attrs["groups"]
+        chunks = -(-group_in // plan.chunk)
         in_size = spatial_of(self.graph.type_of(anchor.inputs[0]))[-1]
         lo, hi = emit_conv.interior_range(anchor, in_size, self.lanes)
+        segments = row_segments(width, lo, hi, plan.vectors, self.lanes)
         masked_tail = all(p.op in MASKED_TAIL for p in parts(node))
-        for segment in row_segments(width, lo, hi, vectors, self.lanes):
-            lanes = self.lanes
-            if segment.valid is not None and not masked_tail:
-                lanes = 1  # a tail some part cannot mask: one element at a time
-            step = len(segment.masked) * lanes
-            stop = width if lanes == 1 else segment.stop
-            with for_range(b, segment.start, stop, step, name="w") as w:
-                valid = segment.valid if lanes > 1 else None
-                point = dataclasses.replace(row, w=w, lanes=lanes, valid=valid)
-                results = TILE_EMITTERS[anchor.op](k, anchor, point, segment.masked)
-                for v, vecs in enumerate(results):
-                    at = dataclasses.replace(point, w=b.add(w, i64(v * lanes)))
-                    self._point(k, node, at, {anchor.output: vecs})
+        first, last = thread_share(b, b.mul(k.batch, i64(per_batch)))
+        with (
+            for_range(b, first, last, name="item") as item,
+            for_range(b, 0, chunks, name="chunk") as chunk,
+        ):
+            n = b.udiv(item, i64(per_batch))
+            rest = b.urem(item, i64(per_batch))
+            group = b.urem(rest, i64(groups))
+            rest = b.udiv(rest, i64(groups))
+            outer: list[ir.Value] = []
+            for size in reversed(sizes[:-1]):
+                outer.insert(0, b.urem(rest, i64(size)))
+                rest = b.udiv(rest, i64(size))
+            ci_lo = b.mul(chunk, i64(plan.chunk))
+            ci_hi = b.add(ci_lo, i64(plan.chunk))
+            ci_hi = b.select(b.icmp_signed("<", ci_hi, i64(group_in)), ci_hi, i64(group_in))
+            resume = (b.icmp_signed(">", chunk, i64(0)), node.output) if chunks > 1 else None
+            finished = b.icmp_signed("==", chunk, i64(chunks - 1))
+            for segment in segments:
+                lanes = self.lanes
+                if segment.valid is not None and not masked_tail:
+                    lanes = 1  # a tail some part cannot mask: one element at a time
+                step = len(segment.masked) * lanes
+                stop = width if lanes == 1 else segment.stop
+                with (
+                    for_range(b, segment.start, stop, step, name="w") as w,
+                    for_range(b, 0, plan.group, name="block") as block,
+                ):
+                    channel = b.mul(b.add(b.mul(group, i64(plan.group)), block), i64(plan.block))
+                    valid = segment.valid if lanes > 1 else None
+                    point = Point(n, channel, plan.block, tuple(outer), w, lanes, valid=valid)
+                    sums = TILE_EMITTERS[anchor.op](
+                        k, anchor, point, segment.masked, (ci_lo, ci_hi), resume
+                    )
+                    self._finish_tile(k, node, anchor, point, sums, finished, chunks > 1)
+
+    def _finish_tile(
+        self,
+        k: KernelBuilder,
+        node: Node,
+        anchor: Node,
+        point: Point,
+        sums: list[list[ir.Value]],
+        finished: ir.Value,
+        chunked: bool,
+    ) -> None:
+        """After the last chunk: bias, activation, the fused parts, the store, vector by vector;
+        after an earlier one: store the partial sums into the output."""
+        b = k.builder
+
+        def done() -> None:
+            results = emit_conv_tile.finish_tile(k, anchor, point, sums)
+            for v, vectors in enumerate(results):
+                at = dataclasses.replace(point, w=b.add(point.w, i64(v * point.lanes)))
+                self._point(k, node, at, {anchor.output: vectors})
+
+        if not chunked:
+            done()
+            return
+        with b.if_else(finished) as (then, otherwise):
+            with then:
+                done()
+            with otherwise:
+                for v, vectors in enumerate(sums):
+                    at = dataclasses.replace(point, w=b.add(point.w, i64(v * point.lanes)))
+                    k.store(node.output, at, vectors)
 
     def _point(self, k: KernelBuilder, node: Node, point: Point, made: dict | None = None) -> None:
         """Emit the kernel's parts at ``point`` and store its output; ``made`` holds values
@@ -313,43 +369,6 @@ class ModuleBuilder:
                     VOID,
                     [dst, src, i64(entry_bytes), ir.Constant(ir.IntType(1), 0)],
                 )
-
-
-@dataclass(frozen=True)
-class Segment:
-    """Tile starts ``range(start, stop, len(masked) * lanes)`` of an output row; ``masked[v]``:
-    vector ``v`` of the tile touches the border; ``valid``: a final partial vector."""
-
-    start: int
-    stop: int
-    masked: tuple[bool, ...]
-    valid: int | None = None
-
-
-def row_segments(width: int, lo: int, hi: int, vectors: int, lanes: int) -> list[Segment]:
-    """Cover a row of ``width`` outputs with tiles of ``vectors`` vectors, then one narrower
-    tile, then a partial vector; a vector is masked unless its start is in ``[lo, hi)`` (the
-    interior). Consecutive tiles with the same masks form one loop."""
-    segments: list[Segment] = []
-    size = vectors * lanes
-
-    def add(start: int, count: int) -> None:
-        masked = tuple(not lo <= start + v * lanes < hi for v in range(count))
-        last = segments[-1] if segments else None
-        if last and last.valid is None and last.masked == masked and last.stop == start:
-            segments[-1] = dataclasses.replace(last, stop=start + count * lanes)
-        else:
-            segments.append(Segment(start, start + count * lanes, masked))
-
-    for start in range(0, width - size + 1, size):
-        add(start, vectors)
-    start = width // size * size
-    if (width - start) // lanes:
-        add(start, (width - start) // lanes)
-        start += (width - start) // lanes * lanes
-    if start < width:
-        segments.append(Segment(start, start + 1, (True,), valid=width - start))
-    return segments
 
 
 def lane_steps(width: int, steps: tuple[int, ...]) -> list[tuple[int, int, int]]:

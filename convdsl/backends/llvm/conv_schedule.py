@@ -1,0 +1,95 @@
+"""How a convolution kernel walks its output: tile shape, channel chunks, work items, rows.
+
+The register tile (``emit_conv_tile``) is ``block`` output channels times ``vectors`` vectors
+along the last axis. Around it, one work item (what a thread takes) is a batch entry, one index
+on every outer spatial axis and ``group`` consecutive channel blocks. Inside an item the input
+channels are walked in chunks of ``chunk``: for every chunk, every tile of the row, every
+channel block. The rows of one chunk of input channels (a few KiB) then stay in L1 while every
+channel block reads them, instead of each block streaming all input channels from L2 again;
+the sums of unfinished chunks wait in the output buffer (the memory plan never lets a conv's
+output share bytes with its input), and the last chunk applies the epilogue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from convdsl.backends.llvm.kernel import spatial_of
+from convdsl.ir.graph import Graph, Node
+
+ACCUMULATORS = 12  # of 16 vector registers on AVX2: leaves room for inputs and a weight
+CHUNK_ROWS = 96  # input rows (channels x outer taps) per chunk: ~ 96 x 3 lines, well inside L1
+ITEMS_PER_THREAD = 4  # work items per thread at least, for balance
+
+
+@dataclass(frozen=True, slots=True)
+class ConvSchedule:
+    block: int  # output channels per tile (divides a group's output channels)
+    vectors: int  # native vectors per tile along the last axis
+    chunk: int  # input channels per chunk
+    group: int  # channel blocks per work item
+
+
+def conv_schedule(graph: Graph, node: Node, lanes: int, threads: int) -> ConvSchedule:
+    a = node.attrs
+    out_type = graph.type_of(node.output)
+    per_group = a["out_channels"] // a["groups"]
+    group_in = graph.type_of(node.inputs[0]).channels // a["groups"]
+    width = spatial_of(out_type)[-1]
+    vectors = max(1, min(3, -(-width // lanes)))
+    block = next(b for b in (12, 8, 6, 4, 3, 2, 1) if per_group % b == 0 and b * vectors <= 12)
+    if block * vectors < ACCUMULATORS // 2:  # few channels (depthwise): widen the tile instead
+        vectors = max(vectors, min(ACCUMULATORS // block, 4, -(-width // lanes)))
+    limit = max(8, CHUNK_ROWS // math.prod(a["kernel"][:-1]))
+    chunks = -(-group_in // limit)
+    chunk = -(-group_in // chunks)
+    blocks = a["out_channels"] // block
+    rows = math.prod(spatial_of(out_type)[:-1])
+    group = next(
+        (
+            d
+            for d in range(blocks, 0, -1)
+            if blocks % d == 0 and rows * (blocks // d) >= ITEMS_PER_THREAD * threads
+        ),
+        1,
+    )
+    return ConvSchedule(block, vectors, chunk, group)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Tile starts ``range(start, stop, len(masked) * lanes)`` of an output row; ``masked[v]``:
+    vector ``v`` of the tile touches the border; ``valid``: a final partial vector."""
+
+    start: int
+    stop: int
+    masked: tuple[bool, ...]
+    valid: int | None = None
+
+
+def row_segments(width: int, lo: int, hi: int, vectors: int, lanes: int) -> list[Segment]:
+    """Cover a row of ``width`` outputs with tiles of ``vectors`` vectors, then one narrower
+    tile, then a partial vector; a vector is masked unless its start is in ``[lo, hi)`` (the
+    interior). Consecutive tiles with the same masks form one loop."""
+    segments: list[Segment] = []
+    size = vectors * lanes
+
+    def add(start: int, count: int) -> None:
+        masked = tuple(not lo <= start + v * lanes < hi for v in range(count))
+        last = segments[-1] if segments else None
+        if last and last.valid is None and last.masked == masked and last.stop == start:
+            segments[-1] = dataclasses.replace(last, stop=start + count * lanes)
+        else:
+            segments.append(Segment(start, start + count * lanes, masked))
+
+    for start in range(0, width - size + 1, size):
+        add(start, vectors)
+    start = width // size * size
+    if (width - start) // lanes:
+        add(start, (width - start) // lanes)
+        start += (width - start) // lanes * lanes
+    if start < width:
+        segments.append(Segment(start, start + 1, (True,), valid=width - start))
+    return segments
