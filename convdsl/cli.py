@@ -22,7 +22,14 @@ import numpy as np
 
 import convdsl
 from convdsl import weights as weights_io
-from convdsl.api import BACKENDS, Network, check_backend, compile_file, read_source
+from convdsl.api import (
+    BACKENDS,
+    Network,
+    backend_graph,
+    check_backend,
+    compile_file,
+    read_source,
+)
 from convdsl.diagnostics import ConvdslError, DiagnosticSink, error
 from convdsl.ir.cost import node_macs, node_param_count
 from convdsl.ir.graph import Graph
@@ -274,12 +281,24 @@ def cmd_ir(args: argparse.Namespace) -> None:
 
     Print the IR of FILE as text: one line per value (with its source line), then the
     parameters, the outputs and (at -O2) the memory plan. --after PASS prints it right after
-    one pass, --all after every pass that changed it, --passes lists the pipeline.
+    one pass, --all after every pass that changed it, --passes lists the pipeline. --llvm
+    prints the LLVM IR the llvm backend generates (one function per kernel, then `run`),
+    --asm KERNEL the host assembly of one kernel (a layer name, or kernelN).
 
     convdsl ir net.conv --after fold-batch-norm --no-locations | less
+    convdsl ir net.conv --asm conv3 --threads 1
     """
     if args.passes:
         print("\n".join(report.passes_lines()))
+        return
+    if args.llvm or args.asm is not None:
+        from convdsl.backends.llvm import inspect
+
+        graph = backend_graph(compile_source(read_source(args.file), args.opt_level), "llvm")
+        if args.llvm:
+            sys.stdout.write(inspect.llvm_ir(graph, args.threads))
+        else:
+            sys.stdout.write(inspect.kernel_assembly(graph, args.threads, args.asm))
         return
     locations = not args.no_locations
     source = read_source(args.file)
@@ -438,6 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print the IR after every pass that changed it")  # fmt: skip
     which.add_argument("--passes", action="store_true",
                        help="list the passes with their -O level and purpose")  # fmt: skip
+    which.add_argument("--llvm", action="store_true",
+                       help="print the LLVM IR the llvm backend generates")  # fmt: skip
+    which.add_argument("--asm", metavar="KERNEL",
+                       help="print the assembly of one kernel (layer name or kernelN)")  # fmt: skip
+    ir.add_argument("--threads", type=_positive, default=2, metavar="N",
+                    help="threads the generated code is built for (default 2)")  # fmt: skip
 
     init = _subcommand(subs, "init-weights", cmd_init_weights, common)
     init.add_argument("-o", "--output", type=Path, required=True, metavar="W.npz",

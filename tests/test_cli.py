@@ -257,6 +257,29 @@ def test_ir_prints_a_line_per_layer(tmp_path: Path) -> None:
     assert "c1.weight: f32[8,3,3,3]" in typed.stdout
 
 
+def test_ir_llvm_and_asm_show_the_generated_kernels(tmp_path: Path) -> None:
+    write(tmp_path / "small.conv", CHECK_SRC)
+    llvm, asm, wrong = cli_many(
+        tmp_path,
+        ["ir", "small.conv", "--llvm"],
+        ["ir", "small.conv", "--asm", "c1", "--threads", "1"],
+        ["ir", "small.conv", "--asm", "c9"],
+    )
+    assert llvm.returncode == 0, llvm.stderr
+    # One worker per kernel after fusion (c2 + relu + pool stay apart: pool is an anchor).
+    defined = [ln.split("@")[1].split("(")[0] for ln in llvm.stdout.splitlines()
+               if ln.startswith("define")]  # fmt: skip
+    assert defined[0] == '"kernel0_c1"' and defined[-1] == '"run"', defined
+    assert '@"llvm.fma.v' in llvm.stdout
+    assert asm.returncode == 0, asm.stderr
+    assert asm.stdout.startswith("# ---- kernel0_c1\nkernel0_c1:")
+    assert "vfmadd" in asm.stdout or "fmla" in asm.stdout or "mulps" in asm.stdout
+    assert "kernel1_" not in asm.stdout  # only the kernel asked for
+    assert wrong.returncode == 2
+    assert "--asm c9: no kernel of that name" in wrong.stderr
+    assert "kernel0_c1" in wrong.stderr  # the hint lists the kernels
+
+
 def test_broken_pipe_is_quiet(tmp_path: Path) -> None:
     write(tmp_path / "small.conv", CHECK_SRC)
     proc = subprocess.Popen(

@@ -130,13 +130,15 @@ CONVS = {
     # Register tiles (emit_conv_tile): rows of several tiles, a narrower tile and a partial
     # vector; padding wider than a vector; 12- and 8-channel blocks on narrow rows.
     "tile_rows_mixed": (
-        "input x: f32[N, 5, 3, 61]\noutput y = conv2d(x, 8, kernel=3, padding=same, activation=relu)"
+        "input x: f32[N, 5, 3, 61]\n"
+        "output y = conv2d(x, 8, kernel=3, padding=same, activation=relu)"
     ),
     "tile_padding_wider_than_vector": (
         "input x: f32[N, 3, 2, 30]\noutput y = conv2d(x, 4, kernel=[1, 19], padding=same)"
     ),
     "tile_stride3_right_edge": (
-        "input x: f32[N, 3, 4, 83]\noutput y = conv2d(x, 6, kernel=[2, 4], stride=3, padding=[[1, 0], [2, 3]])"
+        "input x: f32[N, 3, 4, 83]\n"
+        "output y = conv2d(x, 6, kernel=[2, 4], stride=3, padding=[[1, 0], [2, 3]])"
     ),
     "tile_channel_blocks_12_8": (
         "input x: f32[N, 7, 7, 7]\n"
