@@ -40,6 +40,7 @@ DOC_FILES = (
     "api.md",
     "optimizer.md",
     "backends.md",
+    "performance.md",
 )
 LANGUAGES = {"conv", "conv-fragment", "python", "console", "text"}
 
