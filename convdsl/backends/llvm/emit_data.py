@@ -31,6 +31,7 @@ from convdsl.backends.llvm.loops import (
     masked_gather,
     masked_load,
     splat,
+    unflatten,
     vec_type,
 )
 from convdsl.backends.llvm.parallel import thread_share
@@ -284,12 +285,7 @@ def softmax_kernel(k: KernelBuilder, node: Node) -> None:
     width = sizes[-1]
     main = width - width % k.lanes
     with for_range(b, lo, hi, name="row") as item:
-        n = b.udiv(item, i64(per_batch))
-        rest = b.urem(item, i64(per_batch))
-        outer: list[ir.Value] = []
-        for size in reversed(sizes[:-1]):
-            outer.insert(0, b.urem(rest, i64(size)))
-            rest = b.udiv(rest, i64(size))
+        n, *outer = unflatten(b, item, sizes[:-1])
         for start, stop, lanes in ((0, main, k.lanes), (main, width, 1)):
             if start < stop:
                 with for_range(b, start, stop, lanes, name=f"sw{lanes}") as w:

@@ -119,6 +119,17 @@ def if_then(builder: ir.IRBuilder, condition: ir.Value) -> Iterator[None]:
         yield
 
 
+def unflatten(builder: ir.IRBuilder, index: ir.Value, radices: Sequence[int]) -> list[ir.Value]:
+    """The mixed-radix digits of ``index``, last radix fastest: ``[quotient, d_0, ..., d_k]``
+    with ``d_i < radices[i]`` (how a flat work item becomes batch entry, rows, channels)."""
+    digits: list[ir.Value] = []
+    rest = index
+    for radix in reversed(radices):
+        digits.insert(0, builder.urem(rest, i64(radix)))
+        rest = builder.udiv(rest, i64(radix))
+    return [rest, *digits]
+
+
 def entry_alloca(builder: ir.IRBuilder, ty: ir.Type, name: str = "") -> ir.Value:
     """A stack slot in the function's entry block (where mem2reg promotes it to registers)."""
     function = builder.function

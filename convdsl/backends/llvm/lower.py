@@ -46,7 +46,18 @@ from convdsl.backends.llvm.kernel import (
     entry_elements,
     spatial_of,
 )
-from convdsl.backends.llvm.loops import F32P, I32, I64, PTR, VOID, for_range, gep, i64, intrinsic
+from convdsl.backends.llvm.loops import (
+    F32P,
+    I32,
+    I64,
+    PTR,
+    VOID,
+    for_range,
+    gep,
+    i64,
+    intrinsic,
+    unflatten,
+)
 from convdsl.backends.llvm.parallel import WORKER_TYPE, call_parallel, thread_share
 from convdsl.diagnostics import ConvdslError, InternalError, error
 from convdsl.ir.graph import Graph, Node
@@ -203,14 +214,8 @@ class ModuleBuilder:
         total = b.mul(k.batch, i64(per_batch))
         lo, hi = thread_share(b, total)
         with for_range(b, lo, hi, name="item") as item:
-            n = b.udiv(item, i64(per_batch))
-            rest = b.urem(item, i64(per_batch))
-            channel = b.mul(b.urem(rest, i64(blocks)), i64(block))
-            rest = b.udiv(rest, i64(blocks))
-            outer: list[ir.Value] = []
-            for size in reversed(outer_sizes):
-                outer.insert(0, b.urem(rest, i64(size)))
-                rest = b.udiv(rest, i64(size))
+            n, *outer, channel_block = unflatten(b, item, (*outer_sizes, blocks))
+            channel = b.mul(channel_block, i64(block))
             self._row(k, node, Point(n, channel, block, tuple(outer), i64(0), 1))
 
     def _row(self, k: KernelBuilder, node: Node, row: Point) -> None:
@@ -250,14 +255,7 @@ class ModuleBuilder:
             for_range(b, first, last, name="item") as item,
             for_range(b, 0, chunks, name="chunk") as chunk,
         ):
-            n = b.udiv(item, i64(per_batch))
-            rest = b.urem(item, i64(per_batch))
-            group = b.urem(rest, i64(groups))
-            rest = b.udiv(rest, i64(groups))
-            outer: list[ir.Value] = []
-            for size in reversed(sizes[:-1]):
-                outer.insert(0, b.urem(rest, i64(size)))
-                rest = b.udiv(rest, i64(size))
+            n, *outer, group = unflatten(b, item, (*sizes[:-1], groups))
             ci_lo = b.mul(chunk, i64(plan.chunk))
             ci_hi = b.add(ci_lo, i64(plan.chunk))
             ci_hi = b.select(b.icmp_signed("<", ci_hi, i64(group_in)), ci_hi, i64(group_in))
