@@ -58,6 +58,22 @@ def conv_schedule(graph: Graph, node: Node, lanes: int, threads: int) -> ConvSch
     return ConvSchedule(block, vectors, chunk, group)
 
 
+def interior_range(node: Node, in_size: int, lanes: int) -> tuple[int, int]:
+    """``[lo, hi)``: the vector starts ``w`` on the last axis whose every tap of every lane reads
+    inside the input, as a plain (stride 1) or widened-and-shuffled (stride > 1) row load."""
+    a = node.attrs
+    step, dilation, before = (
+        a["stride"][-1],
+        a.get("dilation", (1,) * len(a["kernel"]))[-1],
+        a["pads"][-1][0],
+    )
+    reach = (a["kernel"][-1] - 1) * dilation
+    lo = -(-before // step)
+    # the widest load, of lanes * step elements from w * step - before + reach, must end inside
+    hi = (in_size + before - reach - lanes * step) // step + 1
+    return lo, max(lo, hi)
+
+
 @dataclass(frozen=True)
 class Segment:
     """Tile starts ``range(start, stop, len(masked) * lanes)`` of an output row; ``masked[v]``:

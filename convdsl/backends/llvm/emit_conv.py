@@ -22,7 +22,6 @@ from convdsl.backends.llvm.loops import (
     i64,
     isplat,
     lane_ids,
-    load_vec,
     masked_gather,
     masked_load,
     vec_type,
@@ -64,36 +63,6 @@ def load_row(
     if step == 1:
         return masked_load(k.builder, gep(k.builder, row, first), mask, lanes, fill)
     return masked_gather(k.builder, row, index, mask, lanes, fill)
-
-
-def interior_range(node: Node, in_size: int, lanes: int) -> tuple[int, int]:
-    """``[lo, hi)``: the vector starts ``w`` on the last axis whose every tap of every lane reads
-    inside the input, as a plain (stride 1) or widened-and-shuffled (stride > 1) row load."""
-    a = node.attrs
-    step, dilation, before = (
-        a["stride"][-1],
-        a.get("dilation", (1,) * len(a["kernel"]))[-1],
-        a["pads"][-1][0],
-    )
-    reach = (a["kernel"][-1] - 1) * dilation
-    lo = -(-before // step)
-    # the widest load, of lanes * step elements from w * step - before + reach, must end inside
-    hi = (in_size + before - reach - lanes * step) // step + 1
-    return lo, max(lo, hi)
-
-
-def load_interior(
-    k: KernelBuilder, row: ir.Value, first: ir.Value, step: int, lanes: int
-) -> ir.Value:
-    """``row[first + l * step]`` for a row known to be inside: one load, then a shuffle."""
-    b = k.builder
-    if step == 1:
-        return load_vec(b, gep(b, row, first), lanes)
-    wide = load_vec(b, gep(b, row, first), lanes * step)
-    picks = ir.Constant(
-        ir.VectorType(ir.IntType(32), lanes), [lane * step for lane in range(lanes)]
-    )
-    return b.shuffle_vector(wide, ir.Constant(wide.type, ir.Undefined), picks)
 
 
 def outer_taps(

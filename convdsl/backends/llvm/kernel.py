@@ -55,7 +55,6 @@ class Point:
     outer: tuple[ir.Value, ...]
     w: ir.Value
     lanes: int
-    interior: bool = False  # every last-axis window tap of every lane is inside the input
     valid: int | None = None  # a tail point: only lanes < valid exist (loads/stores masked)
 
 

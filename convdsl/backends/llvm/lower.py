@@ -30,14 +30,13 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from convdsl.backends.llvm import (
-    emit_conv,
     emit_conv_tile,
     emit_data,
     emit_elementwise,
     emit_pool,
     emit_transpose,
 )
-from convdsl.backends.llvm.conv_schedule import conv_schedule, row_segments
+from convdsl.backends.llvm.conv_schedule import conv_schedule, interior_range, row_segments
 from convdsl.backends.llvm.kernel import (
     DATA_FIELDS,
     DATA_TYPE,
@@ -247,7 +246,7 @@ class ModuleBuilder:
         group_in = self.graph.type_of(anchor.inputs[0]).channels // anchor.attrs["groups"]
         chunks = -(-group_in // plan.chunk)
         in_size = spatial_of(self.graph.type_of(anchor.inputs[0]))[-1]
-        lo, hi = emit_conv.interior_range(anchor, in_size, self.lanes)
+        lo, hi = interior_range(anchor, in_size, self.lanes)
         segments = row_segments(width, lo, hi, plan.vectors, self.lanes)
         masked_tail = all(p.op in MASKED_TAIL for p in parts(node))
         first, last = thread_share(b, b.mul(k.batch, i64(per_batch)))
