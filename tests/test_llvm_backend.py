@@ -145,6 +145,34 @@ CONVS = {
         "output a = conv2d(x, 24, kernel=3, padding=same)\n"
         "output b = conv2d(x, 16, kernel=3, stride=2, dilation=2, padding=same, groups=1)"
     ),
+    # Stride > 1 on the last axis reads a phase-split copy (phase_split): padding wider than
+    # the stride, output rows one wide, stride > kernel with dilation, chunked channels with a
+    # fused skip-add, two strided convs of different sizes sharing the staging region.
+    "split_pad_wider_than_stride": (
+        "input x: f32[N, 3, 5, 29]\n"
+        "output y = conv2d(x, 4, kernel=[3, 7], stride=[1, 2], padding=[[1, 1], [5, 2]])"
+    ),
+    "split_one_wide_output": (
+        "input x: f32[N, 5, 4, 3]\noutput y = conv2d(x, 3, kernel=3, stride=4, padding=1)"
+    ),
+    "split_stride_gt_kernel_dilated": (
+        "input x: f32[N, 3, 3, 71]\n"
+        "output y = conv2d(x, 5, kernel=[1, 2], stride=[1, 5], dilation=[1, 3])"
+    ),
+    "split_chunked_fused_add": (
+        "input x: f32[N, 40, 6, 26]\ninput s: f32[N, 8, 3, 13]\n"
+        "output y = relu(conv2d(x, 8, kernel=3, stride=2, padding=same) + s)"
+    ),
+    "split_shared_staging": (
+        "input x: f32[N, 3, 9, 33]\n"
+        "a = conv2d(x, 5, kernel=3, stride=2, padding=same, activation=relu)\n"
+        "output b = depthwise2d(a, kernel=3, multiplier=2, stride=3, padding=same)"
+    ),
+    "split_1d_3d": (
+        "input x: f32[N, 4, 100]\ninput v: f32[N, 2, 3, 4, 19]\n"
+        "output a = conv1d(x, 3, kernel=5, stride=4, padding=causal)\n"
+        "output b = conv3d(v, 3, kernel=3, stride=2, padding=same)"
+    ),
     # Input channels in chunks (conv_schedule): partial sums wait in the output, the last
     # chunk adds bias and activation; a fused skip-add is read only after the last chunk.
     "chunked_channels_fused_add": (

@@ -59,19 +59,14 @@ def conv_schedule(graph: Graph, node: Node, lanes: int, threads: int) -> ConvSch
 
 
 def interior_range(node: Node, in_size: int, lanes: int) -> tuple[int, int]:
-    """``[lo, hi)``: the vector starts ``w`` on the last axis whose every tap of every lane reads
-    inside the input, as a plain (stride 1) or widened-and-shuffled (stride > 1) row load."""
+    """``[lo, hi)``: the vector starts ``w`` on the last axis (stride 1) whose every tap of
+    every lane reads inside the input."""
     a = node.attrs
-    step, dilation, before = (
-        a["stride"][-1],
-        a.get("dilation", (1,) * len(a["kernel"]))[-1],
-        a["pads"][-1][0],
-    )
+    dilation = a.get("dilation", (1,) * len(a["kernel"]))[-1]
+    before = a["pads"][-1][0]
     reach = (a["kernel"][-1] - 1) * dilation
-    lo = -(-before // step)
-    # the widest load, of lanes * step elements from w * step - before + reach, must end inside
-    hi = (in_size + before - reach - lanes * step) // step + 1
-    return lo, max(lo, hi)
+    # the load of tap t for lanes w..w+lanes-1 covers w - before + t * dilation + [0, lanes)
+    return before, max(before, in_size + before - reach - lanes + 1)
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ input vectors and one broadcast weight the tile stays in AVX2's 16 registers wit
 For every valid outer tap (a runtime range per axis, so rows near a border simply run fewer taps)
 and every input channel of the group, the taps on the last axis are unrolled: each loads
 ``vectors`` input vectors and broadcasts ``block`` weights, then ``block * vectors`` FMAs.
-Dilation only spaces the tap offsets; a stride > 1 loads ``lanes * stride`` elements and keeps
-every ``stride``-th with a shuffle. Tiles on the border of the last axis (``masked``) load with
-lane masks computed once per tile, so padding reads nothing.
+Dilation only spaces the tap offsets; a stride > 1 on the last axis reads the input's
+phase-split copy (``phase_split``), where a vector's lanes are consecutive again. Tiles on the
+border of the last axis (``masked``) load with lane masks computed once per tile, so padding
+reads nothing (the phase-split copy holds the padding as zeros and needs no masks).
 
 Weights are repacked at bind time as ``[O/block, Cg, taps, block]`` (``kernel.pack_weight``):
 the ``block`` weights that meet one input vector are adjacent.
@@ -24,7 +25,6 @@ from llvmlite import ir
 from convdsl.backends.llvm.emit_elementwise import ACTIVATIONS
 from convdsl.backends.llvm.kernel import KernelBuilder, Point, spatial_of, strides_of
 from convdsl.backends.llvm.loops import (
-    I32,
     entry_alloca,
     fma,
     for_range,
@@ -35,7 +35,9 @@ from convdsl.backends.llvm.loops import (
     masked_load,
     splat,
     vec_type,
+    wide_mask,
 )
+from convdsl.backends.llvm.phase_split import PhaseSplit
 from convdsl.ir.graph import Node
 
 
@@ -57,34 +59,8 @@ def tap_range(
     return lo, hi
 
 
-def wide_mask(b: ir.IRBuilder, first: ir.Value, width: int, size: int) -> ir.Value:
-    """Mask of ``first + e`` in ``[0, size)`` for ``e < width`` (i32 lanes: cheap compares)."""
-    index = b.add(
-        splat_i32(b, b.trunc(first, I32), width),
-        ir.Constant(ir.VectorType(I32, width), list(range(width))),
-    )
-    inside = b.icmp_signed(">=", index, ir.Constant(index.type, [0] * width))
-    below = b.icmp_signed("<", index, ir.Constant(index.type, [size] * width))
-    return b.and_(inside, below)
-
-
-def splat_i32(b: ir.IRBuilder, value: ir.Value, width: int) -> ir.Value:
-    vt = ir.VectorType(I32, width)
-    one = b.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(I32, 0))
-    return b.shuffle_vector(one, one, ir.Constant(vt, [0] * width))
-
-
-def load_strided(
-    b: ir.IRBuilder, at: ir.Value, step: int, lanes: int, mask: ir.Value | None
-) -> ir.Value:
-    """``at[l * step]`` for ``l < lanes``: one (masked) load of ``lanes * step``, then a
-    shuffle keeping every ``step``-th element."""
-    width = lanes * step
-    wide = load_vec(b, at, width) if mask is None else masked_load(b, at, mask, width)
-    if step == 1:
-        return wide
-    picks = ir.Constant(ir.VectorType(I32, lanes), [lane * step for lane in range(lanes)])
-    return b.shuffle_vector(wide, ir.Constant(wide.type, ir.Undefined), picks)
+def load_row(b: ir.IRBuilder, at: ir.Value, lanes: int, mask: ir.Value | None) -> ir.Value:
+    return load_vec(b, at, lanes) if mask is None else masked_load(b, at, mask, lanes)
 
 
 def emit_conv_tile(
@@ -94,38 +70,57 @@ def emit_conv_tile(
     masked: tuple[bool, ...],
     channels: tuple[ir.Value, ir.Value],
     resume: tuple[ir.Value, int] | None = None,
+    split: PhaseSplit | None = None,
 ) -> list[list[ir.Value]]:
     """``sums[v][j]``: output channel ``point.c + j`` at the ``point.lanes`` positions from
     ``point.w + v * point.lanes``, summed over the group's input channels ``[lo, hi)`` of
     ``channels`` (no bias or activation: ``finish_tile``), for ``len(masked)`` vectors; those
     with ``masked[v]`` load with lane masks (they touch the border). ``resume = (flag, value)``:
     where ``flag`` is set, start from the partial sums stored in ``value`` at the point instead
-    of zero."""
+    of zero. ``split``: read the input's phase-split copy (strided convolutions)."""
     vectors = len(masked)
     b = k.builder
     a = node.attrs
     lanes, block = point.lanes, point.block
     x_type = k.type_of(node.inputs[0])
-    sizes, strides = spatial_of(x_type), strides_of(x_type)
+    sizes = spatial_of(x_type)
     kernel = a["kernel"]
     taps, last = math.prod(kernel), len(kernel) - 1
     groups = a["groups"]
     group_in = x_type.channels // groups
     per_group = a["out_channels"] // groups
-    step, dilation = a["stride"][last], a["dilation"][last]
-    first = b.sub(b.mul(point.w, i64(step)), i64(a["pads"][last][0]))
+    dilation, before = a["dilation"][last], a["pads"][last][0]
+    # Where input rows are: the tensor itself (stride 1 on the last axis), or its phase-split
+    # copy (``phase_split``). ``first`` is the tile's element of tap 0 in a row, ``reach[t]``
+    # how far tap t is from it; either way a vector's lanes are consecutive elements.
+    if split is None:
+        assert a["stride"][last] == 1, "strided convolutions read a phase-split copy"
+        strides = strides_of(x_type)
+        channel_stride, outer_strides = strides[0], strides[1:-1]
+        first = b.sub(point.w, i64(before))
+        reach = [tap * dilation for tap in range(kernel[-1])]
+        x_entry = k.entry(node.inputs[0], point.n)
+    else:
+        row_elements = split.stride * split.length
+        channel_stride = math.prod(sizes[:-1]) * row_elements
+        outer_strides = tuple(
+            math.prod(sizes[axis + 1 : -1]) * row_elements for axis in range(last)
+        )
+        first = b.sub(point.w, i64(split.first))
+        reach = [split.tap(tap * dilation - before) for tap in range(kernel[-1])]
+        x_entry = k.staging(split.entry_elements, point.n)
 
     weight = k.packed_param(node.param("weight"), block)
     weight = gep(b, weight, b.mul(b.udiv(point.c, i64(block)), i64(group_in * taps * block)))
     group = b.udiv(point.c, i64(per_group))
-    x_group = gep(b, k.entry(node.inputs[0], point.n), b.mul(group, i64(group_in * strides[0])))
+    x_group = gep(b, x_entry, b.mul(group, i64(group_in * channel_stride)))
 
-    # Lane masks of every (tap, vector) load, once per tile.
+    # Lane masks of every (tap, vector) load, once per tile (the phase-split copy needs none).
     masks: dict[tuple[int, int], ir.Value] = {}
     for v in range(vectors):
-        for tap in range(kernel[-1] if masked[v] else 0):
-            start = b.add(first, i64(tap * dilation + v * lanes * step))
-            masks[tap, v] = wide_mask(b, start, lanes * step, sizes[-1])
+        for tap in range(kernel[-1] if masked[v] and split is None else 0):
+            start = b.add(first, i64(reach[tap] + v * lanes))
+            masks[tap, v] = wide_mask(b, start, lanes, sizes[-1])
 
     accumulators = [
         [entry_alloca(b, vec_type(lanes), f"acc{j}_{v}") for v in range(vectors)]
@@ -154,7 +149,7 @@ def emit_conv_tile(
             index = b.add(start, b.mul(tap, i64(d)))
             outer_taps(
                 axis + 1,
-                b.add(row, b.mul(index, i64(strides[1 + axis]))),
+                b.add(row, b.mul(index, i64(outer_strides[axis]))),
                 b.add(tap_flat, b.mul(tap, i64(math.prod(kernel[axis + 1 :])))),
             )
 
@@ -162,18 +157,12 @@ def emit_conv_tile(
         row_base = gep(b, x_group, b.add(row, first))
         weight_base = gep(b, weight, b.mul(tap_flat, i64(block)))
         with for_range(b, channels[0], channels[1], name="ci") as ci:
-            x_row = gep(b, row_base, b.mul(ci, i64(strides[0])))
+            x_row = gep(b, row_base, b.mul(ci, i64(channel_stride)))
             w_row = gep(b, weight_base, b.mul(ci, i64(taps * block)))
             values = [[b.load(acc) for acc in row_accs] for row_accs in accumulators]
             for tap in range(kernel[-1]):
                 xs = [
-                    load_strided(
-                        b,
-                        gep(b, x_row, tap * dilation + v * lanes * step),
-                        step,
-                        lanes,
-                        masks.get((tap, v)),
-                    )
+                    load_row(b, gep(b, x_row, reach[tap] + v * lanes), lanes, masks.get((tap, v)))
                     for v in range(vectors)
                 ]
                 for j in range(block):

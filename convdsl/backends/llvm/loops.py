@@ -233,3 +233,20 @@ def masked_gather(
         value = builder.load(gep(builder, base, builder.extract_element(safe, at)))
         result = builder.insert_element(result, value, at)
     return builder.select(mask, result, fsplat(fill, lanes))
+
+
+def wide_mask(b: ir.IRBuilder, first: ir.Value, width: int, size: int) -> ir.Value:
+    """Mask of ``first + e`` in ``[0, size)`` for ``e < width`` (i32 lanes: cheap compares)."""
+    index = b.add(
+        splat_i32(b, b.trunc(first, I32), width),
+        ir.Constant(ir.VectorType(I32, width), list(range(width))),
+    )
+    inside = b.icmp_signed(">=", index, ir.Constant(index.type, [0] * width))
+    below = b.icmp_signed("<", index, ir.Constant(index.type, [size] * width))
+    return b.and_(inside, below)
+
+
+def splat_i32(b: ir.IRBuilder, value: ir.Value, width: int) -> ir.Value:
+    vt = ir.VectorType(I32, width)
+    one = b.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(I32, 0))
+    return b.shuffle_vector(one, one, ir.Constant(vt, [0] * width))

@@ -58,6 +58,7 @@ from convdsl.backends.llvm.loops import (
     unflatten,
 )
 from convdsl.backends.llvm.parallel import WORKER_TYPE, call_parallel, thread_share
+from convdsl.backends.llvm.phase_split import PhaseSplit, phase_split, split_kernel
 from convdsl.diagnostics import ConvdslError, InternalError, error
 from convdsl.ir.graph import Graph, Node
 from convdsl.ir.ops import OPS, FusionClass
@@ -141,8 +142,10 @@ class ModuleBuilder:
         self.scratch: dict[int, tuple[int, int]] = {}  # value -> (offset, size) per batch entry
         assert graph.memory is not None
         self.arena_bytes = graph.memory.arena_bytes  # planned arena plus scratch, per entry
+        self.staging_offset = 0  # of the region phase-split copies share (``_reserve_staging``)
 
     def build(self) -> ir.Module:
+        self._reserve_staging()
         workers = []
         for index, node in enumerate(self.graph.nodes):
             if self._copy_free(node):
@@ -151,11 +154,28 @@ class ModuleBuilder:
                 for step, part in enumerate(node.parts):
                     if part.output != node.output:
                         self._add_scratch(part.output)
-                    workers.append(self._kernel(index, part, f"{index}_{step}"))
+                    workers += self._kernel(part, f"{index}_{step}")
             else:
-                workers.append(self._kernel(index, node, str(index)))
+                workers += self._kernel(node, str(index))
         self._entry(workers)
         return self.module
+
+    def _reserve_staging(self) -> None:
+        """Room after the arena for the largest phase-split copy (strided convolutions run one
+        at a time, so they all share it)."""
+        largest = 0
+        for node in self.graph.nodes:
+            for part in parts(node):
+                split = self._split(part)
+                if split is not None:
+                    largest = max(largest, split.entry_elements * 4)
+        self.staging_offset = self.arena_bytes
+        self.arena_bytes += largest + -largest % 64
+
+    def _split(self, anchor: Node) -> PhaseSplit | None:
+        if anchor.op not in TILE_EMITTERS:
+            return None
+        return phase_split(self.graph, anchor, self.lanes)
 
     # ---- kernels ----------------------------------------------------------------------------
 
@@ -173,20 +193,28 @@ class ModuleBuilder:
         self.scratch[value] = (self.arena_bytes, size)
         self.arena_bytes += size
 
-    def _kernel(self, index: int, node: Node, tag: str) -> ir.Function:
-        worker = ir.Function(self.module, WORKER_TYPE, f"kernel{tag}_{_ident(node.name)}")
+    def _kernel(self, node: Node, tag: str) -> list[ir.Function]:
+        """The workers that compute ``node``: its kernel, after the phase-split copy of its
+        input if it is a strided convolution."""
+        name = f"kernel{tag}_{_ident(node.name)}"
+        anchor = parts(node)[0]
+        split = self._split(anchor)
+        if split is not None:
+            copy = self._worker(f"{name}_split", node, lambda k: split_kernel(k, anchor, split))
+            return [copy, self._worker(name, node, lambda k: self._conv_kernel(k, node, split))]
+        if node.op in KERNELS:
+            return [self._worker(name, node, lambda k: KERNELS[node.op](k, node))]
+        return [self._worker(name, node, lambda k: self._points(k, node))]
+
+    def _worker(self, name: str, node: Node, body: Callable[[KernelBuilder], None]) -> ir.Function:
+        worker = ir.Function(self.module, WORKER_TYPE, name)
         worker.attributes.add("nounwind")
         _frame_pointer(worker)
         builder = ir.IRBuilder(worker.append_basic_block("entry"))
-        k = KernelBuilder(
-            self.graph, builder, self.lanes, self.param_index, self.packings, self.scratch
-        )
+        k = self._kernel_builder(builder)
         k.load_fields(worker.args[0])
         try:
-            if node.op in KERNELS:
-                KERNELS[node.op](k, node)
-            else:
-                self._points(k, node)
+            body(k)
         except ConvdslError:
             raise
         except Exception as exc:
@@ -198,12 +226,23 @@ class ModuleBuilder:
         builder.ret_void()
         return worker
 
+    def _kernel_builder(self, builder: ir.IRBuilder) -> KernelBuilder:
+        return KernelBuilder(
+            self.graph,
+            builder,
+            self.lanes,
+            self.param_index,
+            self.packings,
+            self.scratch,
+            self.staging_offset,
+        )
+
     def _points(self, k: KernelBuilder, node: Node) -> None:
         b = k.builder
         out_type = self.graph.type_of(node.output)
         anchor = parts(node)[0]
         if anchor.op in TILE_EMITTERS:
-            self._conv_kernel(k, node, anchor)
+            self._conv_kernel(k, node, None)
             return
         block = BLOCKS[anchor.op](self.graph, anchor) if anchor.op in BLOCKS else 1
         sizes = spatial_of(out_type)
@@ -232,11 +271,13 @@ class ModuleBuilder:
                 point = dataclasses.replace(row, w=w, lanes=lanes)
                 self._point(k, node, point)
 
-    def _conv_kernel(self, k: KernelBuilder, node: Node, anchor: Node) -> None:
+    def _conv_kernel(self, k: KernelBuilder, node: Node, split: PhaseSplit | None) -> None:
         """A kernel anchored by a convolution, walked as ``conv_schedule`` says: per work item
         (batch entry, outer indices, a group of channel blocks), per chunk of input channels,
-        per register tile of the row, per channel block."""
+        per register tile of the row, per channel block. ``split``: the anchor reads the
+        phase-split copy of its input, where no load needs a mask."""
         b = k.builder
+        anchor = parts(node)[0]
         plan = conv_schedule(self.graph, anchor, self.lanes, self.threads)
         out_type = self.graph.type_of(node.output)
         sizes = spatial_of(out_type)
@@ -246,7 +287,7 @@ class ModuleBuilder:
         group_in = self.graph.type_of(anchor.inputs[0]).channels // anchor.attrs["groups"]
         chunks = -(-group_in // plan.chunk)
         in_size = spatial_of(self.graph.type_of(anchor.inputs[0]))[-1]
-        lo, hi = interior_range(anchor, in_size, self.lanes)
+        lo, hi = interior_range(anchor, in_size, self.lanes) if split is None else (0, width)
         segments = row_segments(width, lo, hi, plan.vectors, self.lanes)
         masked_tail = all(p.op in MASKED_TAIL for p in parts(node))
         first, last = thread_share(b, b.mul(k.batch, i64(per_batch)))
@@ -273,8 +314,9 @@ class ModuleBuilder:
                     channel = b.mul(b.add(b.mul(group, i64(plan.group)), block), i64(plan.block))
                     valid = segment.valid if lanes > 1 else None
                     point = Point(n, channel, plan.block, tuple(outer), w, lanes, valid=valid)
+                    masked = segment.masked if split is None else (False,) * len(segment.masked)
                     sums = TILE_EMITTERS[anchor.op](
-                        k, anchor, point, segment.masked, (ci_lo, ci_hi), resume
+                        k, anchor, point, masked, (ci_lo, ci_hi), resume, split
                     )
                     self._finish_tile(k, node, anchor, point, sums, finished, chunks > 1)
 
@@ -352,7 +394,7 @@ class ModuleBuilder:
     def _copy_outputs(
         self, b: ir.IRBuilder, raw: ir.Value, outputs: ir.Value, batch: ir.Value
     ) -> None:
-        k = KernelBuilder(self.graph, b, self.lanes, self.param_index, self.packings, self.scratch)
+        k = self._kernel_builder(b)
         k.load_fields(raw)
         for slot, (_, value) in enumerate(self.graph.outputs):
             entry_bytes = entry_elements(self.graph.type_of(value)) * 4
