@@ -226,6 +226,28 @@ output j = pixel_shuffle(x, 2, order=dcr)
 output k = softmax(x)
 """
 
+# Upscale rows (emit_data.row_patterns): vectors on both edges, the interior, tails; factors
+# 2, 4 and 8 (one pattern per vector), 3 (gathered), outer factors different from the last.
+UPSCALE_ROWS = """
+input x: f32[N, 3, 5, 29]
+input t: f32[N, 2, 13]
+input p: f32[N, 2, 3, 7]
+input q: f32[N, 3, 2, 1]
+input r: f32[N, 2, 4]
+input v: f32[N, 2, 3, 4, 12]
+input s: f32[N, 3, 10, 58]
+output a = upscale(x, 2, mode=bilinear)
+output b = upscale(t, 4, mode=linear)
+output c = upscale(p, 8, mode=bilinear)
+output d = upscale(x, 2)
+output e = upscale(p, [3, 4])
+output f = upscale(q, 2, mode=bilinear)
+output g = upscale(r, 2, mode=linear)
+output h = upscale(v, [2, 3, 2], mode=trilinear)
+output i = upscale(p, [3, 2], mode=bilinear)
+output j = relu(upscale(x, 2, mode=bilinear) + s)
+"""
+
 DATA_1D_3D = """
 input x: f32[N, 3, 11]
 input v: f32[N, 2, 3, 4, 5]
@@ -265,8 +287,8 @@ TRANSPOSED = {
 
 @pytest.mark.parametrize(
     "src",
-    [*CONVS.values(), *TRANSPOSED.values(), POOLS, POOLS_1D_3D, DATA, DATA_1D_3D],
-    ids=[*CONVS, *TRANSPOSED, "pools", "pools_1d_3d", "data", "data_1d_3d"],
+    [*CONVS.values(), *TRANSPOSED.values(), POOLS, POOLS_1D_3D, DATA, DATA_1D_3D, UPSCALE_ROWS],
+    ids=[*CONVS, *TRANSPOSED, "pools", "pools_1d_3d", "data", "data_1d_3d", "upscale_rows"],
 )
 def test_op_matches_interpreter(src: str) -> None:
     assert_matches(src)
