@@ -19,6 +19,7 @@ from llvmlite import ir
 
 import convdsl
 from convdsl.backends.llvm import lower
+from convdsl.backends.llvm.conv_schedule import flat_pointwise
 from convdsl.backends.llvm.executable import LlvmExecutable, aligned_empty
 from convdsl.backends.llvm.jit import Jit
 from convdsl.backends.llvm.loops import F32P, I64, VOID, for_range, gep, loop_nest
@@ -172,6 +173,18 @@ CONVS = {
         "input x: f32[N, 4, 100]\ninput v: f32[N, 2, 3, 4, 19]\n"
         "output a = conv1d(x, 3, kernel=5, stride=4, padding=causal)\n"
         "output b = conv3d(v, 3, kernel=3, stride=2, padding=same)"
+    ),
+    # Pointwise convs over narrow rows walk the flattened plane (flat_pointwise): with a fused
+    # epilogue and skip-add, grouped, 3-D, chunked input channels, a tail of one lane.
+    "flat_pointwise_fused": (
+        "input x: f32[N, 5, 6, 6]\ninput s: f32[N, 12, 6, 6]\n"
+        "output y = relu6(batch_norm(conv2d(x, 12, kernel=1, bias=false))) + s"
+    ),
+    "flat_pointwise_grouped_3d": (
+        "input x: f32[N, 6, 3, 4, 5]\noutput y = conv3d(x, 9, kernel=1, groups=3)"
+    ),
+    "flat_pointwise_chunked_tail": (
+        "input x: f32[N, 100, 7, 7]\noutput y = conv2d(x, 8, kernel=1, activation=tanh)"
     ),
     # Input channels in chunks (conv_schedule): partial sums wait in the output, the last
     # chunk adds bias and activation; a fused skip-add is read only after the last chunk.
@@ -482,6 +495,16 @@ def conv_configs(draw: st.DrawFn) -> str:
         f"output y = {op}{rank}d(x, {out}, kernel={kernel}, stride={stride}, dilation={dilation}, "
         f"padding={padding if op == 'conv' else 'valid'}, groups={groups}, activation={activation})"
     )
+
+
+def test_pointwise_convs_flatten_only_narrow_rows() -> None:
+    def flattened(shape: str, kernel: int = 1) -> bool:
+        src = f"input x: f32[N, 8, {shape}]\noutput y = conv2d(x, 8, kernel={kernel})"
+        graph = convdsl.compile_string(src).graph
+        return flat_pointwise(graph, graph.nodes[0], lanes=8) is not None
+
+    assert flattened("14, 14") and flattened("7, 7") and flattened("28, 28")
+    assert not flattened("56, 56") and not flattened("5, 32") and not flattened("7, 7", 3)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

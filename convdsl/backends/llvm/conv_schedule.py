@@ -17,9 +17,10 @@ import math
 from dataclasses import dataclass
 
 from convdsl.backends.llvm.kernel import spatial_of
-from convdsl.ir.graph import Graph, Node
+from convdsl.ir.graph import Attrs, Graph, Node
 
 ACCUMULATORS = 12  # of 16 vector registers on AVX2: leaves room for inputs and a weight
+MAX_VECTORS = 3  # per tile along the row
 CHUNK_ROWS = 96  # input rows (channels x outer taps) per chunk: ~ 96 x 3 lines, well inside L1
 ITEMS_PER_THREAD = 4  # work items per thread at least, for balance
 
@@ -32,13 +33,16 @@ class ConvSchedule:
     group: int  # channel blocks per work item
 
 
-def conv_schedule(graph: Graph, node: Node, lanes: int, threads: int) -> ConvSchedule:
+def conv_schedule(
+    graph: Graph, node: Node, sizes: tuple[int, ...], lanes: int, threads: int
+) -> ConvSchedule:
+    """The schedule of ``node`` over output spatial ``sizes`` (the walked view: one flat row
+    for a flattened pointwise conv)."""
     a = node.attrs
-    out_type = graph.type_of(node.output)
     per_group = a["out_channels"] // a["groups"]
     group_in = graph.type_of(node.inputs[0]).channels // a["groups"]
-    width = spatial_of(out_type)[-1]
-    vectors = max(1, min(3, -(-width // lanes)))
+    width = sizes[-1]
+    vectors = max(1, min(MAX_VECTORS, -(-width // lanes)))
     block = next(b for b in (12, 8, 6, 4, 3, 2, 1) if per_group % b == 0 and b * vectors <= 12)
     if block * vectors < ACCUMULATORS // 2:  # few channels (depthwise): widen the tile instead
         vectors = max(vectors, min(ACCUMULATORS // block, 4, -(-width // lanes)))
@@ -46,7 +50,7 @@ def conv_schedule(graph: Graph, node: Node, lanes: int, threads: int) -> ConvSch
     chunks = -(-group_in // limit)
     chunk = -(-group_in // chunks)
     blocks = a["out_channels"] // block
-    rows = math.prod(spatial_of(out_type)[:-1])
+    rows = math.prod(sizes[:-1])
     group = next(
         (
             d
@@ -56,6 +60,25 @@ def conv_schedule(graph: Graph, node: Node, lanes: int, threads: int) -> ConvSch
         1,
     )
     return ConvSchedule(block, vectors, chunk, group)
+
+
+def flat_pointwise(graph: Graph, node: Node, lanes: int) -> Node | None:
+    """A pointwise convolution (kernel 1, stride 1, no padding) reads and writes every spatial
+    position once, so its whole plane can be one row. The anchor as a 1-D convolution over the
+    flattened plane where rows are too short for a full register tile or waste more vector
+    lanes (a 14x14 plane is 14 rows of 2 vectors for 14 values, or 25 vectors for 196);
+    otherwise None."""
+    a = node.attrs
+    sizes = spatial_of(graph.type_of(node.output))
+    pointwise = all(k == 1 for k in a["kernel"]) and all(s == 1 for s in a["stride"])
+    if len(sizes) < 2 or not pointwise or any(p != (0, 0) for p in a["pads"]):
+        return None
+    plane = math.prod(sizes)
+    row_waste = (-sizes[-1] % lanes) * (plane // sizes[-1])
+    if sizes[-1] >= MAX_VECTORS * lanes and row_waste <= -plane % lanes:
+        return None
+    flat = {"kernel": (1,), "stride": (1,), "dilation": (1,), "pads": ((0, 0),)}
+    return dataclasses.replace(node, attrs=Attrs({**node.attrs, **flat}))
 
 
 def interior_range(node: Node, in_size: int, lanes: int) -> tuple[int, int]:

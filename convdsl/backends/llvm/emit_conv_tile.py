@@ -23,7 +23,7 @@ import math
 from llvmlite import ir
 
 from convdsl.backends.llvm.emit_elementwise import ACTIVATIONS
-from convdsl.backends.llvm.kernel import KernelBuilder, Point, spatial_of, strides_of
+from convdsl.backends.llvm.kernel import KernelBuilder, Point
 from convdsl.backends.llvm.loops import (
     entry_alloca,
     fma,
@@ -83,7 +83,7 @@ def emit_conv_tile(
     a = node.attrs
     lanes, block = point.lanes, point.block
     x_type = k.type_of(node.inputs[0])
-    sizes = spatial_of(x_type)
+    sizes = k.spatial(node.inputs[0])
     kernel = a["kernel"]
     taps, last = math.prod(kernel), len(kernel) - 1
     groups = a["groups"]
@@ -95,7 +95,7 @@ def emit_conv_tile(
     # how far tap t is from it; either way a vector's lanes are consecutive elements.
     if split is None:
         assert a["stride"][last] == 1, "strided convolutions read a phase-split copy"
-        strides = strides_of(x_type)
+        strides = k.strides(node.inputs[0])
         channel_stride, outer_strides = strides[0], strides[1:-1]
         first = b.sub(point.w, i64(before))
         reach = [tap * dilation for tap in range(kernel[-1])]

@@ -29,10 +29,10 @@ import numpy as np
 from convdsl.backends.llvm.emit_transpose_phase import pack_transposed
 from convdsl.backends.llvm.jit import Jit
 from convdsl.backends.llvm.kernel import pack_weight
-from convdsl.backends.llvm.lower import ENTRY, lower_graph
+from convdsl.backends.llvm.lower import ENTRY, PROFILE, lower_graph
 from convdsl.backends.llvm.parallel import load_libgomp
 from convdsl.backends.llvm.target import host_target
-from convdsl.ir.graph import Graph
+from convdsl.ir.graph import Graph, Node
 from convdsl.ir.types import bind_shape
 
 Array = np.ndarray
@@ -52,17 +52,24 @@ def aligned_empty(nbytes: int, alignment: int = ALIGNMENT) -> Array:
 class LlvmExecutable:
     """A graph compiled by the llvm backend, bound to its parameters."""
 
-    def __init__(self, graph: Graph, params: Mapping[str, Array], threads: int = 2) -> None:
+    def __init__(
+        self, graph: Graph, params: Mapping[str, Array], threads: int = 2, profile: bool = False
+    ) -> None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, found {threads}")
         load_libgomp()
         self.graph = graph
         self.threads = threads
         self.target = host_target()
-        self._lowered = lower_graph(graph, self.target.lanes, threads)
+        self._lowered = lower_graph(graph, self.target.lanes, threads, profile)
         self._arena_per_entry = self._lowered.arena_bytes
         self.jit = Jit(self._lowered.module, self.target)
         self._run = _RUN(self.jit.address(ENTRY))
+        self._profile = None
+        if profile:
+            count = len(self._lowered.kernels)
+            address = self.jit.engine.get_global_value_address(PROFILE)
+            self._profile = (ctypes.c_int64 * count).from_address(address)
         self.bind(params)
         self._arena = aligned_empty(0)
 
@@ -77,6 +84,17 @@ class LlvmExecutable:
             np.ascontiguousarray(arrays[n], dtype=np.float32) for n in self._lowered.params
         ]
         self._param_table = _pointer_table(self._params)
+
+    def kernel_profile(self) -> list[tuple[str, Node, float]]:
+        """``(worker, node, ms)`` per kernel: wall time summed over the runs since the last
+        call (compiled with ``profile=True``), then the counters restart from zero."""
+        if self._profile is None:
+            raise ValueError("compiled without profile=True")
+        times = [ns / 1e6 for ns in self._profile]
+        ctypes.memset(self._profile, 0, ctypes.sizeof(self._profile))
+        return [
+            (name, node, ms) for (name, node), ms in zip(self._lowered.kernels, times, strict=True)
+        ]
 
     @property
     def llvm_ir(self) -> str:

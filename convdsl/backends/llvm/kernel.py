@@ -89,6 +89,7 @@ class KernelBuilder:
     packings: dict[str, tuple[str, int]] = field(default_factory=dict)  # shared too
     scratch: dict[int, tuple[int, int]] = field(default_factory=dict)
     staging_offset: int = 0  # per-entry byte offset of the region phase-split copies share
+    flat: bool = False  # every value seen as one row [C, prod(spatial)] (``flat_pointwise``)
     fields: dict[str, ir.Value] = field(default_factory=dict)
     local: dict[int, list[ir.Value]] = field(default_factory=dict)
 
@@ -107,6 +108,16 @@ class KernelBuilder:
 
     def type_of(self, value: int) -> TensorType:
         return self.graph.type_of(value)
+
+    def spatial(self, value: int) -> tuple[int, ...]:
+        """Spatial sizes of ``value`` as this kernel walks it (one flat row if ``flat``)."""
+        sizes = spatial_of(self.type_of(value))
+        return (math.prod(sizes),) if self.flat else sizes
+
+    def strides(self, value: int) -> tuple[int, ...]:
+        """Element strides of ``(channel, *self.spatial(value))`` in one batch entry."""
+        strides = strides_of(self.type_of(value))
+        return (strides[0], 1) if self.flat else strides
 
     # ---- addresses --------------------------------------------------------------------------
 
@@ -163,7 +174,7 @@ class KernelBuilder:
     ) -> ir.Value:
         """Element offset of ``(channel, *outer, w)`` inside one batch entry of ``value``."""
         b = self.builder
-        strides = strides_of(self.type_of(value))
+        strides = self.strides(value)
         total = b.add(b.mul(channel, i64(strides[0])), w)
         for index, stride in zip(outer, strides[1:-1], strict=True):
             total = b.add(total, b.mul(index, i64(stride)))

@@ -36,7 +36,12 @@ from convdsl.backends.llvm import (
     emit_pool,
     emit_transpose,
 )
-from convdsl.backends.llvm.conv_schedule import conv_schedule, interior_range, row_segments
+from convdsl.backends.llvm.conv_schedule import (
+    conv_schedule,
+    flat_pointwise,
+    interior_range,
+    row_segments,
+)
 from convdsl.backends.llvm.kernel import (
     DATA_FIELDS,
     DATA_TYPE,
@@ -130,11 +135,13 @@ def fits_point_model(graph: Graph, node: Node) -> bool:
 class ModuleBuilder:
     """Builds the module: one worker per kernel, then the entry function."""
 
-    def __init__(self, graph: Graph, lanes: int, threads: int) -> None:
+    def __init__(self, graph: Graph, lanes: int, threads: int, profile: bool = False) -> None:
         check_lowerable(graph)
         self.graph = graph
         self.lanes = lanes
         self.threads = threads
+        self.profile = profile
+        self.kernels: list[tuple[str, Node]] = []  # worker name, the node it computes
         self.module = ir.Module(name=graph.name)
         names = [*graph.params, *graph.derived]
         self.param_index = {name: index for index, name in enumerate(names)}
@@ -208,6 +215,7 @@ class ModuleBuilder:
 
     def _worker(self, name: str, node: Node, body: Callable[[KernelBuilder], None]) -> ir.Function:
         worker = ir.Function(self.module, WORKER_TYPE, name)
+        self.kernels.append((name, node))
         worker.attributes.add("nounwind")
         _frame_pointer(worker)
         builder = ir.IRBuilder(worker.append_basic_block("entry"))
@@ -278,15 +286,18 @@ class ModuleBuilder:
         phase-split copy of its input, where no load needs a mask."""
         b = k.builder
         anchor = parts(node)[0]
-        plan = conv_schedule(self.graph, anchor, self.lanes, self.threads)
+        flat = flat_pointwise(self.graph, anchor, self.lanes) if split is None else None
+        if flat is not None:
+            anchor, k.flat = flat, True
         out_type = self.graph.type_of(node.output)
-        sizes = spatial_of(out_type)
+        sizes = k.spatial(node.output)
         width = sizes[-1]
+        plan = conv_schedule(self.graph, anchor, sizes, self.lanes, self.threads)
         groups = out_type.channels // plan.block // plan.group
         per_batch = groups * math.prod(sizes[:-1])
         group_in = self.graph.type_of(anchor.inputs[0]).channels // anchor.attrs["groups"]
         chunks = -(-group_in // plan.chunk)
-        in_size = spatial_of(self.graph.type_of(anchor.inputs[0]))[-1]
+        in_size = k.spatial(anchor.inputs[0])[-1]
         lo, hi = interior_range(anchor, in_size, self.lanes) if split is None else (0, width)
         segments = row_segments(width, lo, hi, plan.vectors, self.lanes)
         masked_tail = all(p.op in MASKED_TAIL for p in parts(node))
@@ -383,11 +394,15 @@ class ModuleBuilder:
             slot = b.gep(data, [ir.Constant(I32, 0), ir.Constant(I32, index)])
             b.store(arg if name == "batch" else b.bitcast(arg, PTR), slot)
         raw = b.bitcast(data, PTR)
-        for worker in workers:
+        clock = _Clock(b, len(workers)) if self.profile else None
+        for index, worker in enumerate(workers):
+            started = clock.now() if clock else None
             if self.threads == 1:
                 b.call(worker, [raw])
             else:
                 call_parallel(b, worker, raw, ir.Constant(I32, self.threads))
+            if clock and started is not None:
+                clock.add(index, started)
         self._copy_outputs(b, raw, run.args[1], run.args[4])
         b.ret_void()
 
@@ -408,6 +423,36 @@ class ModuleBuilder:
                     VOID,
                     [dst, src, i64(entry_bytes), ir.Constant(ir.IntType(1), 0)],
                 )
+
+
+PROFILE = "kernel_ns"  # with profiling: i64 nanoseconds spent in each worker, summed over runs
+
+
+class _Clock:
+    """Wall-clock time of every worker call (``clock_gettime(CLOCK_MONOTONIC)``), added up
+    in the global ``PROFILE`` array that the caller reads and resets."""
+
+    def __init__(self, b: ir.IRBuilder, count: int) -> None:
+        self.b = b
+        timespec = ir.LiteralStructType([I64, I64])
+        self.gettime = ir.Function(
+            b.module, ir.FunctionType(I32, [I32, timespec.as_pointer()]), "clock_gettime"
+        )
+        self.spec = b.alloca(timespec, name="timespec")
+        self.totals = ir.GlobalVariable(b.module, ir.ArrayType(I64, count), PROFILE)
+        self.totals.initializer = ir.Constant(self.totals.value_type, [0] * count)
+
+    def now(self) -> ir.Value:
+        b = self.b
+        b.call(self.gettime, [ir.Constant(I32, 1), self.spec])
+        seconds = b.load(b.gep(self.spec, [ir.Constant(I32, 0), ir.Constant(I32, 0)]))
+        nanos = b.load(b.gep(self.spec, [ir.Constant(I32, 0), ir.Constant(I32, 1)]))
+        return b.add(b.mul(seconds, i64(1_000_000_000)), nanos)
+
+    def add(self, index: int, started: ir.Value) -> None:
+        b = self.b
+        slot = b.gep(self.totals, [ir.Constant(I32, 0), ir.Constant(I32, index)])
+        b.store(b.add(b.load(slot), b.sub(self.now(), started)), slot)
 
 
 def lane_steps(width: int, steps: tuple[int, ...]) -> list[tuple[int, int, int]]:
@@ -452,11 +497,15 @@ class Lowered:
     params: tuple[str, ...]
     packings: dict[str, tuple[str, int]]
     arena_bytes: int
+    kernels: tuple[tuple[str, Node], ...]  # worker name and node, in the order they run
 
 
-def lower_graph(graph: Graph, lanes: int, threads: int) -> Lowered:
-    """Lower ``graph`` (see the module docstring for the entry function)."""
-    builder = ModuleBuilder(graph, lanes, threads)
+def lower_graph(graph: Graph, lanes: int, threads: int, profile: bool = False) -> Lowered:
+    """Lower ``graph`` (see the module docstring for the entry function); with ``profile``,
+    the entry also adds up each worker's wall time in the global ``PROFILE``."""
+    builder = ModuleBuilder(graph, lanes, threads, profile)
     module = builder.build()
     names = sorted(builder.param_index, key=builder.param_index.__getitem__)
-    return Lowered(module, tuple(names), builder.packings, builder.arena_bytes)
+    return Lowered(
+        module, tuple(names), builder.packings, builder.arena_bytes, tuple(builder.kernels)
+    )
