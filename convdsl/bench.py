@@ -30,7 +30,7 @@ import numpy as np
 
 from convdsl.api import Network, compile_file
 from convdsl.diagnostics import error
-from convdsl.ir.cost import graph_macs
+from convdsl.ir.cost import graph_macs, node_macs, node_traffic, value_bytes
 
 if TYPE_CHECKING:  # torch is imported only when a torch or onnxruntime row is asked for
     from convdsl.bench_torch import TorchNetwork
@@ -70,6 +70,28 @@ class Machine:
 
 
 @dataclass(frozen=True, slots=True)
+class KernelRow:
+    """One native kernel of the llvm backend, from a profiled build (``bench_file(profile=)``):
+    mean wall time per run and what it computes."""
+
+    kernel: str  # the generated function
+    role: str  # its ops ("conv2d+batch_norm+relu"), or "phase split"
+    layer: str
+    line: int
+    ms: float
+    macs: int  # per run; 0 for data movement
+    bytes: int  # activations read and written per run
+
+    @property
+    def gflops(self) -> float:
+        return 2 * self.macs / self.ms / 1e6 if self.ms > 0 else 0.0
+
+    @property
+    def gbytes(self) -> float:
+        return self.bytes / self.ms / 1e6 if self.ms > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class BenchResult:
     file: str
     batch: int
@@ -79,6 +101,7 @@ class BenchResult:
     macs: int  # per batch entry
     machine: Machine
     rows: tuple[Row, ...]
+    kernels: tuple[KernelRow, ...] = ()  # with profile=True
 
     def row(self, backend: str) -> Row:
         return next(r for r in self.rows if r.backend == backend)
@@ -123,9 +146,12 @@ def bench_file(
     threads: int = 2,
     backends: Sequence[str] = BACKENDS,
     seed: int = 0,
+    profile: bool = False,
 ) -> BenchResult:
     """Time ``backends`` on the network in ``path``; the NumPy interpreter is always the
-    reference for differences and speedups, so it runs even when not listed."""
+    reference for differences and speedups, so it runs even when not listed. ``profile``: also
+    time every native kernel of the llvm backend (a separate build with timers around each
+    kernel call, run ``runs`` times after the warm-ups)."""
     if runs < 1 or warmup < 0 or threads < 1 or batch < 1:
         raise error("--runs, --threads and --batch must be >= 1, --warmup >= 0")
     net = compile_file(path, seed=seed)
@@ -140,7 +166,40 @@ def bench_file(
             continue
         rows.append(_bench_backend(name, path, net, inputs, reference, threads, runs, warmup,
                                    numpy_ms, macs * batch))  # fmt: skip
-    return BenchResult(str(path), batch, threads, runs, warmup, macs, machine(), tuple(rows))
+    kernels = profile_llvm(net, inputs, threads, runs, warmup) if profile else ()
+    return BenchResult(
+        str(path), batch, threads, runs, warmup, macs, machine(), tuple(rows), kernels
+    )
+
+
+def profile_llvm(
+    net: Network, inputs: Mapping[str, np.ndarray], threads: int, runs: int, warmup: int
+) -> tuple[KernelRow, ...]:
+    """Mean wall time of every llvm kernel over ``runs`` runs, in the order they run."""
+    from convdsl.api import backend_graph
+    from convdsl.backends.llvm.executable import LlvmExecutable
+    from convdsl.ir.derived import materialize
+
+    graph = backend_graph(net.graph, "llvm")
+    native = LlvmExecutable(graph, materialize(graph, net.weights), threads, profile=True)
+    ids = {graph.values[v].name: v for v in graph.inputs}
+    arrays = {ids[name]: array for name, array in inputs.items()}
+    batch = max(array.shape[0] for array in inputs.values())
+    for _ in range(warmup):
+        native.run(arrays)
+    native.kernel_profile()
+    for _ in range(runs):
+        native.run(arrays)
+    rows = []
+    for worker, ms in native.kernel_profile():
+        split = worker.role == "phase split"
+        read, written = node_traffic(graph, worker.node)
+        traffic = value_bytes(graph, worker.node.inputs[0]) * 2 if split else read + written
+        macs = 0 if split else node_macs(graph, worker.node)
+        span = worker.node.span
+        rows.append(KernelRow(worker.name, worker.role, worker.node.name, span.line,
+                              ms / runs, macs * batch, traffic * batch))  # fmt: skip
+    return tuple(rows)
 
 
 def _bench_backend(
@@ -314,4 +373,24 @@ def report_lines(result: BenchResult) -> list[str]:
         f"after {result.warmup} warm-up",
         "",
         *table,
+        *(profile_lines(result.kernels) if result.kernels else []),
+    ]
+
+
+def profile_lines(kernels: Sequence[KernelRow]) -> list[str]:
+    """The llvm kernels, slowest first: mean ms per run, share, GFLOP/s, GB/s, what and where."""
+    from convdsl.cli import format_table
+
+    total = sum(k.ms for k in kernels) or 1.0
+    rows = [
+        (f"{k.ms:.3f}", f"{100 * k.ms / total:.1f}%", f"{k.gflops:.1f}" if k.macs else "",
+         f"{k.gbytes:.1f}", k.role, f"{k.layer} (line {k.line})", k.kernel)
+        for k in sorted(kernels, key=lambda k: -k.ms)
+    ]  # fmt: skip
+    header = ("ms", "share", "GFLOP/s", "GB/s", "kernel", "layer", "function")
+    return [
+        "",
+        f"llvm kernels, mean of the timed runs (sum {total:.3f} ms; GB/s counts activations "
+        "read and written once):",
+        *format_table(header, rows, (True, True, True, True, False, False, False)),
     ]

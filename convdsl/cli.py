@@ -356,15 +356,19 @@ def cmd_bench(args: argparse.Namespace) -> None:
     Compile FILE and time it in this process on the same seeded inputs and weights with the
     NumPy interpreter, the LLVM backend and, when installed, PyTorch CPU and ONNX Runtime (the
     network converted from the IR): the median of --runs runs after --warmup warm-ups, GFLOP/s,
-    the speedup over the interpreter and the largest output difference from it.
+    the speedup over the interpreter and the largest output difference from it. --profile
+    adds the LLVM backend's kernels, slowest first: time per run, GFLOP/s, GB/s, and the
+    layer and line each one computes.
 
     convdsl bench net.conv --batch 8 --threads 2 --backends numpy,llvm
+    convdsl bench net.conv --backends llvm --profile
     """
     from convdsl import bench  # imports torch/onnxruntime only when benchmarking
 
     backends = bench.parse_backends(args.backends)
     result = bench.bench_file(args.file, batch=args.batch, runs=args.runs, warmup=args.warmup,
-                              threads=args.threads, backends=backends)  # fmt: skip
+                              threads=args.threads, backends=backends,
+                              profile=args.profile)  # fmt: skip
     print("\n".join(bench.report_lines(result)))
 
 
@@ -482,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--backends", default="numpy,llvm,torch,onnxruntime", metavar="LIST",
                        help="comma-separated backends to time (default all: "
                        "numpy,llvm,torch,onnxruntime)")  # fmt: skip
+    bench.add_argument("--profile", action="store_true",
+                       help="also time every native kernel of the llvm backend")  # fmt: skip
     return parser
 
 

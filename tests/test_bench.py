@@ -112,6 +112,33 @@ def test_bench_returns_rows_for_numpy_and_llvm(tiny: Path) -> None:
     assert result.machine.lanes in (4, 8, 16) and result.machine.cores >= 1
 
 
+def test_profile_times_every_kernel_in_run_order(tmp_path: Path) -> None:
+    path = tmp_path / "p.conv"
+    path.write_text(
+        "input x: f32[N, 3, 12, 12]\n"
+        "a = relu(conv2d(x, 8, kernel=3, stride=2, padding=same))\n"
+        "output y = upscale(a, 2, mode=bilinear) + conv2d(x, 8, kernel=1)\n"
+    )
+    result = bench.bench_file(path, runs=3, warmup=1, backends=("llvm",), batch=2, profile=True)
+    kernels = result.kernels
+    graph = convdsl.compile_file(path, backend="llvm").graph
+    # every fused kernel appears, each strided conv after its phase-split copy
+    assert [k.role for k in kernels] == ["phase split", "conv2d+relu", "upscale", "conv2d+add"]
+    names = [node.name for node in graph.nodes]
+    assert [k.layer for k in kernels] == [names[0], *names]
+    assert all(k.ms > 0 for k in kernels)
+    conv = kernels[1]
+    assert conv.macs == 2 * 8 * 3 * 9 * 6 * 6 and conv.line == 2
+    assert conv.gflops == pytest.approx(2 * conv.macs / conv.ms / 1e6)
+    assert kernels[0].macs == 0  # a copy: reported in GB/s only
+    llvm_ms = result.row("llvm").ms
+    assert llvm_ms is not None and sum(k.ms for k in kernels) < 10 * llvm_ms
+    lines = bench.report_lines(result)
+    table = lines[lines.index(next(line for line in lines if line.startswith("llvm kernels"))) :]
+    assert table[1].split()[:5] == ["ms", "share", "GFLOP/s", "GB/s", "kernel"]
+    assert len(table) == 3 + len(kernels)
+
+
 def test_bench_torch_row_matches_interpreter(tiny: Path) -> None:
     result = bench.bench_file(tiny, runs=1, warmup=0, backends=("numpy", "torch"))
     torch_row = result.row("torch")

@@ -29,10 +29,10 @@ import numpy as np
 from convdsl.backends.llvm.emit_transpose_phase import pack_transposed
 from convdsl.backends.llvm.jit import Jit
 from convdsl.backends.llvm.kernel import pack_weight
-from convdsl.backends.llvm.lower import ENTRY, PROFILE, lower_graph
+from convdsl.backends.llvm.lower import ENTRY, PROFILE, Worker, lower_graph
 from convdsl.backends.llvm.parallel import load_libgomp
 from convdsl.backends.llvm.target import host_target
-from convdsl.ir.graph import Graph, Node
+from convdsl.ir.graph import Graph
 from convdsl.ir.types import bind_shape
 
 Array = np.ndarray
@@ -67,7 +67,7 @@ class LlvmExecutable:
         self._run = _RUN(self.jit.address(ENTRY))
         self._profile = None
         if profile:
-            count = len(self._lowered.kernels)
+            count = len(self._lowered.workers)
             address = self.jit.engine.get_global_value_address(PROFILE)
             self._profile = (ctypes.c_int64 * count).from_address(address)
         self.bind(params)
@@ -85,16 +85,14 @@ class LlvmExecutable:
         ]
         self._param_table = _pointer_table(self._params)
 
-    def kernel_profile(self) -> list[tuple[str, Node, float]]:
-        """``(worker, node, ms)`` per kernel: wall time summed over the runs since the last
-        call (compiled with ``profile=True``), then the counters restart from zero."""
+    def kernel_profile(self) -> list[tuple[Worker, float]]:
+        """``(worker, ms)`` per kernel, in run order: wall time summed over the runs since the
+        last call (compiled with ``profile=True``), then the counters restart from zero."""
         if self._profile is None:
             raise ValueError("compiled without profile=True")
         times = [ns / 1e6 for ns in self._profile]
         ctypes.memset(self._profile, 0, ctypes.sizeof(self._profile))
-        return [
-            (name, node, ms) for (name, node), ms in zip(self._lowered.kernels, times, strict=True)
-        ]
+        return list(zip(self._lowered.workers, times, strict=True))
 
     @property
     def llvm_ir(self) -> str:

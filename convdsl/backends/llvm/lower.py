@@ -141,7 +141,7 @@ class ModuleBuilder:
         self.lanes = lanes
         self.threads = threads
         self.profile = profile
-        self.kernels: list[tuple[str, Node]] = []  # worker name, the node it computes
+        self.workers: list[Worker] = []
         self.module = ir.Module(name=graph.name)
         names = [*graph.params, *graph.derived]
         self.param_index = {name: index for index, name in enumerate(names)}
@@ -207,15 +207,19 @@ class ModuleBuilder:
         anchor = parts(node)[0]
         split = self._split(anchor)
         if split is not None:
-            copy = self._worker(f"{name}_split", node, lambda k: split_kernel(k, anchor, split))
+            copy = self._worker(
+                f"{name}_split", node, lambda k: split_kernel(k, anchor, split), "phase split"
+            )
             return [copy, self._worker(name, node, lambda k: self._conv_kernel(k, node, split))]
         if node.op in KERNELS:
             return [self._worker(name, node, lambda k: KERNELS[node.op](k, node))]
         return [self._worker(name, node, lambda k: self._points(k, node))]
 
-    def _worker(self, name: str, node: Node, body: Callable[[KernelBuilder], None]) -> ir.Function:
+    def _worker(
+        self, name: str, node: Node, body: Callable[[KernelBuilder], None], role: str = ""
+    ) -> ir.Function:
         worker = ir.Function(self.module, WORKER_TYPE, name)
-        self.kernels.append((name, node))
+        self.workers.append(Worker(name, node, role or _describe(node)))
         worker.attributes.add("nounwind")
         _frame_pointer(worker)
         builder = ir.IRBuilder(worker.append_basic_block("entry"))
@@ -483,8 +487,21 @@ def _frame_pointer(function: ir.Function) -> None:
     set.add(function.attributes, '"frame-pointer"="all"')
 
 
+def _describe(node: Node) -> str:
+    return "+".join(part.op for part in parts(node))
+
+
 def _ident(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name)
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One outlined kernel function, in the order the entry calls them."""
+
+    name: str
+    node: Node  # the node (or part of a fused node) it computes
+    role: str  # its ops ("conv2d+relu"), or "phase split" for a strided conv's input copy
 
 
 @dataclass(frozen=True)
@@ -497,7 +514,7 @@ class Lowered:
     params: tuple[str, ...]
     packings: dict[str, tuple[str, int]]
     arena_bytes: int
-    kernels: tuple[tuple[str, Node], ...]  # worker name and node, in the order they run
+    workers: tuple[Worker, ...]
 
 
 def lower_graph(graph: Graph, lanes: int, threads: int, profile: bool = False) -> Lowered:
@@ -507,5 +524,5 @@ def lower_graph(graph: Graph, lanes: int, threads: int, profile: bool = False) -
     module = builder.build()
     names = sorted(builder.param_index, key=builder.param_index.__getitem__)
     return Lowered(
-        module, tuple(names), builder.packings, builder.arena_bytes, tuple(builder.kernels)
+        module, tuple(names), builder.packings, builder.arena_bytes, tuple(builder.workers)
     )
