@@ -9,6 +9,7 @@ unsupported ops are compile-time errors naming the op and its line, and target d
 from __future__ import annotations
 
 import ctypes
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from llvmlite import ir
 
 import convdsl
 from convdsl.backends.llvm import lower
-from convdsl.backends.llvm.conv_schedule import flat_pointwise
+from convdsl.backends.llvm.conv_schedule import flat_pointwise, row_segments
 from convdsl.backends.llvm.executable import LlvmExecutable, aligned_empty
 from convdsl.backends.llvm.jit import Jit
 from convdsl.backends.llvm.loops import F32P, I64, VOID, for_range, gep, loop_nest
@@ -495,6 +496,33 @@ def conv_configs(draw: st.DrawFn) -> str:
         f"output y = {op}{rank}d(x, {out}, kernel={kernel}, stride={stride}, dilation={dilation}, "
         f"padding={padding if op == 'conv' else 'valid'}, groups={groups}, activation={activation})"
     )
+
+
+@given(st.integers(1, 300), st.integers(1, 4), st.integers(-3, 40), st.integers(0, 300))
+def test_row_segments_cover_the_row_with_even_tiles(
+    width: int, vectors: int, lo: int, hi: int
+) -> None:
+    lanes = 8
+    tiles = []  # (start, vectors, masked, valid) of every tile, in order
+    for segment in row_segments(width, lo, hi, vectors, lanes):
+        size = len(segment.masked)
+        for start in range(segment.start, segment.stop, size * lanes):
+            tiles.append((start, size, segment.masked, segment.valid))
+    count = -(-width // lanes)
+    assert [t[0] for t in tiles] == list(
+        itertools.accumulate([0] + [t[1] * lanes for t in tiles[:-1]])
+    )
+    assert sum(t[1] for t in tiles) == count
+    sizes = [t[1] for t in tiles]
+    # as few tiles as the width allows, as even as possible (no needless one-vector tile)
+    assert len(tiles) == -(-count // vectors) and max(sizes) - min(sizes) <= 1
+    for index, (start, size, masked, valid) in enumerate(tiles):
+        end = start + size * lanes
+        assert (valid is not None) == (index == len(tiles) - 1 and end > width)
+        if valid is not None:
+            assert valid == width - (end - lanes) and masked[-1]
+        for v in range(size - (valid is not None)):
+            assert masked[v] == (not lo <= start + v * lanes < hi)
 
 
 def test_pointwise_convs_flatten_only_narrow_rows() -> None:

@@ -42,7 +42,8 @@ def conv_schedule(
     per_group = a["out_channels"] // a["groups"]
     group_in = graph.type_of(node.inputs[0]).channels // a["groups"]
     width = sizes[-1]
-    vectors = max(1, min(MAX_VECTORS, -(-width // lanes)))
+    count = -(-width // lanes)  # vectors per row; row_segments spreads them evenly on tiles
+    vectors = -(-count // -(-count // MAX_VECTORS))
     block = next(b for b in (12, 8, 6, 4, 3, 2, 1) if per_group % b == 0 and b * vectors <= 12)
     if block * vectors < ACCUMULATORS // 2:  # few channels (depthwise): widen the tile instead
         vectors = max(vectors, min(ACCUMULATORS // block, 4, -(-width // lanes)))
@@ -95,7 +96,8 @@ def interior_range(node: Node, in_size: int, lanes: int) -> tuple[int, int]:
 @dataclass(frozen=True)
 class Segment:
     """Tile starts ``range(start, stop, len(masked) * lanes)`` of an output row; ``masked[v]``:
-    vector ``v`` of the tile touches the border; ``valid``: a final partial vector."""
+    vector ``v`` of the tile touches the border; ``valid``: the segment is one tile whose last
+    vector is partial, only its first ``valid`` lanes exist."""
 
     start: int
     stop: int
@@ -104,26 +106,26 @@ class Segment:
 
 
 def row_segments(width: int, lo: int, hi: int, vectors: int, lanes: int) -> list[Segment]:
-    """Cover a row of ``width`` outputs with tiles of ``vectors`` vectors, then one narrower
-    tile, then a partial vector; a vector is masked unless its start is in ``[lo, hi)`` (the
-    interior). Consecutive tiles with the same masks form one loop."""
+    """Cover a row of ``width`` outputs with tiles of at most ``vectors`` vectors, the last
+    vector possibly partial. Tiles are as even as possible (7 vectors: 3, 2, 2), because a
+    tile of one vector has too few accumulators to hide the FMA latency. A vector is masked
+    unless its start is in ``[lo, hi)`` (the interior); consecutive tiles of the same shape
+    form one loop."""
+    count = -(-width // lanes)  # vectors in the row, the last maybe partial
+    tiles = -(-count // vectors)
+    sizes = [count // tiles + (t < count % tiles) for t in range(tiles)]
     segments: list[Segment] = []
-    size = vectors * lanes
-
-    def add(start: int, count: int) -> None:
-        masked = tuple(not lo <= start + v * lanes < hi for v in range(count))
+    start = 0
+    for size in sizes:
+        end = start + size * lanes
+        masked = tuple(not lo <= start + v * lanes < hi for v in range(size))
+        valid = width - (end - lanes) if end > width else None
         last = segments[-1] if segments else None
-        if last and last.valid is None and last.masked == masked and last.stop == start:
-            segments[-1] = dataclasses.replace(last, stop=start + count * lanes)
+        if valid is not None:
+            masked = (*masked[:-1], True)
+        if last and valid is None and last.valid is None and last.masked == masked:
+            segments[-1] = dataclasses.replace(last, stop=end)
         else:
-            segments.append(Segment(start, start + count * lanes, masked))
-
-    for start in range(0, width - size + 1, size):
-        add(start, vectors)
-    start = width // size * size
-    if (width - start) // lanes:
-        add(start, (width - start) // lanes)
-        start += (width - start) // lanes * lanes
-    if start < width:
-        segments.append(Segment(start, start + 1, (True,), valid=width - start))
+            segments.append(Segment(start, end, masked, valid))
+        start = end
     return segments

@@ -132,8 +132,7 @@ def emit_conv_tile(
     if resume is not None:
         flag, partial = resume
         with b.if_then(flag):
-            for v in range(vectors):
-                at = dataclasses.replace(point, w=b.add(point.w, i64(v * lanes)))
+            for v, at in enumerate(tile_vectors(b, point, vectors)):
                 for j, value in enumerate(k.operand_at(partial, at)):
                     b.store(value, accumulators[j][v])
 
@@ -176,6 +175,19 @@ def emit_conv_tile(
     outer_taps(0, i64(0), i64(0))
 
     return [[b.load(accumulators[j][v]) for j in range(block)] for v in range(vectors)]
+
+
+def tile_vectors(b: ir.IRBuilder, point: Point, count: int) -> list[Point]:
+    """The points of a tile's ``count`` vectors from ``point``; a partial vector
+    (``point.valid``) is the last."""
+    return [
+        dataclasses.replace(
+            point,
+            w=b.add(point.w, i64(v * point.lanes)),
+            valid=point.valid if v == count - 1 else None,
+        )
+        for v in range(count)
+    ]
 
 
 def finish_tile(

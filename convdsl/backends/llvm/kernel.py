@@ -56,7 +56,9 @@ class Point:
     outer: tuple[ir.Value, ...]
     w: ir.Value
     lanes: int
-    valid: int | None = None  # a tail point: only lanes < valid exist (loads/stores masked)
+    # A tail point: only lanes < valid exist (loads/stores masked). For a register tile's
+    # point (several vectors from ``w``), the partial vector is the tile's last.
+    valid: int | None = None
 
 
 def spatial_of(t: TensorType) -> tuple[int, ...]:

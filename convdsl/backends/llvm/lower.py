@@ -317,11 +317,11 @@ class ModuleBuilder:
             resume = (b.icmp_signed(">", chunk, i64(0)), node.output) if chunks > 1 else None
             finished = b.icmp_signed("==", chunk, i64(chunks - 1))
             for segment in segments:
-                lanes = self.lanes
+                lanes, masked, stop = self.lanes, segment.masked, segment.stop
                 if segment.valid is not None and not masked_tail:
-                    lanes = 1  # a tail some part cannot mask: one element at a time
-                step = len(segment.masked) * lanes
-                stop = width if lanes == 1 else segment.stop
+                    # a tail some part cannot mask: one element at a time
+                    lanes, masked, stop = 1, (True,), width
+                step = len(masked) * lanes
                 with (
                     for_range(b, segment.start, stop, step, name="w") as w,
                     for_range(b, 0, plan.group, name="block") as block,
@@ -329,7 +329,7 @@ class ModuleBuilder:
                     channel = b.mul(b.add(b.mul(group, i64(plan.group)), block), i64(plan.block))
                     valid = segment.valid if lanes > 1 else None
                     point = Point(n, channel, plan.block, tuple(outer), w, lanes, valid=valid)
-                    masked = segment.masked if split is None else (False,) * len(segment.masked)
+                    masked = masked if split is None else (False,) * len(masked)
                     sums = TILE_EMITTERS[anchor.op](
                         k, anchor, point, masked, (ci_lo, ci_hi), resume, split
                     )
@@ -349,11 +349,12 @@ class ModuleBuilder:
         after an earlier one: store the partial sums into the output."""
         b = k.builder
 
+        at = emit_conv_tile.tile_vectors(b, point, len(sums))
+
         def done() -> None:
             results = emit_conv_tile.finish_tile(k, anchor, point, sums)
-            for v, vectors in enumerate(results):
-                at = dataclasses.replace(point, w=b.add(point.w, i64(v * point.lanes)))
-                self._point(k, node, at, {anchor.output: vectors})
+            for where, vectors in zip(at, results, strict=True):
+                self._point(k, node, where, {anchor.output: vectors})
 
         if not chunked:
             done()
@@ -362,9 +363,8 @@ class ModuleBuilder:
             with then:
                 done()
             with otherwise:
-                for v, vectors in enumerate(sums):
-                    at = dataclasses.replace(point, w=b.add(point.w, i64(v * point.lanes)))
-                    k.store(node.output, at, vectors)
+                for where, vectors in zip(at, sums, strict=True):
+                    k.store(node.output, where, vectors)
 
     def _point(self, k: KernelBuilder, node: Node, point: Point, made: dict | None = None) -> None:
         """Emit the kernel's parts at ``point`` and store its output; ``made`` holds values
