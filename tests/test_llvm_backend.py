@@ -187,6 +187,15 @@ CONVS = {
     "flat_pointwise_chunked_tail": (
         "input x: f32[N, 100, 7, 7]\noutput y = conv2d(x, 8, kernel=1, activation=tanh)"
     ),
+    # Tiles spanning whole groups (depthwise, small groups): each channel reads its own group.
+    "tile_spans_groups_depthwise": (
+        "input x: f32[N, 6, 9, 21]\n"
+        "output y = depthwise2d(x, kernel=3, multiplier=2, padding=same, activation=relu)"
+    ),
+    "tile_spans_groups_grouped": (
+        "input x: f32[N, 8, 5, 30]\ninput s: f32[N, 12, 5, 30]\n"
+        "output y = conv2d(x, 12, kernel=[3, 5], groups=4, padding=same) + s"
+    ),
     # Input channels in chunks (conv_schedule): partial sums wait in the output, the last
     # chunk adds bias and activation; a fused skip-add is read only after the last chunk.
     "chunked_channels_fused_add": (

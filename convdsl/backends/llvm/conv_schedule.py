@@ -27,7 +27,7 @@ ITEMS_PER_THREAD = 4  # work items per thread at least, for balance
 
 @dataclass(frozen=True, slots=True)
 class ConvSchedule:
-    block: int  # output channels per tile (divides a group's output channels)
+    block: int  # output channels per tile: divides a group's, or is a multiple of them
     vectors: int  # native vectors per tile along the last axis
     chunk: int  # input channels per chunk
     group: int  # channel blocks per work item
@@ -44,7 +44,13 @@ def conv_schedule(
     width = sizes[-1]
     count = -(-width // lanes)  # vectors per row; row_segments spreads them evenly on tiles
     vectors = -(-count // -(-count // MAX_VECTORS))
-    block = next(b for b in (12, 8, 6, 4, 3, 2, 1) if per_group % b == 0 and b * vectors <= 12)
+    out_channels = a["out_channels"]
+
+    def fits(b: int) -> bool:  # a tile's channels: within one group, or whole groups
+        spans = per_group % b == 0 or (b % per_group == 0 and out_channels % b == 0)
+        return spans and b * vectors <= ACCUMULATORS
+
+    block = next(b for b in (12, 8, 6, 4, 3, 2, 1) if fits(b))
     if block * vectors < ACCUMULATORS // 2:  # few channels (depthwise): widen the tile instead
         vectors = max(vectors, min(ACCUMULATORS // block, 4, -(-width // lanes)))
     limit = max(8, CHUNK_ROWS // math.prod(a["kernel"][:-1]))

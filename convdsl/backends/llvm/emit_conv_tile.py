@@ -1,8 +1,11 @@
 """Direct convolution as a register tile (1-D/2-D/3-D, grouped, depthwise, strided, dilated).
 
-A tile is ``block`` output channels (one group) times ``vectors`` native vectors of consecutive
-outputs on the last spatial axis: ``block * vectors`` accumulators (about 12, so that with the
-input vectors and one broadcast weight the tile stays in AVX2's 16 registers without spills).
+A tile is ``block`` output channels times ``vectors`` native vectors of consecutive outputs on
+the last spatial axis: ``block * vectors`` accumulators (about 12, so that with the input
+vectors and one broadcast weight the tile stays in AVX2's 16 registers without spills). The
+channels are in one group, or span whole groups when groups are small (depthwise: 4 channels of
+4 groups), each loading its own group's input: a depthwise tile of one channel had too few
+accumulators to hide the FMA latency.
 For every valid outer tap (a runtime range per axis, so rows near a border simply run fewer taps)
 and every input channel of the group, the taps on the last axis are unrolled: each loads
 ``vectors`` input vectors and broadcasts ``block`` weights, then ``block * vectors`` FMAs.
@@ -112,8 +115,14 @@ def emit_conv_tile(
 
     weight = k.packed_param(node.param("weight"), block)
     weight = gep(b, weight, b.mul(b.udiv(point.c, i64(block)), i64(group_in * taps * block)))
-    group = b.udiv(point.c, i64(per_group))
-    x_group = gep(b, x_entry, b.mul(group, i64(group_in * channel_stride)))
+    # A tile's channels are in one group, or (depthwise and small groups) span whole groups:
+    # channel j then reads input group ``first_group + j // per_group``.
+    spans = max(1, block // per_group)
+    first_group = b.udiv(point.c, i64(per_group))
+    x_groups = [
+        gep(b, x_entry, b.mul(b.add(first_group, i64(t)), i64(group_in * channel_stride)))
+        for t in range(spans)
+    ]
 
     # Lane masks of every (tap, vector) load, once per tile (the phase-split copy needs none).
     masks: dict[tuple[int, int], ir.Value] = {}
@@ -153,21 +162,27 @@ def emit_conv_tile(
             )
 
     def channel_loop(row: ir.Value, tap_flat: ir.Value) -> None:
-        row_base = gep(b, x_group, b.add(row, first))
+        row_bases = [gep(b, x_group, b.add(row, first)) for x_group in x_groups]
         weight_base = gep(b, weight, b.mul(tap_flat, i64(block)))
         with for_range(b, channels[0], channels[1], name="ci") as ci:
-            x_row = gep(b, row_base, b.mul(ci, i64(channel_stride)))
+            x_rows = [gep(b, base, b.mul(ci, i64(channel_stride))) for base in row_bases]
             w_row = gep(b, weight_base, b.mul(ci, i64(taps * block)))
             values = [[b.load(acc) for acc in row_accs] for row_accs in accumulators]
             for tap in range(kernel[-1]):
                 xs = [
-                    load_row(b, gep(b, x_row, reach[tap] + v * lanes), lanes, masks.get((tap, v)))
-                    for v in range(vectors)
+                    [
+                        load_row(
+                            b, gep(b, x_row, reach[tap] + v * lanes), lanes, masks.get((tap, v))
+                        )
+                        for v in range(vectors)
+                    ]
+                    for x_row in x_rows
                 ]
                 for j in range(block):
                     w = splat(b, b.load(gep(b, w_row, tap * block + j)), lanes)
+                    x = xs[j // per_group if spans > 1 else 0]
                     for v in range(vectors):
-                        values[j][v] = fma(b, xs[v], w, values[j][v])
+                        values[j][v] = fma(b, x[v], w, values[j][v])
             for row_accs, row_values in zip(accumulators, values, strict=True):
                 for acc, value in zip(row_accs, row_values, strict=True):
                     b.store(value, acc)
