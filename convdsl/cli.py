@@ -388,7 +388,9 @@ def _add_backend_options(parser: argparse.ArgumentParser) -> None:
     """--backend NAME and --threads N, shared by check and run."""
     backends = " or ".join(BACKENDS)
     parser.add_argument("--backend", choices=BACKENDS, default=BACKENDS[0],
-                        help=f"where to run: {backends} (default {BACKENDS[0]})")  # fmt: skip
+                        help=f"where to run: {backends} (default {BACKENDS[0]}); llvm "
+                        "caches its machine code in $CONVDSL_CACHE_DIR or ~/.cache/convdsl "
+                        "(CONVDSL_CACHE_DIR=off disables)")  # fmt: skip
     parser.add_argument("--threads", type=_positive, default=2, metavar="N",
                         help="threads of the llvm backend (default 2)")  # fmt: skip
 

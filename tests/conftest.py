@@ -18,6 +18,21 @@ import convdsl
 from convdsl import Network
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_code_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The llvm backend's code cache in a fresh directory per test session, never the user's
+    (subprocesses inherit it through the environment)."""
+    import os
+
+    saved = os.environ.get("CONVDSL_CACHE_DIR")
+    os.environ["CONVDSL_CACHE_DIR"] = str(tmp_path_factory.mktemp("code_cache"))
+    yield
+    if saved is None:
+        del os.environ["CONVDSL_CACHE_DIR"]
+    else:
+        os.environ["CONVDSL_CACHE_DIR"] = saved
+
+
 def random_weights(net: Network, seed: int = 0) -> dict[str, np.ndarray]:
     """Random arrays for every parameter; batch-norm variances positive, so nothing is trivial
     (the network's own init makes batch norm the identity)."""

@@ -604,3 +604,65 @@ def test_upscore8_runs_phase_split_with_packed_weights() -> None:
     lowered = lower.lower_graph(net.graph, host_target().lanes, threads=2)
     assert lowered.packings == {"y.weight@tpack7": ("y.weight", 7)}
     assert_matches(src, batches=(1,))
+
+
+# ---- the compiled-code cache (object_cache) -------------------------------------------------
+
+CACHED = (
+    "input x: f32[N, 5, 9, 11]\noutput y = relu(conv2d(x, 6, kernel=3, stride=2, padding=same))"
+)
+
+
+def test_a_second_build_loads_the_cached_code_and_computes_the_same_bits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVDSL_CACHE_DIR", str(tmp_path))
+    net = convdsl.compile_string(CACHED)
+    params = materialize(net.graph, net.weights)
+    first = LlvmExecutable(net.graph, params, threads=2, profile=True)
+    second = LlvmExecutable(net.graph, params, threads=2, profile=True)
+    other_threads = LlvmExecutable(net.graph, params, threads=1)
+    assert not first.jit.cached and second.jit.cached and not other_threads.jit.cached
+    assert len(list(tmp_path.glob("*.o"))) == 2  # one entry per distinct module
+    x = net.random_inputs(seed=1, batch=3)["x"]
+    (x_id,), ((_, y_id),) = net.graph.inputs, net.graph.outputs
+    np.testing.assert_array_equal(second.run({x_id: x})[y_id], first.run({x_id: x})[y_id])
+    np.testing.assert_allclose(second.run({x_id: x})[y_id], net(x=x)["y"], rtol=1e-4, atol=1e-5)
+    assert all(ms > 0 for _, ms in second.kernel_profile())  # globals resolve in cached code
+
+
+def test_a_damaged_cache_entry_is_a_miss_and_is_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVDSL_CACHE_DIR", str(tmp_path))
+    net = convdsl.compile_string(CACHED)
+    params = materialize(net.graph, net.weights)
+    LlvmExecutable(net.graph, params, threads=2)
+    (entry,) = tmp_path.glob("*.o")
+    good = entry.read_bytes()
+    for damaged in (good[: len(good) // 2], good[:32] + b"\0" * (len(good) - 32), b""):
+        entry.write_bytes(damaged)
+        rebuilt = LlvmExecutable(net.graph, params, threads=2)
+        assert not rebuilt.jit.cached and entry.read_bytes() == good
+        x = net.random_inputs(seed=2)["x"]
+        (x_id,), ((_, y_id),) = net.graph.inputs, net.graph.outputs
+        np.testing.assert_allclose(
+            rebuilt.run({x_id: x})[y_id], net(x=x)["y"], rtol=1e-4, atol=1e-5
+        )
+
+
+@pytest.mark.parametrize("setting", ["off", "", "file"])
+def test_the_cache_can_be_off_or_unusable(
+    setting: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "not_a_directory"
+    blocker.write_text("a file where the cache directory would go")
+    monkeypatch.setenv(
+        "CONVDSL_CACHE_DIR", str(blocker / "cache") if setting == "file" else setting
+    )
+    net = convdsl.compile_string(CACHED)
+    params = materialize(net.graph, net.weights)
+    for _ in range(2):
+        native = LlvmExecutable(net.graph, params, threads=2)
+        assert not native.jit.cached
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_directory"]

@@ -1,7 +1,10 @@
 """The LLVM backend: the optimized graph lowered to one JIT-compiled native function.
 
-``target`` detects the host CPU, ``jit`` compiles, ``loops`` holds the IR-building helpers,
-``parallel`` the libgomp threading runtime, ``kernel`` the point model every op emitter works
-in, ``emit_*`` one module per op kind, ``lower`` the whole-graph lowering and ``executable`` the
-runnable result. Selected with ``backend="llvm"`` in ``convdsl.api`` (see docs/backends.md).
+``target`` detects the host CPU, ``jit`` compiles (``object_cache`` keeps the machine code
+on disk), ``loops`` holds the IR-building helpers, ``parallel`` the libgomp threading runtime,
+``kernel`` the point model every op emitter works in, ``emit_*`` one module per op kind
+(``emit_conv_tile`` the convolution register tile, ``conv_schedule`` how a convolution walks
+its output, ``phase_split`` the input copy of strided convolutions), ``lower`` the whole-graph
+lowering, ``executable`` the runnable result and ``inspect`` what ``convdsl ir --llvm/--asm``
+prints. Selected with ``backend="llvm"`` in ``convdsl.api`` (see docs/backends.md).
 """

@@ -41,7 +41,7 @@ def kernel_assembly(graph: Graph, threads: int, kernel: str) -> str:
             f"--asm {kernel}: no kernel of that name",
             hint=f"the kernels are: {', '.join(names)}",
         )
-    assembly = Jit(module, target).assembly()
+    assembly = Jit(module, target, cache=False).assembly()
     return "".join(_function_text(assembly, name) for name in chosen)
 
 

@@ -12,6 +12,7 @@ from functools import cache
 import llvmlite.binding as llvm
 from llvmlite import ir
 
+from convdsl.backends.llvm import object_cache
 from convdsl.backends.llvm.target import Target, host_target
 
 
@@ -41,25 +42,44 @@ def optimize(module: llvm.ModuleRef, machine: llvm.TargetMachine) -> None:
 
 
 class Jit:
-    """One compiled module: ``address(name)`` gives a function's entry point."""
+    """One compiled module: ``address(name)`` gives a function's entry point.
 
-    def __init__(self, module: ir.Module, target: Target | None = None) -> None:
+    With ``cache`` (the default), the machine code comes from the on-disk cache when this
+    module text was compiled for this target before (``object_cache``); ``cached`` says so.
+    """
+
+    def __init__(self, module: ir.Module, target: Target | None = None, cache: bool = True) -> None:
         initialize()
         self.target = target or host_target()
         self.machine = target_machine(self.target)
         module.triple = self.target.triple
         module.data_layout = str(self.machine.target_data)
         self.llvm_ir = str(module)
+        key = object_cache.cache_key(self.llvm_ir, self.target) if cache else None
+        code = object_cache.load(key) if key else None
+        self.cached = code is not None
+        if code is not None:
+            self.module = llvm.parse_assembly("")
+            self.engine = llvm.create_mcjit_compiler(self.module, self.machine)
+            self.engine.add_object_file(llvm.ObjectFileRef.from_data(code))
+            self.engine.finalize_object()
+            return
         parsed = llvm.parse_assembly(self.llvm_ir)
         parsed.verify()
         optimize(parsed, self.machine)
         self.module = parsed
         self.engine = llvm.create_mcjit_compiler(parsed, self.machine)
+        compiled: list[bytes] = []
+        self.engine.set_object_cache(lambda _module, data: compiled.append(data))
         self.engine.finalize_object()
         self.engine.run_static_constructors()
+        if key and compiled:
+            object_cache.store(key, compiled[0])
 
     def address(self, name: str) -> int:
         return int(self.engine.get_function_address(name))
 
     def assembly(self) -> str:
+        if self.cached:
+            raise ValueError("the machine code came from the cache: compile with cache=False")
         return str(self.machine.emit_assembly(self.module))

@@ -1,0 +1,75 @@
+"""Compiled machine code on disk, keyed by what was compiled.
+
+LLVM's optimizer and code generator are most of the time it takes to build an llvm network
+(FCN-8s: about 4 of 5 s). The object code they make depends only on the LLVM module text, the
+target (triple, CPU, features) and the LLVM that compiled it, so those, hashed, name a cache
+entry: a hit loads the object file instead of compiling, a miss compiles and stores it (after
+a SHA-256 of the object, so a damaged file reads as a miss). A hit
+can never be stale: any change to the network, the weights' layout, the backend's code
+generation or the machine changes the module text or the target, hence the key. Weights are not
+part of the code (the entry function reads them through a pointer table).
+
+The cache lives in ``$CONVDSL_CACHE_DIR`` if set (empty or ``off`` turns it off), else
+``$XDG_CACHE_HOME/convdsl`` or ``~/.cache/convdsl``. Entries are written atomically (a
+temporary file renamed into place); an unreadable, unwritable or damaged cache only costs a
+compile, never an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import llvmlite
+
+from convdsl.backends.llvm.target import Target
+
+CACHE_ENV = "CONVDSL_CACHE_DIR"
+OFF = ("", "off", "0")
+
+
+def cache_dir() -> Path | None:
+    """Where entries go, or ``None`` when caching is off."""
+    chosen = os.environ.get(CACHE_ENV)
+    if chosen is not None:
+        return None if chosen.strip().lower() in OFF else Path(chosen)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "convdsl"
+
+
+def cache_key(llvm_ir: str, target: Target) -> str:
+    digest = hashlib.sha256()
+    for part in (llvmlite.__version__, target.triple, target.cpu, target.features, llvm_ir):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def load(key: str) -> bytes | None:
+    """The object code stored under ``key``, or ``None`` (no entry, caching off, unreadable)."""
+    directory = cache_dir()
+    if directory is None:
+        return None
+    try:
+        entry = (directory / f"{key}.o").read_bytes()
+    except OSError:
+        return None
+    # A checksum first: a truncated or damaged file is a miss, never fed to the linker.
+    checksum, data = entry[:32], entry[32:]
+    return data if data and hashlib.sha256(data).digest() == checksum else None
+
+
+def store(key: str, data: bytes) -> None:
+    """Keep ``data`` under ``key``; failures (read-only home, full disk) are ignored."""
+    directory = cache_dir()
+    if directory is None or not data:
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as handle:
+            handle.write(hashlib.sha256(data).digest() + data)
+        os.replace(handle.name, directory / f"{key}.o")
+    except OSError:
+        return
