@@ -3,8 +3,7 @@
 ``bench_file`` compiles a ``.conv`` file once and times, in this process, on the same seeded
 inputs and the same weights: the NumPy interpreter, the LLVM backend and, when installed,
 PyTorch CPU and ONNX Runtime running the network converted from the IR (``bench_torch``). Each
-backend gets ``warmup`` untimed runs, then ``runs`` timed ones, in rounds of one run of every
-backend (``_time_rounds``); a row holds the median, GFLOP/s
+backend gets ``warmup`` untimed runs, then ``runs`` timed ones; a row holds the median, GFLOP/s
 (2 * MACs * batch / time), the speedup over the interpreter and the largest absolute difference
 of any output from the interpreter's. The rows are data, so tests check them without timing.
 
@@ -158,28 +157,18 @@ def bench_file(
     net = compile_file(path, seed=seed)
     inputs = net.random_inputs(seed=seed, batch=batch)
     reference = net(inputs)
-    macs = graph_macs(net.graph) * batch
-    names = list(dict.fromkeys(["numpy", *backends]))
-    runners: dict[str, Runner] = {"numpy": lambda: net(inputs)}
-    prepared: dict[str, tuple[float, float]] = {"numpy": (0.0, 0.0)}  # max diff, setup s
-    unavailable: dict[str, str] = {}
-    for name in names[1:]:
-        try:
-            runners[name], prepared[name] = _prepare(name, path, net, inputs, reference, threads)
-        except Unavailable as exc:
-            unavailable[name] = str(exc)
-    times = _time_rounds(runners, runs, warmup)
+    macs = graph_macs(net.graph)
+    numpy_ms = _time(lambda: net(inputs), runs, warmup)
     rows = []
     for name in backends:
-        if name in unavailable:
-            rows.append(Row(name, unavailable[name]))
+        if name == "numpy":
+            rows.append(_row(name, numpy_ms, numpy_ms, 0.0, None, macs * batch))
             continue
-        diff, setup_s = prepared[name]
-        setup = None if name == "numpy" else setup_s
-        rows.append(_row(name, times[name], times["numpy"], diff, setup, macs))
+        rows.append(_bench_backend(name, path, net, inputs, reference, threads, runs, warmup,
+                                   numpy_ms, macs * batch))  # fmt: skip
     kernels = profile_llvm(net, inputs, threads, runs, warmup) if profile else ()
     return BenchResult(
-        str(path), batch, threads, runs, warmup, macs // batch, machine(), tuple(rows), kernels
+        str(path), batch, threads, runs, warmup, macs, machine(), tuple(rows), kernels
     )
 
 
@@ -213,23 +202,30 @@ def profile_llvm(
     return tuple(rows)
 
 
-def _prepare(
+def _bench_backend(
     name: str,
     path: str | Path,
     net: Network,
     inputs: Mapping[str, np.ndarray],
     reference: Outputs,
     threads: int,
-) -> tuple[Runner, tuple[float, float]]:
-    """The backend's runner, its max difference from the interpreter and its setup seconds;
-    ``Unavailable`` if it cannot run here."""
+    runs: int,
+    warmup: int,
+    numpy_ms: float,
+    macs: int,
+) -> Row:
     for module in _IMPORTS[name]:  # imported first: "setup s" is compile/convert/export only
         if importlib.util.find_spec(module) is not None:
             importlib.import_module(module)
+    time.sleep(0.1)  # lets the previous backend's worker threads stop spinning
     start = time.perf_counter()
-    run = PREPARE[name](path, net, inputs, threads)
+    try:
+        run = PREPARE[name](path, net, inputs, threads)
+    except Unavailable as exc:
+        return Row(name, str(exc))
     setup_s = time.perf_counter() - start
-    return run, (max_abs_diff(run(), reference), setup_s)
+    diff = max_abs_diff(run(), reference)
+    return _row(name, _time(run, runs, warmup), numpy_ms, diff, setup_s, macs)
 
 
 def _row(
@@ -243,21 +239,16 @@ def max_abs_diff(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) 
     return max((float(np.abs(got[k] - want[k]).max(initial=0.0)) for k in want), default=0.0)
 
 
-def _time_rounds(runners: Mapping[str, Runner], runs: int, warmup: int) -> dict[str, float]:
-    """Median milliseconds of ``runs`` calls of each runner after ``warmup`` untimed ones,
-    timed in rounds (every backend once per round), so that a burst of load from elsewhere on
-    a shared machine slows every backend alike instead of the one that happened to be timed.
-    A short pause before each call lets the previous backend's worker threads stop spinning."""
-    pause = 0.05 if len(runners) > 1 else 0.0
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for index in range(warmup + runs):
-        for name, run in runners.items():
-            time.sleep(pause)
-            start = time.perf_counter()
-            run()
-            if index >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(samples) for name, samples in times.items()}
+def _time(run: Runner, runs: int, warmup: int) -> float:
+    """Median milliseconds of ``runs`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
 
 
 # ---- backends: each prepares a runner that maps the network's inputs to named outputs -----

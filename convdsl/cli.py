@@ -355,8 +355,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     Compile FILE and time it in this process on the same seeded inputs and weights with the
     NumPy interpreter, the LLVM backend and, when installed, PyTorch CPU and ONNX Runtime (the
-    network converted from the IR): the median of --runs runs after --warmup warm-ups (in rounds,
-    one run of every backend each, so load from elsewhere hits all alike), GFLOP/s,
+    network converted from the IR): the median of --runs runs after --warmup warm-ups, GFLOP/s,
     the speedup over the interpreter and the largest output difference from it. --profile
     adds the LLVM backend's kernels, slowest first: time per run, GFLOP/s, GB/s, and the
     layer and line each one computes.
