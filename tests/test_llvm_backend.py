@@ -613,12 +613,17 @@ CACHED = (
 )
 
 
+def cached_network(cache: str, monkeypatch: pytest.MonkeyPatch) -> tuple[convdsl.Network, dict]:
+    """``CACHED`` compiled with the code cache at ``cache``, and its materialized params."""
+    monkeypatch.setenv("CONVDSL_CACHE_DIR", cache)
+    net = convdsl.compile_string(CACHED)
+    return net, materialize(net.graph, net.weights)
+
+
 def test_a_second_build_loads_the_cached_code_and_computes_the_same_bits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("CONVDSL_CACHE_DIR", str(tmp_path))
-    net = convdsl.compile_string(CACHED)
-    params = materialize(net.graph, net.weights)
+    net, params = cached_network(str(tmp_path), monkeypatch)
     first = LlvmExecutable(net.graph, params, threads=2, profile=True)
     second = LlvmExecutable(net.graph, params, threads=2, profile=True)
     other_threads = LlvmExecutable(net.graph, params, threads=1)
@@ -634,9 +639,7 @@ def test_a_second_build_loads_the_cached_code_and_computes_the_same_bits(
 def test_a_damaged_cache_entry_is_a_miss_and_is_rewritten(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("CONVDSL_CACHE_DIR", str(tmp_path))
-    net = convdsl.compile_string(CACHED)
-    params = materialize(net.graph, net.weights)
+    net, params = cached_network(str(tmp_path), monkeypatch)
     LlvmExecutable(net.graph, params, threads=2)
     (entry,) = tmp_path.glob("*.o")
     good = entry.read_bytes()
@@ -657,11 +660,8 @@ def test_the_cache_can_be_off_or_unusable(
 ) -> None:
     blocker = tmp_path / "not_a_directory"
     blocker.write_text("a file where the cache directory would go")
-    monkeypatch.setenv(
-        "CONVDSL_CACHE_DIR", str(blocker / "cache") if setting == "file" else setting
-    )
-    net = convdsl.compile_string(CACHED)
-    params = materialize(net.graph, net.weights)
+    cache = str(blocker / "cache") if setting == "file" else setting
+    net, params = cached_network(cache, monkeypatch)
     for _ in range(2):
         native = LlvmExecutable(net.graph, params, threads=2)
         assert not native.jit.cached
