@@ -507,6 +507,32 @@ def conv_configs(draw: st.DrawFn) -> str:
     )
 
 
+@st.composite
+def depthwise_configs(draw: st.DrawFn) -> str:
+    """Depthwise convs: channel counts that tiles spanning 4 groups do not divide, multipliers,
+    strides (phase-split copies) and dilations on 1-3 axes."""
+    rank = draw(st.sampled_from([1, 2, 3]))
+    channels, multiplier = draw(st.integers(1, 13)), draw(st.integers(1, 3))
+    kernel = [draw(st.integers(1, 4)) for _ in range(rank)]
+    stride = [draw(st.integers(1, 3)) for _ in range(rank)]
+    dilation = [draw(st.integers(1, 2)) for _ in range(rank)]
+    sizes = [draw(st.integers(1, 6)) + (k - 1) * d for k, d in zip(kernel, dilation, strict=True)]
+    sizes[-1] += draw(st.integers(0, 30))
+    padding = draw(st.sampled_from(["valid", "same", "1"]))
+    shape = ", ".join(str(s) for s in sizes)
+    return (
+        f"input x: f32[N, {channels}, {shape}]\n"
+        f"output y = depthwise{rank}d(x, kernel={kernel}, multiplier={multiplier}, "
+        f"stride={stride}, dilation={dilation}, padding={padding}, activation=relu6)"
+    )
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(depthwise_configs())
+def test_random_depthwise_convs_match_interpreter(src: str) -> None:
+    assert_matches(src)
+
+
 @given(st.integers(1, 300), st.integers(1, 4), st.integers(-3, 40), st.integers(0, 300))
 def test_row_segments_cover_the_row_with_even_tiles(
     width: int, vectors: int, lo: int, hi: int
