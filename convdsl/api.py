@@ -34,6 +34,7 @@ from convdsl.diagnostics import ConvdslError, Diagnostic, DiagnosticSink, Source
 from convdsl.ir.derived import materialize
 from convdsl.ir.graph import Graph, Param
 from convdsl.ir.types import AXIS_NAMES, TensorType, format_shape
+from convdsl.passes.layout import choose_layouts
 from convdsl.passes.memory import plan_memory
 from convdsl.passes.pipeline import compile_source
 
@@ -179,10 +180,10 @@ class Network:
 
 
 def backend_graph(graph: Graph, backend: str) -> Graph:
-    """The graph ``backend`` runs: for llvm, with a memory plan even below -O2."""
+    """The graph ``backend`` runs: for llvm, with layouts chosen and a memory plan even below
+    -O2 (its strided convolutions read phase rows, and it runs in one arena)."""
     if backend == "llvm" and graph.memory is None:
-        # The llvm backend runs in one arena; below -O2 the pipeline did not plan it.
-        return plan_memory(graph)
+        return plan_memory(choose_layouts(graph))
     return graph
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from convdsl.api import Network, compile_file
 from convdsl.diagnostics import error
-from convdsl.ir.cost import graph_macs, node_macs, node_traffic, value_bytes
+from convdsl.ir.cost import graph_macs, node_macs, node_traffic
 
 if TYPE_CHECKING:  # torch is imported only when a torch or onnxruntime row is asked for
     from convdsl.bench_torch import TorchNetwork
@@ -75,7 +75,7 @@ class KernelRow:
     mean wall time per run and what it computes."""
 
     kernel: str  # the generated function
-    role: str  # its ops ("conv2d+batch_norm+relu"), or "phase split"
+    role: str  # its ops ("conv2d+batch_norm+relu", "relayout")
     layer: str
     line: int
     ms: float
@@ -192,10 +192,8 @@ def profile_llvm(
         native.run(arrays)
     rows = []
     for worker, ms in native.kernel_profile():
-        split = worker.role == "phase split"
-        read, written = node_traffic(graph, worker.node)
-        traffic = value_bytes(graph, worker.node.inputs[0]) * 2 if split else read + written
-        macs = 0 if split else node_macs(graph, worker.node)
+        traffic = sum(node_traffic(graph, worker.node))
+        macs = node_macs(graph, worker.node)
         span = worker.node.span
         rows.append(KernelRow(worker.name, worker.role, worker.node.name, span.line,
                               ms / runs, macs * batch, traffic * batch))  # fmt: skip

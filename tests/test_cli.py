@@ -267,19 +267,19 @@ def test_ir_llvm_and_asm_show_the_generated_kernels(tmp_path: Path) -> None:
     )
     assert llvm.returncode == 0, llvm.stderr
     # One worker per kernel after fusion (c2 + relu + pool stay apart: pool is an anchor),
-    # the strided c1 after the copy of its input split by phase.
+    # the strided c1 after the conversion of its input to phase rows.
     defined = [ln.split("@")[1].split("(")[0] for ln in llvm.stdout.splitlines()
                if ln.startswith("define")]  # fmt: skip
-    assert defined[:2] == ['"kernel0_c1_split"', '"kernel0_c1"'], defined
+    assert defined[:2] == ['"kernel0_x_phases2"', '"kernel1_c1"'], defined
     assert defined[-1] == '"run"', defined
     assert '@"llvm.fma.v' in llvm.stdout
     assert asm.returncode == 0, asm.stderr
-    assert asm.stdout.startswith("# ---- kernel0_c1\nkernel0_c1:")
+    assert asm.stdout.startswith("# ---- kernel1_c1\nkernel1_c1:")
     assert "vfmadd" in asm.stdout or "fmla" in asm.stdout or "mulps" in asm.stdout
-    assert "kernel1_" not in asm.stdout  # only the kernel asked for
+    assert "kernel0_" not in asm.stdout and "kernel2_" not in asm.stdout  # only the one asked for
     assert wrong.returncode == 2
     assert "--asm c9: no kernel of that name" in wrong.stderr
-    assert "kernel0_c1" in wrong.stderr  # the hint lists the kernels
+    assert "kernel1_c1" in wrong.stderr  # the hint lists the kernels
 
 
 def test_broken_pipe_is_quiet(tmp_path: Path) -> None:

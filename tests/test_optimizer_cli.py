@@ -43,8 +43,11 @@ output score = upscale(fuse, 2)                                           # [N, 
 WRITTEN_O0 = 4 * (3 * 8 * 16 * 16 + 8 * 8 * 8 + 4 * 8 * 8 + 8 * 4 * 4 + 4 * 4 * 4 + 2 * 4 * 8 * 8
                   + 4 * 16 * 16)  # fmt: skip
 # At -O2 c1/bn1 and up are internal to fused kernels: c1 vanished with the batch norm, bn1 and
-# up never leave their kernel.
-WRITTEN_O2 = WRITTEN_O0 - 4 * (2 * 8 * 16 * 16 + 4 * 8 * 8)
+# up never leave their kernel; the strided conv's input (pool) is written again as phase rows:
+# 8 channels x 8 rows x 2 phases x 17 (4 outputs rounded up to 16 lanes, plus the last tap's
+# one element further).
+PHASE_ROWS = 4 * 8 * 8 * 2 * 17
+WRITTEN_O2 = WRITTEN_O0 - 4 * (2 * 8 * 16 * 16 + 4 * 8 * 8) + PHASE_ROWS
 
 
 def cli_many(cwd: Path, *commands: list[str]) -> list[subprocess.CompletedProcess[str]]:
@@ -117,9 +120,13 @@ def test_opt_levels_change_the_ir(fcn: Path) -> None:
     assert "param.bias=c1.bias@bn1 param.weight=c1.weight@bn1\n" in o1
     assert "  c1.weight@bn1: f32[8,3,3,3] = bn_fold_weight(" in o1
     assert "memory" not in o1
-    # -O2 (the default) fuses conv + relu and conv_transpose + add, and plans memory.
-    assert top_level_ops(o2) == ["fused", "max_pool2d", "conv2d", "conv2d", "conv2d", "fused",
-                                 "upscale"]  # fmt: skip
+    # -O2 (the default) fuses conv + relu and conv_transpose + add, stores the strided conv's
+    # input as phase rows, and plans memory.
+    assert top_level_ops(o2) == ["fused", "max_pool2d", "conv2d", "relayout", "conv2d", "conv2d",
+                                 "fused", "upscale"]  # fmt: skip
+    layout = "phases(stride=2, first=0, length=17)"
+    assert f"  %pool.phases2: f32[N,8,8,8] {layout} = relayout(%pool)\n" in o2
+    assert "  %deep: f32[N,8,4,4] = conv2d(%pool.phases2)" in o2
     assert "  %fuse: f32[N,4,8,8] = fused(%score_deep, %score_pool) parts=2" in o2
     assert "      %up: f32[N,4,8,8] = conv_transpose2d(%score_deep)" in o2
     assert "memory arena=" in o2 and "  %score: offset=" in o2
@@ -189,6 +196,7 @@ def test_ir_all_prints_each_change_once(fcn: Path) -> None:
         ";; after cse: unchanged",
         ";; after dce: unchanged",
         f";; after fuse: {purposes['fuse']}",
+        f";; after choose-layouts: {purposes['choose-layouts']}",
         f";; after plan-memory: {purposes['plan-memory']}",
     ]
     chunks = text.split(";; after ")
@@ -227,7 +235,7 @@ def test_check_report_on_a_small_fcn(fcn: Path) -> None:
     assert report.startswith(plain) and o0.startswith(plain)
     assert "optimization" not in plain and "layers:  10" in plain
     lines = report[len(plain) :].splitlines()
-    assert lines[:10] == [
+    assert lines[:11] == [
         "",
         "optimization (-O2)",
         "  shapes             changed    10 nodes",
@@ -237,7 +245,8 @@ def test_check_report_on_a_small_fcn(fcn: Path) -> None:
         "  cse                unchanged  9 nodes",
         "  dce                unchanged  9 nodes",
         "  fuse               changed    9 -> 7 nodes",
-        "  plan-memory        changed    7 nodes",
+        "  choose-layouts     changed    7 -> 8 nodes",
+        "  plan-memory        changed    8 nodes",
     ]
     fusion = lines[lines.index("fusion: 9 kernels -> 7 kernels") :]
     assert fusion[1:5] == [
@@ -255,8 +264,9 @@ def test_check_report_on_a_small_fcn(fcn: Path) -> None:
     assert memory[2].startswith("  naive ") and memory[3].startswith("  lower bound ")
     # Naive: one buffer per value a kernel writes at -O2, the same bytes as the traffic written.
     assert naive == pytest.approx(WRITTEN_O2 / kib, abs=0.005)
-    # Lower bound: r1 (8 KiB) and pool (2 KiB) are live together when pool is computed.
-    assert bound == pytest.approx((8 * 16 * 16 + 8 * 8 * 8) * 4 / kib) == arena
+    # Lower bound: pool (2 KiB), score_pool (1 KiB) and pool's phase rows (8.5 KiB) are live
+    # together when the phase rows are written.
+    assert bound == pytest.approx(((8 * 8 * 8 + 4 * 8 * 8) * 4 + PHASE_ROWS) / kib) == arena
     assert memory[4] == f"  naive / arena = {naive / arena:.1f}"
     # At -O0 nothing after shape inference runs.
     assert "fusion: not run at -O0 (needs -O2)" in o0

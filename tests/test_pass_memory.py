@@ -281,7 +281,8 @@ def test_overlapping_live_buffers_are_rejected_and_compute_wrong_results() -> No
     stem, down = memory.buffers[ids["stem"]], memory.buffers[ids["down"]]
     assert stem.first < down.first < stem.last
     corrupt = dataclasses.replace(
-        memory, buffers={**memory.buffers, down.value: dataclasses.replace(down, offset=0)}
+        memory,
+        buffers={**memory.buffers, down.value: dataclasses.replace(down, offset=stem.offset)},
     )
     broken = dataclasses.replace(graph, memory=corrupt)
     with pytest.raises(InternalError, match="overlap in the arena"):

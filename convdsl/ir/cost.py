@@ -47,9 +47,10 @@ def graph_macs(graph: Graph) -> int:
 
 
 def value_bytes(graph: Graph, value: int) -> int:
-    """Bytes of one batch entry of ``value``: every activation's leading dim is the batch."""
+    """Bytes of one batch entry of ``value`` as stored (its layout included): every
+    activation's leading dim is the batch."""
     value_type = graph.type_of(value)
-    return num_elements(value_type.shape[1:]) * value_type.dtype.numpy.itemsize
+    return value_type.stored_elements * value_type.dtype.numpy.itemsize
 
 
 def node_traffic(graph: Graph, node: Node) -> tuple[int, int]:

@@ -118,6 +118,10 @@ class Node:
 FUSED = "fused"
 """The op of a fused kernel (see ``Node.parts``)."""
 
+RELAYOUT = "relayout"
+"""The op of a layout conversion: its one output is its input stored as its type's ``layout``
+says (``convdsl.passes.layout``); not an op of the language."""
+
 
 @dataclass(frozen=True, slots=True)
 class Param:

@@ -1,11 +1,14 @@
 """Tensor types of the IR: a dtype and a shape whose dims are ints or one symbolic batch name.
 
-Layout is always channels-first, ``[batch, channels, *spatial]``. Only the batch dimension may be
-symbolic (``N``); it stays a name through shape checking and is bound when the network runs.
+Logically always channels-first, ``[batch, channels, *spatial]``; a value the layout pass
+converts is *stored* differently (``PhaseRows``), which its type says. Only the batch dimension
+may be symbolic (``N``); it stays a name through shape checking and is bound when the network
+runs.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -33,9 +36,25 @@ class DType(Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class PhaseRows:
+    """A storage layout (``passes.layout``): every row of the last axis kept as ``stride``
+    *phase rows*, phase ``p`` holding elements ``j * stride + p`` for ``j`` in ``[first, first +
+    length)``, zero where that is outside the row. Per batch entry: ``[C, *outer, stride,
+    length]``. A convolution with that stride then reads each tap's inputs consecutively."""
+
+    stride: int
+    first: int  # <= 0: the padding before the row
+    length: int
+
+    def __str__(self) -> str:
+        return f"phases(stride={self.stride}, first={self.first}, length={self.length})"
+
+
+@dataclass(frozen=True, slots=True)
 class TensorType:
     shape: tuple[Dim, ...]
     dtype: DType = DType.F32
+    layout: PhaseRows | None = None  # how the value is stored; None: dense [C, *spatial]
 
     @property
     def rank(self) -> int:
@@ -66,8 +85,17 @@ class TensorType:
         names = AXIS_NAMES.get(self.spatial_rank)
         return names[spatial_axis] if names else f"axis {spatial_axis + 2}"
 
+    @property
+    def stored_elements(self) -> int:
+        """Elements one batch entry takes in memory, layout included."""
+        sizes = self.spatial or (1,)
+        if self.layout is None:
+            return self.channels * math.prod(sizes)
+        return self.channels * math.prod(sizes[:-1]) * self.layout.stride * self.layout.length
+
     def __str__(self) -> str:
-        return f"{self.dtype.value}{format_shape(self.shape)}"
+        layout = f" {self.layout}" if self.layout is not None else ""
+        return f"{self.dtype.value}{format_shape(self.shape)}{layout}"
 
 
 def format_shape(shape: tuple[Dim, ...]) -> str:

@@ -1,6 +1,7 @@
 """Structural invariants of a graph; a violation is a compiler bug, never a user error.
 
-Checked: every op is in the op table (or is a fused kernel whose parts are); values are written
+Checked: every op is in the op table (or is a fused kernel whose parts are, or a ``relayout``
+that only changes how its input is stored); values are written
 exactly once, by a node or as a graph input; nodes read only values written earlier (the node
 list is a schedule); a fused kernel's parts read only its inputs and earlier parts, and only its
 output escapes it; outputs name existing values; once any value is typed, all written values
@@ -10,9 +11,10 @@ are, and every parameter a node reads is declared or derived (from parameters th
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 from convdsl.diagnostics import InternalError
-from convdsl.ir.graph import Graph, Node
+from convdsl.ir.graph import RELAYOUT, Graph, Node
 from convdsl.ir.ops import OPS
 
 
@@ -54,7 +56,7 @@ def _problems(graph: Graph) -> Iterator[str]:
 
 def _node_problems(node: Node) -> Iterator[str]:
     if not node.is_fused:
-        if node.op not in OPS:
+        if node.op not in OPS and node.op != RELAYOUT:
             yield f"node {node.name} has unknown op {node.op}"
         if node.parts:
             yield f"node {node.name} ({node.op}) has parts but is not fused"
@@ -91,6 +93,11 @@ def _typed_problems(graph: Graph, written: set[int]) -> Iterator[str]:
             for role, name in part.params.items():
                 if name not in known:
                     yield f"node {part.name} reads unknown parameter {name} as {role}"
+    for node in graph.nodes:
+        if node.op == RELAYOUT:
+            given, stored = graph.type_of(node.inputs[0]), graph.type_of(node.output)
+            if stored.layout is None or replace(stored, layout=given.layout) != given:
+                yield f"relayout {node.name} changes more than the layout: {given} -> {stored}"
     reads_outside = {v for n in graph.nodes for v in n.inputs} | {v for _, v in graph.outputs}
     for node in graph.nodes:
         for part in node.parts[:-1]:

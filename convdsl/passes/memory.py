@@ -38,7 +38,6 @@ the lowest aligned offset free of every placed block whose lifetime intersects i
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
@@ -113,7 +112,7 @@ def _bytes_per_unit(graph: Graph, value: int) -> int:
     rest = value_type.shape[1:]
     if not all(isinstance(d, int) for d in rest):
         raise InternalError(f"cannot plan %{graph.values[value].name}: symbolic dim after dim 0")
-    return math.prod(int(d) for d in rest) * value_type.dtype.numpy.itemsize
+    return value_type.stored_elements * value_type.dtype.numpy.itemsize
 
 
 def _align(offset: int) -> int:
@@ -123,7 +122,7 @@ def _align(offset: int) -> int:
 def is_elementwise(node: Node) -> bool:
     """True for a kernel whose every output element reads only the same element of its inputs."""
     parts = node.parts if node.is_fused else (node,)
-    return all(OPS[part.op].fusion is FusionClass.ELEMENTWISE for part in parts)
+    return all(part.op in OPS and OPS[part.op].fusion is FusionClass.ELEMENTWISE for part in parts)
 
 
 def _dies_at(live: Liveness, value: int, index: int) -> bool:

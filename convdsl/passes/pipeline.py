@@ -17,6 +17,7 @@ from convdsl.ir.graph import Graph
 from convdsl.ir.verifier import verify
 from convdsl.passes.fold import fold_batch_norm, fold_pad
 from convdsl.passes.fusion import fuse
+from convdsl.passes.layout import choose_layouts
 from convdsl.passes.memory import plan_memory
 from convdsl.passes.shapes import infer_shapes
 from convdsl.passes.simplify import (
@@ -74,6 +75,12 @@ PASSES: tuple[Pass, ...] = (
         "fuse",
         "merge producers into the kernels of their elementwise, crop or shuffle consumers",
         fuse,
+        min_opt_level=2,
+    ),
+    Pass(
+        "choose-layouts",
+        "store the input of each strided conv as phase rows (one conversion per value)",
+        choose_layouts,
         min_opt_level=2,
     ),
     Pass(

@@ -9,10 +9,10 @@ accumulators to hide the FMA latency.
 For every valid outer tap (a runtime range per axis, so rows near a border simply run fewer taps)
 and every input channel of the group, the taps on the last axis are unrolled: each loads
 ``vectors`` input vectors and broadcasts ``block`` weights, then ``block * vectors`` FMAs.
-Dilation only spaces the tap offsets; a stride > 1 on the last axis reads the input's
-phase-split copy (``phase_split``), where a vector's lanes are consecutive again. Tiles on the
-border of the last axis (``masked``) load with lane masks computed once per tile, so padding
-reads nothing (the phase-split copy holds the padding as zeros and needs no masks).
+Dilation only spaces the tap offsets; a stride > 1 on the last axis reads its input stored as
+phase rows (``PhaseRows``, made by ``emit_relayout``), where a vector's lanes are consecutive
+again. Tiles on the border of the last axis (``masked``) load with lane masks computed once per
+tile, so padding reads nothing (phase rows hold the padding as zeros and need no masks).
 
 Weights are repacked at bind time as ``[O/block, Cg, taps, block]`` (``kernel.pack_weight``):
 the ``block`` weights that meet one input vector are adjacent.
@@ -26,6 +26,7 @@ import math
 from llvmlite import ir
 
 from convdsl.backends.llvm.emit_elementwise import ACTIVATIONS
+from convdsl.backends.llvm.emit_relayout import tap_offset
 from convdsl.backends.llvm.kernel import KernelBuilder, Point
 from convdsl.backends.llvm.loops import (
     entry_alloca,
@@ -40,7 +41,6 @@ from convdsl.backends.llvm.loops import (
     vec_type,
     wide_mask,
 )
-from convdsl.backends.llvm.phase_split import PhaseSplit
 from convdsl.ir.graph import Node
 
 
@@ -73,14 +73,13 @@ def emit_conv_tile(
     masked: tuple[bool, ...],
     channels: tuple[ir.Value, ir.Value],
     resume: tuple[ir.Value, int] | None = None,
-    split: PhaseSplit | None = None,
 ) -> list[list[ir.Value]]:
     """``sums[v][j]``: output channel ``point.c + j`` at the ``point.lanes`` positions from
     ``point.w + v * point.lanes``, summed over the group's input channels ``[lo, hi)`` of
     ``channels`` (no bias or activation: ``finish_tile``), for ``len(masked)`` vectors; those
     with ``masked[v]`` load with lane masks (they touch the border). ``resume = (flag, value)``:
     where ``flag`` is set, start from the partial sums stored in ``value`` at the point instead
-    of zero. ``split``: read the input's phase-split copy (strided convolutions)."""
+    of zero. An input stored as phase rows (strided convolutions) is read as such."""
     vectors = len(masked)
     b = k.builder
     a = node.attrs
@@ -93,25 +92,25 @@ def emit_conv_tile(
     group_in = x_type.channels // groups
     per_group = a["out_channels"] // groups
     dilation, before = a["dilation"][last], a["pads"][last][0]
-    # Where input rows are: the tensor itself (stride 1 on the last axis), or its phase-split
-    # copy (``phase_split``). ``first`` is the tile's element of tap 0 in a row, ``reach[t]``
-    # how far tap t is from it; either way a vector's lanes are consecutive elements.
-    if split is None:
-        assert a["stride"][last] == 1, "strided convolutions read a phase-split copy"
+    # How input rows are stored: dense (stride 1 on the last axis), or as phase rows
+    # (``emit_relayout``). ``first`` is the tile's element of tap 0 in a row, ``reach[t]`` how
+    # far tap t is from it; either way a vector's lanes are consecutive elements.
+    layout = x_type.layout
+    if layout is None:
+        assert a["stride"][last] == 1, "strided convolutions read phase rows (choose-layouts)"
         strides = k.strides(node.inputs[0])
         channel_stride, outer_strides = strides[0], strides[1:-1]
         first = b.sub(point.w, i64(before))
         reach = [tap * dilation for tap in range(kernel[-1])]
-        x_entry = k.entry(node.inputs[0], point.n)
     else:
-        row_elements = split.stride * split.length
+        row_elements = layout.stride * layout.length
         channel_stride = math.prod(sizes[:-1]) * row_elements
         outer_strides = tuple(
             math.prod(sizes[axis + 1 : -1]) * row_elements for axis in range(last)
         )
-        first = b.sub(point.w, i64(split.first))
-        reach = [split.tap(tap * dilation - before) for tap in range(kernel[-1])]
-        x_entry = k.staging(split.entry_elements, point.n)
+        first = b.sub(point.w, i64(layout.first))
+        reach = [tap_offset(layout, tap * dilation - before) for tap in range(kernel[-1])]
+    x_entry = k.entry(node.inputs[0], point.n)
 
     weight = k.packed_param(node.param("weight"), block)
     weight = gep(b, weight, b.mul(b.udiv(point.c, i64(block)), i64(group_in * taps * block)))
@@ -124,10 +123,10 @@ def emit_conv_tile(
         for t in range(spans)
     ]
 
-    # Lane masks of every (tap, vector) load, once per tile (the phase-split copy needs none).
+    # Lane masks of every (tap, vector) load, once per tile (phase rows need none).
     masks: dict[tuple[int, int], ir.Value] = {}
     for v in range(vectors):
-        for tap in range(kernel[-1] if masked[v] and split is None else 0):
+        for tap in range(kernel[-1] if masked[v] and layout is None else 0):
             start = b.add(first, i64(reach[tap] + v * lanes))
             masks[tap, v] = wide_mask(b, start, lanes, sizes[-1])
 

@@ -7,9 +7,8 @@ consecutive channels starting at ``c``, indices ``outer`` on every spatial axis 
 operands at the same point (from registers if a previous part made them, else from memory), so
 an epilogue is computed in registers before the single store.
 
-Scratch values (internal values of a fused kernel that runs part by part) and the staging
-region (``phase_split``) live after the planned arena: batch entry ``n`` at ``offset * B + n *
-size``. Addressing otherwise follows the
+Scratch values (internal values of a fused kernel that runs part by part) live after the
+planned arena: batch entry ``n`` at ``offset * B + n * size``. Addressing otherwise follows the
 memory plan (``convdsl.ir.memory_plan``): batch entry ``n`` of a planned
 value ``v`` whose root buffer is ``R`` starts at byte ``R.offset * B + n * R.size + (v.offset -
 R.offset)`` of the arena; within an entry a value is dense ``[C, *spatial]``. Graph inputs are
@@ -67,8 +66,8 @@ def spatial_of(t: TensorType) -> tuple[int, ...]:
 
 
 def entry_elements(t: TensorType) -> int:
-    """Elements in one batch entry."""
-    return t.channels * math.prod(spatial_of(t))
+    """Elements one batch entry takes in memory (its layout included)."""
+    return t.stored_elements
 
 
 def strides_of(t: TensorType) -> tuple[int, ...]:
@@ -90,7 +89,6 @@ class KernelBuilder:
     param_index: dict[str, int]  # shared with the module builder: packings add entries
     packings: dict[str, tuple[str, int]] = field(default_factory=dict)  # shared too
     scratch: dict[int, tuple[int, int]] = field(default_factory=dict)
-    staging_offset: int = 0  # per-entry byte offset of the region phase-split copies share
     flat: bool = False  # every value seen as one row [C, prod(spatial)] (``flat_pointwise``)
     fields: dict[str, ir.Value] = field(default_factory=dict)
     local: dict[int, list[ir.Value]] = field(default_factory=dict)
@@ -133,7 +131,9 @@ class KernelBuilder:
             per_entry = entry_elements(self.type_of(value))
             return gep(b, base, b.mul(n, i64(per_entry)))
         if value in self.scratch:
-            return self._region(*self.scratch[value], n)
+            offset, size = self.scratch[value]
+            start = b.add(b.mul(self.batch, i64(offset)), b.mul(n, i64(size)))
+            return b.bitcast(b.gep(self.fields["arena"], [start]), F32P)
         plan = self.graph.memory
         if plan is None or value not in plan.buffers:
             raise InternalError(f"value %{self.graph.values[value].name} has no arena slot")
@@ -142,17 +142,6 @@ class KernelBuilder:
         start = b.mul(self.batch, i64(root.offset))
         start = b.add(start, b.mul(n, i64(root.size)))
         start = b.add(start, i64(buffer.offset - root.offset))
-        return b.bitcast(b.gep(self.fields["arena"], [start]), F32P)
-
-    def staging(self, elements: int, n: ir.Value) -> ir.Value:
-        """``float*`` to batch entry ``n`` of an ``elements``-per-entry array in the staging
-        region (``phase_split``)."""
-        return self._region(self.staging_offset, elements * 4, n)
-
-    def _region(self, offset: int, size: int, n: ir.Value) -> ir.Value:
-        """Entry ``n`` of a region after the planned arena: ``offset * B + n * size`` bytes."""
-        b = self.builder
-        start = b.add(b.mul(self.batch, i64(offset)), b.mul(n, i64(size)))
         return b.bitcast(b.gep(self.fields["arena"], [start]), F32P)
 
     def param(self, name: str) -> ir.Value:

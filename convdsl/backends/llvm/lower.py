@@ -34,6 +34,7 @@ from convdsl.backends.llvm import (
     emit_data,
     emit_elementwise,
     emit_pool,
+    emit_relayout,
     emit_transpose,
 )
 from convdsl.backends.llvm.conv_schedule import (
@@ -63,9 +64,8 @@ from convdsl.backends.llvm.loops import (
     unflatten,
 )
 from convdsl.backends.llvm.parallel import WORKER_TYPE, call_parallel, thread_share
-from convdsl.backends.llvm.phase_split import PhaseSplit, phase_split, split_kernel
 from convdsl.diagnostics import ConvdslError, InternalError, error
-from convdsl.ir.graph import Graph, Node
+from convdsl.ir.graph import RELAYOUT, Graph, Node
 from convdsl.ir.ops import OPS, FusionClass
 from convdsl.ir.types import DType
 
@@ -83,6 +83,7 @@ BLOCKS: dict[str, BlockRule] = {**emit_transpose.BLOCKS}
 KERNELS: dict[str, Callable[[KernelBuilder, Node], None]] = {
     **emit_data.KERNELS,
     **emit_transpose.KERNELS,
+    RELAYOUT: emit_relayout.relayout_kernel,
 }
 # Ops whose emitters are safe on a tail point (``Point.valid``): their own loads are
 # bounds-masked (windows) or masked through ``KernelBuilder.operand`` (elementwise).
@@ -111,8 +112,11 @@ def check_lowerable(graph: Graph) -> None:
             )
     for node in graph.nodes:
         for part in parts(node):
-            if part.op not in EMITTERS and part.op not in TILE_EMITTERS:
+            if part.op not in EMITTERS and part.op not in TILE_EMITTERS and part.op != RELAYOUT:
                 raise error(f"llvm backend cannot lower {part.op} yet", part.span)
+            strided = part.op in TILE_EMITTERS and part.attrs["stride"][-1] > 1
+            if strided and graph.type_of(part.inputs[0]).layout is None:
+                raise InternalError(f"{part.name} reads a dense input: run choose-layouts")
 
 
 def fits_point_model(graph: Graph, node: Node) -> bool:
@@ -149,10 +153,8 @@ class ModuleBuilder:
         self.scratch: dict[int, tuple[int, int]] = {}  # value -> (offset, size) per batch entry
         assert graph.memory is not None
         self.arena_bytes = graph.memory.arena_bytes  # planned arena plus scratch, per entry
-        self.staging_offset = 0  # of the region phase-split copies share (``_reserve_staging``)
 
     def build(self) -> ir.Module:
-        self._reserve_staging()
         workers = []
         for index, node in enumerate(self.graph.nodes):
             if self._copy_free(node):
@@ -166,23 +168,6 @@ class ModuleBuilder:
                 workers += self._kernel(node, str(index))
         self._entry(workers)
         return self.module
-
-    def _reserve_staging(self) -> None:
-        """Room after the arena for the largest phase-split copy (strided convolutions run one
-        at a time, so they all share it)."""
-        largest = 0
-        for node in self.graph.nodes:
-            for part in parts(node):
-                split = self._split(part)
-                if split is not None:
-                    largest = max(largest, split.entry_elements * 4)
-        self.staging_offset = self.arena_bytes
-        self.arena_bytes += largest + -largest % 64
-
-    def _split(self, anchor: Node) -> PhaseSplit | None:
-        if anchor.op not in TILE_EMITTERS:
-            return None
-        return phase_split(self.graph, anchor, self.lanes)
 
     # ---- kernels ----------------------------------------------------------------------------
 
@@ -201,25 +186,15 @@ class ModuleBuilder:
         self.arena_bytes += size
 
     def _kernel(self, node: Node, tag: str) -> list[ir.Function]:
-        """The workers that compute ``node``: its kernel, after the phase-split copy of its
-        input if it is a strided convolution."""
+        """The worker that computes ``node``."""
         name = f"kernel{tag}_{_ident(node.name)}"
-        anchor = parts(node)[0]
-        split = self._split(anchor)
-        if split is not None:
-            copy = self._worker(
-                f"{name}_split", node, lambda k: split_kernel(k, anchor, split), "phase split"
-            )
-            return [copy, self._worker(name, node, lambda k: self._conv_kernel(k, node, split))]
         if node.op in KERNELS:
             return [self._worker(name, node, lambda k: KERNELS[node.op](k, node))]
         return [self._worker(name, node, lambda k: self._points(k, node))]
 
-    def _worker(
-        self, name: str, node: Node, body: Callable[[KernelBuilder], None], role: str = ""
-    ) -> ir.Function:
+    def _worker(self, name: str, node: Node, body: Callable[[KernelBuilder], None]) -> ir.Function:
         worker = ir.Function(self.module, WORKER_TYPE, name)
-        self.workers.append(Worker(name, node, role or _describe(node)))
+        self.workers.append(Worker(name, node, _describe(node)))
         worker.attributes.add("nounwind")
         _frame_pointer(worker)
         builder = ir.IRBuilder(worker.append_basic_block("entry"))
@@ -246,7 +221,6 @@ class ModuleBuilder:
             self.param_index,
             self.packings,
             self.scratch,
-            self.staging_offset,
         )
 
     def _points(self, k: KernelBuilder, node: Node) -> None:
@@ -254,7 +228,7 @@ class ModuleBuilder:
         out_type = self.graph.type_of(node.output)
         anchor = parts(node)[0]
         if anchor.op in TILE_EMITTERS:
-            self._conv_kernel(k, node, None)
+            self._conv_kernel(k, node)
             return
         block = BLOCKS[anchor.op](self.graph, anchor) if anchor.op in BLOCKS else 1
         sizes = spatial_of(out_type)
@@ -283,14 +257,15 @@ class ModuleBuilder:
                 point = dataclasses.replace(row, w=w, lanes=lanes)
                 self._point(k, node, point)
 
-    def _conv_kernel(self, k: KernelBuilder, node: Node, split: PhaseSplit | None) -> None:
+    def _conv_kernel(self, k: KernelBuilder, node: Node) -> None:
         """A kernel anchored by a convolution, walked as ``conv_schedule`` says: per work item
         (batch entry, outer indices, a group of channel blocks), per chunk of input channels,
-        per register tile of the row, per channel block. ``split``: the anchor reads the
-        phase-split copy of its input, where no load needs a mask."""
+        per register tile of the row, per channel block. An input stored as phase rows
+        (strided convolutions) needs no lane masks."""
         b = k.builder
         anchor = parts(node)[0]
-        flat = flat_pointwise(self.graph, anchor, self.lanes) if split is None else None
+        split = self.graph.type_of(anchor.inputs[0]).layout is not None
+        flat = None if split else flat_pointwise(self.graph, anchor, self.lanes)
         if flat is not None:
             anchor, k.flat = flat, True
         out_type = self.graph.type_of(node.output)
@@ -302,7 +277,7 @@ class ModuleBuilder:
         group_in = self.graph.type_of(anchor.inputs[0]).channels // anchor.attrs["groups"]
         chunks = -(-group_in // plan.chunk)
         in_size = k.spatial(anchor.inputs[0])[-1]
-        lo, hi = interior_range(anchor, in_size, self.lanes) if split is None else (0, width)
+        lo, hi = (0, width) if split else interior_range(anchor, in_size, self.lanes)
         segments = row_segments(width, lo, hi, plan.vectors, self.lanes)
         masked_tail = all(p.op in MASKED_TAIL for p in parts(node))
         first, last = thread_share(b, b.mul(k.batch, i64(per_batch)))
@@ -329,9 +304,9 @@ class ModuleBuilder:
                     channel = b.mul(b.add(b.mul(group, i64(plan.group)), block), i64(plan.block))
                     valid = segment.valid if lanes > 1 else None
                     point = Point(n, channel, plan.block, tuple(outer), w, lanes, valid=valid)
-                    masked = masked if split is None else (False,) * len(masked)
+                    masked = (False,) * len(masked) if split else masked
                     sums = TILE_EMITTERS[anchor.op](
-                        k, anchor, point, masked, (ci_lo, ci_hi), resume, split
+                        k, anchor, point, masked, (ci_lo, ci_hi), resume
                     )
                     self._finish_tile(k, node, anchor, point, sums, finished, chunks > 1)
 
@@ -501,7 +476,7 @@ class Worker:
 
     name: str
     node: Node  # the node (or part of a fused node) it computes
-    role: str  # its ops ("conv2d+relu"), or "phase split" for a strided conv's input copy
+    role: str  # its ops: "conv2d+relu", "relayout"
 
 
 @dataclass(frozen=True)
