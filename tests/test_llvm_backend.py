@@ -692,3 +692,17 @@ def test_the_cache_can_be_off_or_unusable(
         native = LlvmExecutable(net.graph, params, threads=2)
         assert not native.jit.cached
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_directory"]
+
+
+def test_no_home_directory_means_no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    from convdsl.backends.llvm import object_cache
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("CONVDSL_CACHE_DIR")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert object_cache.cache_dir() is None
+    net = convdsl.compile_string(CACHED)
+    assert not LlvmExecutable(net.graph, materialize(net.graph, net.weights)).jit.cached

@@ -35,7 +35,12 @@ def cache_dir() -> Path | None:
     chosen = os.environ.get(CACHE_ENV)
     if chosen is not None:
         return None if chosen.strip().lower() in OFF else Path(chosen)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except RuntimeError:  # no home directory to be found: no cache
+            return None
     return Path(base) / "convdsl"
 
 
