@@ -28,7 +28,7 @@ from convdsl.ir.graph import RELAYOUT, Attrs, Graph, Node, Value
 from convdsl.ir.ops import is_conv, is_conv_transpose
 from convdsl.ir.types import PhaseRows
 
-VECTOR_LANES = 16  # the widest fp32 vector of any target: phase rows are whole vectors of it
+VECTOR_LANES = 16  # the widest fp32 vector of any target: loads of it never leave a phase row
 
 
 def choose_layouts(graph: Graph) -> Graph:
