@@ -488,11 +488,7 @@ def conv_configs(draw: st.DrawFn) -> str:
     groups = draw(st.sampled_from([1, 2, 3]))
     channels = groups * draw(st.integers(1, 3))
     out = groups * draw(st.integers(1, 5))
-    kernel = [draw(st.integers(1, 4)) for _ in range(rank)]
-    stride = [draw(st.integers(1, 3)) for _ in range(rank)]
-    dilation = [draw(st.integers(1, 3)) for _ in range(rank)]
-    sizes = [draw(st.integers(1, 12)) + (k - 1) * d for k, d in zip(kernel, dilation, strict=True)]
-    sizes[-1] += draw(st.integers(0, 24))
+    kernel, stride, dilation, sizes = draw(windows(rank, max_dilation=3, size=12, longer=24))
     padding = draw(st.sampled_from(["valid", "same", "explicit"]))
     if padding == "explicit":
         pads = [[draw(st.integers(0, 2)), draw(st.integers(0, 2))] for _ in range(rank)]
@@ -508,16 +504,28 @@ def conv_configs(draw: st.DrawFn) -> str:
 
 
 @st.composite
-def depthwise_configs(draw: st.DrawFn) -> str:
-    """Depthwise convs: channel counts that tiles spanning 4 groups do not divide, multipliers,
-    strides (phase-split copies) and dilations on 1-3 axes."""
-    rank = draw(st.sampled_from([1, 2, 3]))
-    channels, multiplier = draw(st.integers(1, 13)), draw(st.integers(1, 3))
+def windows(
+    draw: st.DrawFn, rank: int, max_dilation: int, size: int, longer: int
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Kernel, stride and dilation per axis, and input sizes that fit the dilated kernel (up to
+    ``size`` more positions, the last axis up to ``longer`` more again)."""
     kernel = [draw(st.integers(1, 4)) for _ in range(rank)]
     stride = [draw(st.integers(1, 3)) for _ in range(rank)]
-    dilation = [draw(st.integers(1, 2)) for _ in range(rank)]
-    sizes = [draw(st.integers(1, 6)) + (k - 1) * d for k, d in zip(kernel, dilation, strict=True)]
-    sizes[-1] += draw(st.integers(0, 30))
+    dilation = [draw(st.integers(1, max_dilation)) for _ in range(rank)]
+    sizes = [
+        draw(st.integers(1, size)) + (k - 1) * d for k, d in zip(kernel, dilation, strict=True)
+    ]
+    sizes[-1] += draw(st.integers(0, longer))
+    return kernel, stride, dilation, sizes
+
+
+@st.composite
+def depthwise_configs(draw: st.DrawFn) -> str:
+    """Depthwise convs: channel counts that tiles spanning 4 groups do not divide, multipliers,
+    strides (phase rows) and dilations on 1-3 axes."""
+    rank = draw(st.sampled_from([1, 2, 3]))
+    channels, multiplier = draw(st.integers(1, 13)), draw(st.integers(1, 3))
+    kernel, stride, dilation, sizes = draw(windows(rank, max_dilation=2, size=6, longer=30))
     padding = draw(st.sampled_from(["valid", "same", "1"]))
     shape = ", ".join(str(s) for s in sizes)
     return (
