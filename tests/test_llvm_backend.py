@@ -147,9 +147,9 @@ CONVS = {
         "output a = conv2d(x, 24, kernel=3, padding=same)\n"
         "output b = conv2d(x, 16, kernel=3, stride=2, dilation=2, padding=same, groups=1)"
     ),
-    # Stride > 1 on the last axis reads a phase-split copy (phase_split): padding wider than
+    # Stride > 1 on the last axis reads phase rows (relayout, emit_relayout): padding wider than
     # the stride, output rows one wide, stride > kernel with dilation, chunked channels with a
-    # fused skip-add, two strided convs of different sizes sharing the staging region.
+    # fused skip-add, two strided convs of different sizes, one reading the other's output.
     "split_pad_wider_than_stride": (
         "input x: f32[N, 3, 5, 29]\n"
         "output y = conv2d(x, 4, kernel=[3, 7], stride=[1, 2], padding=[[1, 1], [5, 2]])"
@@ -165,7 +165,7 @@ CONVS = {
         "input x: f32[N, 40, 6, 26]\ninput s: f32[N, 8, 3, 13]\n"
         "output y = relu(conv2d(x, 8, kernel=3, stride=2, padding=same) + s)"
     ),
-    "split_shared_staging": (
+    "split_two_strided_convs": (
         "input x: f32[N, 3, 9, 33]\n"
         "a = conv2d(x, 5, kernel=3, stride=2, padding=same, activation=relu)\n"
         "output b = depthwise2d(a, kernel=3, multiplier=2, stride=3, padding=same)"
