@@ -256,6 +256,8 @@ def test_check_report_on_a_small_fcn(fcn: Path) -> None:
         "  score_pool -> fuse: kernel 'up' already has an anchor (conv_transpose2d); a kernel "
         "computes one anchor, so 'score_pool' is read from memory",
     ]
+    layouts = lines[lines.index("layouts: 1 conversion") :]
+    assert layouts[1] == "  pool.phases2: phases(stride=2, first=0, length=17) for deep"
     kib = 1024
     assert f"  written  {WRITTEN_O0 / kib:.2f} KiB -> {WRITTEN_O2 / kib:.2f} KiB" in lines
     memory = lines[lines.index("activation memory (per batch entry):") :]
@@ -271,6 +273,7 @@ def test_check_report_on_a_small_fcn(fcn: Path) -> None:
     # At -O0 nothing after shape inference runs.
     assert "fusion: not run at -O0 (needs -O2)" in o0
     assert "memory plan: not made at -O0" in o0
+    assert "layouts: not chosen at -O0 (needs -O2)" in o0
     assert f"  written  {WRITTEN_O0 / kib:.2f} KiB -> {WRITTEN_O0 / kib:.2f} KiB" in o0
 
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 from convdsl.diagnostics import InternalError
 from convdsl.ir.cost import graph_traffic
-from convdsl.ir.graph import Graph
+from convdsl.ir.graph import RELAYOUT, Graph
 from convdsl.ir.memory_plan import MemoryPlan
 from convdsl.ir.printer import print_graph
-from convdsl.passes import fusion
+from convdsl.passes import fusion, layout
 from convdsl.passes.pipeline import PASSES, Pass
 
 
@@ -70,6 +70,7 @@ class OptimizationReport:
     passes: tuple[PassSummary, ...]
     fusion_plan: fusion.FusionPlan | None  # None when fusion did not run
     fused_kernels: tuple[str, ...]  # one ``kernel = anchor_op + op(member)`` line per group
+    layouts: tuple[str, ...] | None  # one line per conversion; None when layouts were not chosen
     traffic_before: tuple[int, int]
     traffic_after: tuple[int, int]
     memory: MemoryPlan | None  # None when memory planning did not run
@@ -83,6 +84,7 @@ def build_report(trace: PipelineTrace, opt_level: int) -> OptimizationReport:
         plan = fusion.plan_fusion(fusion_step.before)
         groups = tuple(describe_group(fusion_step.before, g) for g in plan.groups)
     typed, final = trace.steps[0].after, trace.steps[-1].after
+    chose = any(s.compiler_pass.run is layout.choose_layouts for s in trace.steps)
     return OptimizationReport(
         opt_level=opt_level,
         passes=tuple(
@@ -97,9 +99,22 @@ def build_report(trace: PipelineTrace, opt_level: int) -> OptimizationReport:
         ),
         fusion_plan=plan,
         fused_kernels=groups or (),
+        layouts=conversions(final) if chose else None,
         traffic_before=graph_traffic(typed),
         traffic_after=graph_traffic(final),
         memory=final.memory,
+    )
+
+
+def conversions(graph: Graph) -> tuple[str, ...]:
+    """``stem.phases2: phases(stride=2, first=0, length=17) for down``: every ``relayout``,
+    the layout it stores and the kernels that read it."""
+    readers = graph.consumers()
+    return tuple(
+        f"{node.name}: {graph.type_of(node.output).layout} for "
+        + ", ".join(reader.name for reader in readers[node.output])
+        for node in graph.nodes
+        if node.op == RELAYOUT
     )
 
 
@@ -135,8 +150,19 @@ def report_lines(report: OptimizationReport) -> list[str]:
             nodes = f"{summary.nodes_before} -> {summary.nodes_after} nodes"
         state = "changed" if summary.changed else "unchanged"
         lines.append(f"  {summary.name:<{width}}  {state:<9}  {nodes}")
-    lines += ["", *_fusion_lines(report), "", *_traffic_lines(report), "", *_memory_lines(report)]
+    lines += ["", *_fusion_lines(report), "", *_layout_lines(report)]
+    lines += ["", *_traffic_lines(report), "", *_memory_lines(report)]
     return lines
+
+
+def _layout_lines(report: OptimizationReport) -> list[str]:
+    if report.layouts is None:
+        level = _level_of(layout.choose_layouts)
+        return [f"layouts: not chosen at -O{report.opt_level} (needs -O{level})"]
+    if not report.layouts:
+        return ["layouts: every value dense"]
+    count = len(report.layouts)
+    return [f"layouts: {count} conversion{'s' * (count != 1)}", *(f"  {t}" for t in report.layouts)]
 
 
 def _fusion_lines(report: OptimizationReport) -> list[str]:
