@@ -264,8 +264,8 @@ class ModuleBuilder:
         (strided convolutions) needs no lane masks."""
         b = k.builder
         anchor = parts(node)[0]
-        split = self.graph.type_of(anchor.inputs[0]).layout is not None
-        flat = None if split else flat_pointwise(self.graph, anchor, self.lanes)
+        phase_rows = self.graph.type_of(anchor.inputs[0]).layout is not None
+        flat = None if phase_rows else flat_pointwise(self.graph, anchor, self.lanes)
         if flat is not None:
             anchor, k.flat = flat, True
         out_type = self.graph.type_of(node.output)
@@ -277,7 +277,7 @@ class ModuleBuilder:
         group_in = self.graph.type_of(anchor.inputs[0]).channels // anchor.attrs["groups"]
         chunks = -(-group_in // plan.chunk)
         in_size = k.spatial(anchor.inputs[0])[-1]
-        lo, hi = (0, width) if split else interior_range(anchor, in_size, self.lanes)
+        lo, hi = (0, width) if phase_rows else interior_range(anchor, in_size, self.lanes)
         segments = row_segments(width, lo, hi, plan.vectors, self.lanes)
         masked_tail = all(p.op in MASKED_TAIL for p in parts(node))
         first, last = thread_share(b, b.mul(k.batch, i64(per_batch)))
@@ -304,7 +304,7 @@ class ModuleBuilder:
                     channel = b.mul(b.add(b.mul(group, i64(plan.group)), block), i64(plan.block))
                     valid = segment.valid if lanes > 1 else None
                     point = Point(n, channel, plan.block, tuple(outer), w, lanes, valid=valid)
-                    masked = (False,) * len(masked) if split else masked
+                    masked = (False,) * len(masked) if phase_rows else masked
                     sums = TILE_EMITTERS[anchor.op](
                         k, anchor, point, masked, (ci_lo, ci_hi), resume
                     )
