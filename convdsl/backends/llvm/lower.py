@@ -163,9 +163,9 @@ class ModuleBuilder:
                 for step, part in enumerate(node.parts):
                     if part.output != node.output:
                         self._add_scratch(part.output)
-                    workers += self._kernel(part, f"{index}_{step}")
+                    workers.append(self._kernel(part, f"{index}_{step}"))
             else:
-                workers += self._kernel(node, str(index))
+                workers.append(self._kernel(node, str(index)))
         self._entry(workers)
         return self.module
 
@@ -185,14 +185,9 @@ class ModuleBuilder:
         self.scratch[value] = (self.arena_bytes, size)
         self.arena_bytes += size
 
-    def _kernel(self, node: Node, tag: str) -> list[ir.Function]:
+    def _kernel(self, node: Node, tag: str) -> ir.Function:
         """The worker that computes ``node``."""
         name = f"kernel{tag}_{_ident(node.name)}"
-        if node.op in KERNELS:
-            return [self._worker(name, node, lambda k: KERNELS[node.op](k, node))]
-        return [self._worker(name, node, lambda k: self._points(k, node))]
-
-    def _worker(self, name: str, node: Node, body: Callable[[KernelBuilder], None]) -> ir.Function:
         worker = ir.Function(self.module, WORKER_TYPE, name)
         self.workers.append(Worker(name, node, _describe(node)))
         worker.attributes.add("nounwind")
@@ -201,7 +196,10 @@ class ModuleBuilder:
         k = self._kernel_builder(builder)
         k.load_fields(worker.args[0])
         try:
-            body(k)
+            if node.op in KERNELS:
+                KERNELS[node.op](k, node)
+            else:
+                self._points(k, node)
         except ConvdslError:
             raise
         except Exception as exc:
