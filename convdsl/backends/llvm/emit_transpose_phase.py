@@ -10,17 +10,18 @@ input row is read contiguously (masked only near its ends). Valid taps of a phas
 arithmetic progression (tap step ``s/g``, input step ``-d/g``, ``g = gcd(s, d)``).
 
 A work item is (batch entry, block of output channels, output index on every outer axis);
-outer-axis phases are looked up at run time in small constant tables. The last axis is unrolled
-per phase at compile time; ``lanes`` consecutive ``q`` of one phase are computed in registers
-(one input vector feeds a block of output channels) and stored at stride ``s`` (contiguously
-when ``s == 1``). Positions that no tap reaches (``output_padding``, or crops) get the bias.
+outer-axis phases are looked up at run time in small constant tables. On the last axis every
+phase is computed at once: ``lanes`` consecutive ``q`` of each phase for each channel of the
+block, in registers (one input vector per distinct shift ``e_t`` feeds every tap that reads
+it), then interleaved with shuffles into ``s * lanes`` contiguous outputs. Positions that no
+tap reaches (``output_padding``, or crops) get the bias.
 Weights are ``[C, O/groups, *K]``; bias and activation are applied before the store.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from llvmlite import ir
@@ -37,19 +38,20 @@ from convdsl.backends.llvm.loops import (
     fsplat,
     gep,
     i64,
-    isplat,
-    lane_ids,
     load_vec,
     masked_load,
     masked_store,
     splat,
     store_vec,
     vec_type,
+    wide_mask,
 )
 from convdsl.backends.llvm.parallel import thread_share
 from convdsl.ir.graph import Node
 
-MAX_BLOCK = 8  # output channels per work item: accumulators + input + weight fit 16 registers
+MAX_BLOCK = 8  # output channels per work item
+# Accumulators (block x last-axis stride) stay in registers next to the inputs and a weight.
+MAX_ACCUMULATORS = 12
 
 
 @dataclass(frozen=True)
@@ -80,9 +82,11 @@ def phases(
     return tuple(table), dt, de
 
 
-def transpose_block(per_group: int) -> int:
-    """The largest divisor of the channels of a group up to ``MAX_BLOCK``."""
-    return next(b for b in range(MAX_BLOCK, 0, -1) if per_group % b == 0)
+def transpose_block(per_group: int, stride: int) -> int:
+    """The largest divisor of the channels of a group with ``block * stride`` accumulators
+    (every last-axis phase of every channel of the block) within ``MAX_ACCUMULATORS``."""
+    limit = max(1, min(MAX_BLOCK, MAX_ACCUMULATORS // stride))
+    return next(b for b in range(limit, 0, -1) if per_group % b == 0)
 
 
 def pack_transposed(weight: np.ndarray, block: int) -> np.ndarray:
@@ -138,7 +142,7 @@ def conv_transpose_kernel(k: KernelBuilder, node: Node) -> None:
     groups = a["groups"]
     group_in = x_type.channels // groups
     per_group = a["out_channels"] // groups
-    block = transpose_block(per_group)
+    block = transpose_block(per_group, a["stride"][-1])
     lanes = k.lanes
     axes = [
         phases(a["stride"][axis], a["dilation"][axis], a["pads"][axis][0], kernel[axis])
@@ -150,7 +154,9 @@ def conv_transpose_kernel(k: KernelBuilder, node: Node) -> None:
     weight = packed_transposed(k, node.param("weight"), block)
     bias = k.param(node.param("bias")) if a["bias"] else None
     activation = ACTIVATIONS[a["activation"]]
-    accumulators = [entry_alloca(b, vec_type(lanes), f"pacc{j}") for j in range(block)]
+    accumulators = [
+        entry_alloca(b, vec_type(lanes), f"pacc{j}") for j in range(block * a["stride"][-1])
+    ]
     tables = []
     for axis in range(rank - 1):
         table, _, _ = axes[axis]
@@ -213,13 +219,7 @@ def conv_transpose_kernel(k: KernelBuilder, node: Node) -> None:
             x_type.channels,
             block,
         )
-        last_table, _, _ = axes[-1]
-        stride = a["stride"][-1]
-        for p, phase in enumerate(last_table):
-            count = len(range(p, out_sizes[-1], stride))
-            if count == 0:
-                continue
-            context.phase_row(p, phase, count)
+        context.row(out_sizes[-1])
 
 
 def gep_i64(b: ir.IRBuilder, base: ir.Value, index: ir.Value) -> ir.Value:
@@ -250,53 +250,63 @@ class _Context:
     lanes: int
     channels: int  # input channels (all groups): the packed weight's third dim
     block: int
+    # Set by ``row``: per last-axis phase its (tap, input shift) pairs; the distinct shifts.
+    reads: list[list[tuple[int, int]]] = field(default_factory=list)
+    shifts: list[int] = field(default_factory=list)
 
-    def phase_row(self, p: int, phase: Phase, count: int) -> None:
-        """Every output of last-axis phase ``p`` in this item's row: ``count`` of them."""
-        b = self.k.builder
-        _, dt, de = self.axes[-1]
-        width = self.in_sizes[-1]
+    def row(self, out_width: int) -> None:
+        """Every output of this item's row: ``lanes`` consecutive ``q`` of every last-axis
+        phase at once (all taps of the last axis per input channel), interleaved in registers
+        into ``stride * lanes`` contiguous outputs."""
+        table, dt, de = self.axes[-1]
+        stride = len(table)
         lanes = self.lanes
-        reads = [(phase.t0 + m * dt, phase.e0 - m * de) for m in range(phase.count)]
-        if reads:
-            lo = -min(e for _, e in reads)
-            hi = width - lanes - max(e for _, e in reads)
+        self.reads = [[(ph.t0 + m * dt, ph.e0 - m * de) for m in range(ph.count)] for ph in table]
+        self.shifts = sorted({e for reads in self.reads for _, e in reads})
+        counts = [len(range(p, out_width, stride)) for p in range(stride)]
+        if self.shifts:
+            lo = -self.shifts[0]
+            hi = self.in_sizes[-1] - lanes - self.shifts[-1]
         else:
-            lo, hi = 0, count  # nothing is read: every vector is interior
-        for start, stop, interior in _segments(count, lanes, lo, hi):
-            with for_range(b, start, stop, lanes, name=f"tq{p}") as q:
-                self.vector(p, q, reads, interior, lanes)
-        tail = count % lanes
-        if tail:
-            self.vector(p, i64(count - tail), reads, False, tail)
+            lo, hi = 0, min(counts)  # nothing is read: every vector is interior
+        b = self.k.builder
+        for start, stop, interior in _segments(min(counts), lanes, lo, hi):
+            with for_range(b, start, stop, lanes, name="tq") as q:
+                self.vector(q, interior, None)
+        # The last vector of the shortest phase, if partial, and any longer phase's extra q.
+        for q0 in range(min(counts) // lanes * lanes, max(counts), lanes):
+            self.vector(i64(q0), False, out_width - stride * q0)
 
-    def vector(
-        self, p: int, q: ir.Value, reads: list[tuple[int, int]], interior: bool, valid: int
-    ) -> None:
-        """``lanes`` outputs ``p + s*(q + l)`` of the block's channels (only ``l < valid``
-        stored)."""
+    def vector(self, q: ir.Value, interior: bool, valid: int | None) -> None:
+        """Outputs ``s*q .. s*(q + lanes) - 1`` of the block's channels (phase ``p`` lane ``l``
+        is output ``p + s*(q + l)``); with ``valid``, only the first ``valid`` are stored."""
         b = self.k.builder
         lanes = self.lanes
         for acc in self.accumulators:
             b.store(fsplat(0.0, lanes), acc)
-        self._outer_taps(0, i64(0), i64(0), q, reads, interior)
+        self._outer_taps(0, i64(0), i64(0), q, interior)
         stride = self.node.attrs["stride"][-1]
-        out = gep(b, self.y_row, b.add(b.mul(q, i64(stride)), i64(p)))
-        for j, acc in enumerate(self.accumulators):
-            value = self.activation(b, b.fadd(b.load(acc), self.biases[j]), self.node.attrs)  # type: ignore[operator]
+        out = gep(b, self.y_row, b.mul(q, i64(stride)))
+        for j in range(self.block):
+            values = [
+                self.activation(  # type: ignore[operator]
+                    b,
+                    b.fadd(b.load(self.accumulators[p * self.block + j]), self.biases[j]),
+                    self.node.attrs,
+                )
+                for p in range(stride)
+            ]
             row = gep(b, out, j * self._out_channel_stride())
-            if stride == 1:
-                if valid == lanes:
-                    store_vec(b, value, row)
-                else:
+            for index, chunk in enumerate(interleave(b, values)):
+                at = gep(b, row, index * lanes)
+                left = lanes if valid is None else min(lanes, valid - index * lanes)
+                if left == lanes:
+                    store_vec(b, chunk, at)
+                elif left > 0:
                     mask = ir.Constant(
-                        ir.VectorType(I1, lanes), [lane < valid for lane in range(lanes)]
+                        ir.VectorType(I1, lanes), [lane < left for lane in range(lanes)]
                     )
-                    masked_store(b, value, row, mask)
-                continue
-            for lane in range(valid):
-                element = b.extract_element(value, ir.Constant(I32, lane))
-                b.store(element, gep(b, row, lane * stride))
+                    masked_store(b, chunk, at, mask)
 
     def _out_channel_stride(self) -> int:
         return strides_of(self.k.type_of(self.node.output))[0]
@@ -307,13 +317,12 @@ class _Context:
         x_offset: ir.Value,
         w_offset: ir.Value,
         q: ir.Value,
-        reads: list[tuple[int, int]],
         interior: bool,
     ) -> None:
         """Loop over the valid taps of outer axis ``axis`` (then deeper axes, then the last)."""
         b = self.k.builder
         if axis == len(self.looked):
-            self._last_taps(x_offset, w_offset, q, reads, interior)
+            self._last_taps(x_offset, w_offset, q, interior)
             return
         t0, first, count, _ = self.looked[axis]
         _, dt, de = self.axes[axis]
@@ -331,40 +340,63 @@ class _Context:
                     b.add(x_offset, b.mul(index, i64(self.in_strides[axis + 1]))),
                     b.add(w_offset, b.mul(tap, i64(tap_stride))),
                     q,
-                    reads,
                     interior,
                 )
 
     def _last_taps(
-        self,
-        x_offset: ir.Value,
-        w_offset: ir.Value,
-        q: ir.Value,
-        reads: list[tuple[int, int]],
-        interior: bool,
+        self, x_offset: ir.Value, w_offset: ir.Value, q: ir.Value, interior: bool
     ) -> None:
+        """Per input channel: one vector per distinct input shift, then every last-axis tap
+        of every phase (phase ``p``'s accumulators are ``p * block .. p * block + block - 1``)."""
         b = self.k.builder
         lanes = self.lanes
         width = self.in_sizes[-1]
         per_tap = self.channels * self.block
-        for tap, e in reads:
+        rows, masks = {}, {}
+        for e in self.shifts:
             start = b.add(q, i64(e))
+            rows[e] = gep(b, self.x_entry, b.add(x_offset, start))
             if not interior:
-                index = b.add(isplat(b, start, lanes), lane_ids(lanes))
-                mask = b.and_(
-                    b.icmp_signed(">=", index, isplat(b, i64(0), lanes)),
-                    b.icmp_signed("<", index, isplat(b, i64(width), lanes)),
-                )
-            row0 = gep(b, self.x_entry, b.add(x_offset, start))
-            tap_offset = b.mul(b.add(w_offset, i64(tap)), i64(per_tap))
-            w0 = gep(b, self.weight, b.add(self.w_base, tap_offset))
-            with for_range(b, 0, self.group_in, name="tci") as ci:
+                masks[e] = wide_mask(b, start, lanes, width)
+        w0 = gep(b, self.weight, b.add(self.w_base, b.mul(w_offset, i64(per_tap))))
+        with for_range(b, 0, self.group_in, name="tci") as ci:
+            inputs = {}
+            for e, row0 in rows.items():
                 row = gep(b, row0, b.mul(ci, i64(self.in_strides[0])))
-                xv = load_vec(b, row, lanes) if interior else masked_load(b, row, mask, lanes)
-                weights = gep(b, w0, b.mul(ci, i64(self.block)))
-                for j, acc in enumerate(self.accumulators):
-                    w = b.load(gep(b, weights, j))
-                    b.store(fma(b, xv, splat(b, w, lanes), b.load(acc)), acc)
+                inputs[e] = (
+                    load_vec(b, row, lanes) if interior else masked_load(b, row, masks[e], lanes)
+                )
+            weights = gep(b, w0, b.mul(ci, i64(self.block)))
+            for p, reads in enumerate(self.reads):
+                for tap, e in reads:
+                    for j in range(self.block):
+                        acc = self.accumulators[p * self.block + j]
+                        w = b.load(gep(b, weights, tap * per_tap + j))
+                        b.store(fma(b, inputs[e], splat(b, w, lanes), b.load(acc)), acc)
+
+
+def interleave(b: ir.IRBuilder, vectors: list[ir.Value]) -> list[ir.Value]:
+    """``s`` vectors of ``lanes`` -> the ``s * lanes`` values ``vectors[p][l]`` in the order
+    ``l * s + p``, as ``s`` vectors of ``lanes``: shuffles, no scalar stores."""
+    stride, lanes = len(vectors), vectors[0].type.count
+    if stride == 1:
+        return vectors
+    # Concatenate (padded to a power of two with zeros) into one wide vector, then permute.
+    parts = list(vectors)
+    while len(parts) & (len(parts) - 1):
+        parts.append(fsplat(0.0, lanes))
+    while len(parts) > 1:
+        width = parts[0].type.count
+        concat = ir.Constant(ir.VectorType(I32, 2 * width), list(range(2 * width)))
+        parts = [b.shuffle_vector(parts[i], parts[i + 1], concat) for i in range(0, len(parts), 2)]
+    wide = parts[0]
+    chunks = []
+    for index in range(stride):
+        order = [
+            (o % stride) * lanes + o // stride for o in range(index * lanes, (index + 1) * lanes)
+        ]
+        chunks.append(b.shuffle_vector(wide, wide, ir.Constant(ir.VectorType(I32, lanes), order)))
+    return chunks
 
 
 KERNELS = {f"conv_transpose{r}d": conv_transpose_kernel for r in (1, 2, 3)}
