@@ -200,7 +200,7 @@ def check_backend(graph: Graph, backend: str, threads: int = 2) -> None:
 
         load_libgomp()
         target = host_target()
-        Jit(lower_graph(backend_graph(graph, backend), target.lanes, threads).module, target)
+        Jit(lower_graph(backend_graph(graph, backend), target.lanes, threads).modules, target)
 
 
 def _as_array(value: Any) -> np.ndarray | None:

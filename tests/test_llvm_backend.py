@@ -28,6 +28,7 @@ from convdsl.backends.llvm.parallel import WORKER_TYPE, call_parallel, load_libg
 from convdsl.backends.llvm.target import host_target, lanes_for
 from convdsl.diagnostics import ConvdslError, InternalError
 from convdsl.ir.derived import materialize
+from convdsl.ir.graph import Graph
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -403,7 +404,7 @@ def test_gomp_parallel_runs_each_share_on_its_own_thread() -> None:
     eb = ir.IRBuilder(entry.append_basic_block("entry"))
     call_parallel(eb, worker, entry.args[0], ir.Constant(ir.IntType(32), 2))
     eb.ret_void()
-    jit = Jit(module)
+    jit = Jit([module])
     owners = np.full(101, -1, np.int64)
     ctypes.CFUNCTYPE(None, ctypes.c_void_p)(jit.address("entry"))(owners.ctypes.data)
     assert owners[:51].tolist() == [0] * 51 and owners[51:].tolist() == [1] * 50
@@ -422,7 +423,7 @@ def test_loop_nest_visits_every_index_in_order() -> None:
     with for_range(b, 12, 20, 3) as k:
         b.store(ir.Constant(ir.FloatType(), -1.0), gep(b, fn.args[0], k))
     b.ret_void()
-    jit = Jit(module)
+    jit = Jit([module])
     out = np.zeros(20, np.float32)
     ctypes.CFUNCTYPE(None, ctypes.c_void_p)(jit.address("fill"))(out.ctypes.data)
     expected = np.concatenate([np.arange(12), [-1, 0, 0, -1, 0, 0, -1, 0]])
@@ -641,6 +642,22 @@ def test_upscore8_runs_phase_split_with_packed_weights() -> None:
     assert_matches(src, batches=(1,))
 
 
+def test_kernels_of_the_same_shape_share_one_function_with_their_own_addresses() -> None:
+    src = (
+        "input x: f32[N, 8, 12, 12]\n"
+        "a = relu(conv2d(x, 8, kernel=3, padding=same))\n"
+        "b = relu(conv2d(a, 8, kernel=3, padding=same))\n"
+        "output y = relu(conv2d(b, 8, kernel=3, padding=same))"
+    )
+    net = convdsl.compile_string(src, "same.conv")
+    lowered = lower.lower_graph(net.graph, host_target().lanes, threads=2)
+    labels = ["kernel0_a_conv2d", "kernel1_b_conv2d", "kernel2_y_conv2d"]
+    assert [w.label for w in lowered.workers] == labels
+    assert {w.name for w in lowered.workers} == {"kernel0_a_conv2d"}
+    assert [m.name for m in lowered.kernels] == ["kernel0_a_conv2d"]
+    assert_matches(src, batches=(1, 2))
+
+
 # ---- the compiled-code cache (object_cache) -------------------------------------------------
 
 CACHED = (
@@ -660,10 +677,13 @@ def test_a_second_build_loads_the_cached_code_and_computes_the_same_bits(
 ) -> None:
     net, params = cached_network(str(tmp_path), monkeypatch)
     first = LlvmExecutable(net.graph, params, threads=2, profile=True)
+    assert first.jit.compiled == 3  # relayout kernel, conv kernel, entry
+    assert len(list(tmp_path.glob("*.o"))) == 3  # one entry per module
     second = LlvmExecutable(net.graph, params, threads=2, profile=True)
     other_threads = LlvmExecutable(net.graph, params, threads=1)
     assert not first.jit.cached and second.jit.cached and not other_threads.jit.cached
-    assert len(list(tmp_path.glob("*.o"))) == 2  # one entry per distinct module
+    # Only the entry differs with one thread (it calls the kernels without GOMP_parallel).
+    assert other_threads.jit.compiled == 1 and len(list(tmp_path.glob("*.o"))) == 4
     x = net.random_inputs(seed=1, batch=3)["x"]
     (x_id,), ((_, y_id),) = net.graph.inputs, net.graph.outputs
     np.testing.assert_array_equal(second.run({x_id: x})[y_id], first.run({x_id: x})[y_id])
@@ -676,17 +696,39 @@ def test_a_damaged_cache_entry_is_a_miss_and_is_rewritten(
 ) -> None:
     net, params = cached_network(str(tmp_path), monkeypatch)
     LlvmExecutable(net.graph, params, threads=2)
-    (entry,) = tmp_path.glob("*.o")
+    entry = max(tmp_path.glob("*.o"), key=lambda path: path.stat().st_size)  # the conv's
     good = entry.read_bytes()
     for damaged in (good[: len(good) // 2], good[:32] + b"\0" * (len(good) - 32), b""):
         entry.write_bytes(damaged)
         rebuilt = LlvmExecutable(net.graph, params, threads=2)
-        assert not rebuilt.jit.cached and entry.read_bytes() == good
+        assert rebuilt.jit.compiled == 1 and entry.read_bytes() == good
         x = net.random_inputs(seed=2)["x"]
         (x_id,), ((_, y_id),) = net.graph.inputs, net.graph.outputs
         np.testing.assert_allclose(
             rebuilt.run({x_id: x})[y_id], net(x=x)["y"], rtol=1e-4, atol=1e-5
         )
+
+
+def test_editing_one_layer_recompiles_only_its_kernel_and_the_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVDSL_CACHE_DIR", str(tmp_path))
+    source = (
+        "input x: f32[N, 5, 20, 20]\n"
+        "a = relu(conv2d(x, 8, kernel=3, padding=same))\n"
+        "b = max_pool2d(a, 2)\n"
+        "output y = conv2d(b, {}, kernel=3, padding=same)"
+    )
+    before = LlvmExecutable(*_graph_and_params(source.format(4)), threads=2)
+    edited, params = _graph_and_params(source.format(6))
+    after = LlvmExecutable(edited, params, threads=2)
+    assert before.jit.compiled == 4  # conv+relu, pool, conv, entry
+    assert after.jit.compiled == 2  # the edited conv and the entry: the others were cached
+
+
+def _graph_and_params(source: str) -> tuple[Graph, dict]:
+    net = convdsl.compile_string(source)
+    return net.graph, materialize(net.graph, net.weights)
 
 
 @pytest.mark.parametrize("setting", ["off", "", "file"])

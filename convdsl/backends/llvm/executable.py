@@ -63,7 +63,7 @@ class LlvmExecutable:
         self.target = host_target()
         self._lowered = lower_graph(graph, self.target.lanes, threads, profile)
         self._arena_per_entry = self._lowered.arena_bytes
-        self.jit = Jit(self._lowered.module, self.target)
+        self.jit = Jit(self._lowered.modules, self.target)
         self._run = _RUN(self.jit.address(ENTRY))
         self._profile = None
         if profile:

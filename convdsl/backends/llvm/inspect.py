@@ -1,19 +1,17 @@
 """What the llvm backend generates, for people reading it: ``convdsl ir FILE --llvm / --asm``.
 
-``llvm_ir`` is the module exactly as ``lower`` builds it (before LLVM's optimizer): one worker
-function per kernel, named ``kernel{index}_{layer}`` after the kernel's position in
-``graph.nodes`` and its output, plus the entry ``run``. ``kernel_assembly`` JIT-compiles the
-module for the host and returns the assembly of the workers whose name contains ``kernel`` (a
-layer name like ``conv3``, or ``kernel5``).
+``llvm_ir`` is the code exactly as ``lower`` builds it (before LLVM's optimizer): one module per
+distinct kernel, its worker function named ``kernel{index}_{layer}`` after the first kernel of
+that shape in ``graph.nodes`` and its output, then the entry module with ``run``, which lists
+which function computes which layer. ``kernel_assembly`` compiles only the modules of the
+kernels whose name contains ``kernel`` (a layer name like ``conv3``, or ``kernel5``) and returns
+their assembly; a layer computed by another layer's function is found under that function.
 """
 
 from __future__ import annotations
 
-import re
-
-from convdsl.backends.llvm.jit import Jit
+from convdsl.backends.llvm.jit import assembly
 from convdsl.backends.llvm.lower import lower_graph
-from convdsl.backends.llvm.parallel import load_libgomp
 from convdsl.backends.llvm.target import host_target
 from convdsl.diagnostics import error
 from convdsl.ir.graph import Graph
@@ -21,28 +19,36 @@ from convdsl.ir.graph import Graph
 
 def llvm_ir(graph: Graph, threads: int) -> str:
     target = host_target()
-    module = lower_graph(graph, target.lanes, threads).module
-    module.triple = target.triple
-    return str(module)
-
-
-def kernel_names(module_text: str) -> list[str]:
-    return re.findall(r"^define [^@]*@\"?(kernel[\w.]*)\"?\(", module_text, flags=re.MULTILINE)
+    lowered = lower_graph(graph, target.lanes, threads)
+    texts = []
+    for module in lowered.modules:
+        module.triple = target.triple
+        texts.append(str(module))
+    return "\n".join(texts)
 
 
 def kernel_assembly(graph: Graph, threads: int, kernel: str) -> str:
-    load_libgomp()
     target = host_target()
-    module = lower_graph(graph, target.lanes, threads).module
-    names = kernel_names(str(module))
-    chosen = [name for name in names if kernel in (name, *name.split("_", 1))]
+    lowered = lower_graph(graph, target.lanes, threads)
+    labels = [worker.label for worker in lowered.workers]
+    chosen = [
+        worker.name
+        for worker in lowered.workers
+        if kernel in (worker.label, *worker.label.split("_", 1))
+    ]
     if not chosen:
         raise error(
             f"--asm {kernel}: no kernel of that name",
-            hint=f"the kernels are: {', '.join(names)}",
+            hint=f"the kernels are: {', '.join(labels)}",
         )
-    assembly = Jit(module, target, cache=False).assembly()
-    return "".join(_function_text(assembly, name) for name in chosen)
+    by_name = {module.name: module for module in lowered.kernels}
+    texts = []
+    for name in dict.fromkeys(chosen):
+        users = [worker.label for worker in lowered.workers if worker.name == name]
+        shared = f" (computes {', '.join(users)})" if len(users) > 1 else ""
+        text = _function_text(assembly(by_name[name], target), name)
+        texts.append(f"# ---- {name}{shared}\n{text}")
+    return "".join(texts)
 
 
 def _function_text(assembly: str, name: str) -> str:
@@ -50,4 +56,4 @@ def _function_text(assembly: str, name: str) -> str:
     start = assembly.index(f"\n{name}:") + 1
     end = assembly.index(".Lfunc_end", start)
     end = assembly.index("\n", end) + 1
-    return f"# ---- {name}\n{assembly[start:end]}"
+    return assembly[start:end]

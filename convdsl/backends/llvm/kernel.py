@@ -12,7 +12,9 @@ planned arena: batch entry ``n`` at ``offset * B + n * size``. Addressing otherw
 memory plan (``convdsl.ir.memory_plan``): batch entry ``n`` of a planned
 value ``v`` whose root buffer is ``R`` starts at byte ``R.offset * B + n * R.size + (v.offset -
 R.offset)`` of the arena; within an entry a value is dense ``[C, *spatial]``. Graph inputs are
-dense ``[B, C, *spatial]`` caller arrays; parameters are dense float32 arrays.
+dense ``[B, C, *spatial]`` caller arrays; parameters are dense float32 arrays. The entry
+function computes those addresses (``ArenaAddresses``) and hands each kernel a table of them
+(``BoundAddresses``): kernel code holds no address, only shapes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from convdsl.backends.llvm.loops import (
     F32P,
     I1,
     I64,
-    PTR,
     gep,
     i64,
     load_vec,
@@ -40,9 +41,8 @@ from convdsl.ir.graph import Graph, Node
 from convdsl.ir.types import TensorType
 from convdsl.passes.memory import root_of
 
-# The struct every kernel worker receives: the entry function's arguments.
-DATA_FIELDS = ("inputs", "outputs", "arena", "params", "batch")
-DATA_TYPE = ir.LiteralStructType([PTR, PTR, PTR, PTR, I64])
+# The entry function's arguments, as the entry reads them (``ArenaAddresses``).
+RUN_FIELDS = ("inputs", "outputs", "arena", "params", "batch")
 
 
 @dataclass(frozen=True)
@@ -79,32 +79,104 @@ def strides_of(t: TensorType) -> tuple[int, ...]:
     return (math.prod(sizes), *strides)
 
 
-@dataclass
-class KernelBuilder:
-    """Emits one kernel worker: holds the builder and the worker's view of the data struct."""
+class ArenaAddresses:
+    """Addresses computed from the entry function's arguments and the memory plan: where the
+    entry function finds every value and parameter, to fill the kernels' tables."""
 
-    graph: Graph
-    builder: ir.IRBuilder
-    lanes: int
-    param_index: dict[str, int]  # shared with the module builder: packings add entries
-    packings: dict[str, tuple[str, int]] = field(default_factory=dict)  # shared too
-    scratch: dict[int, tuple[int, int]] = field(default_factory=dict)
-    flat: bool = False  # every value seen as one row [C, prod(spatial)] (``flat_pointwise``)
-    fields: dict[str, ir.Value] = field(default_factory=dict)
-    local: dict[int, list[ir.Value]] = field(default_factory=dict)
-
-    def load_fields(self, data: ir.Value) -> None:
-        b = self.builder
-        struct = b.bitcast(data, DATA_TYPE.as_pointer())
-        for index, name in enumerate(DATA_FIELDS):
-            slot = b.gep(
-                struct, [ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), index)]
-            )
-            self.fields[name] = b.load(slot, name=name)
+    def __init__(
+        self,
+        graph: Graph,
+        builder: ir.IRBuilder,
+        fields: dict[str, ir.Value],
+        param_index: dict[str, int],
+        scratch: dict[int, tuple[int, int]],
+    ) -> None:
+        self.graph, self.builder, self.fields = graph, builder, fields
+        self.param_index, self.scratch = param_index, scratch
 
     @property
     def batch(self) -> ir.Value:
         return self.fields["batch"]
+
+    def value(self, value: int) -> tuple[ir.Value, ir.Value]:
+        """``float*`` to batch entry 0 of ``value``, and the elements from one entry to the next."""
+        b = self.builder
+        if value in self.graph.inputs:
+            slot = self.graph.inputs.index(value)
+            table = b.bitcast(self.fields["inputs"], F32P.as_pointer())
+            return b.load(b.gep(table, [i64(slot)])), i64(entry_elements(self.graph.type_of(value)))
+        if value in self.scratch:
+            offset, size = self.scratch[value]
+            start = b.mul(self.batch, i64(offset))
+            return b.bitcast(b.gep(self.fields["arena"], [start]), F32P), i64(size // 4)
+        plan = self.graph.memory
+        if plan is None or value not in plan.buffers:
+            raise InternalError(f"value %{self.graph.values[value].name} has no arena slot")
+        buffer = plan.buffers[value]
+        root = root_of(plan, buffer.value)
+        start = b.add(b.mul(self.batch, i64(root.offset)), i64(buffer.offset - root.offset))
+        return b.bitcast(b.gep(self.fields["arena"], [start]), F32P), i64(root.size // 4)
+
+    def param(self, name: str) -> ir.Value:
+        b = self.builder
+        table = b.bitcast(self.fields["params"], F32P.as_pointer())
+        return b.load(b.gep(table, [i64(self.param_index[name])]))
+
+
+class BoundAddresses:
+    """A kernel's addresses, read from the table of ``i64`` words its caller passes: word 0 is
+    the batch size, then, in the order the kernel first uses them, two words per value (its
+    entry 0 as an address, elements per entry) and one per parameter (its address).
+
+    So a kernel's code depends only on shapes and attributes, never on where the memory plan
+    put its values or which parameter it reads: kernels of the same shape print the same and
+    share one function (``lower``), each call with its own table."""
+
+    def __init__(self, builder: ir.IRBuilder, table: ir.Value, prologue: ir.Block) -> None:
+        self.builder = builder
+        self.prologue = prologue  # where the words are loaded: it dominates the whole kernel
+        with builder.goto_block(prologue):
+            self.table = builder.bitcast(table, I64.as_pointer())
+            self.batch = builder.load(self.table, name="batch")
+        self.bindings: list[tuple[str, int | str]] = []  # ("value", id) or ("param", name)
+        self.loaded: dict[tuple[str, int | str], tuple[ir.Value, ...]] = {}
+        self.words = 1
+
+    def _bind(self, key: tuple[str, int | str], words: int) -> tuple[ir.Value, ...]:
+        if key not in self.loaded:
+            b = self.builder
+            with b.goto_block(self.prologue):
+                loaded = [b.load(b.gep(self.table, [i64(self.words + i)])) for i in range(words)]
+                loaded[0] = b.inttoptr(loaded[0], F32P)
+            self.words += words
+            self.bindings.append(key)
+            self.loaded[key] = tuple(loaded)
+        return self.loaded[key]
+
+    def value(self, value: int) -> tuple[ir.Value, ir.Value]:
+        base, per_entry = self._bind(("value", value), 2)
+        return base, per_entry
+
+    def param(self, name: str) -> ir.Value:
+        return self._bind(("param", name), 1)[0]
+
+
+@dataclass
+class KernelBuilder:
+    """Emits one kernel worker: the builder, and where the kernel finds its data."""
+
+    graph: Graph
+    builder: ir.IRBuilder
+    lanes: int
+    addresses: ArenaAddresses | BoundAddresses
+    param_index: dict[str, int]  # shared with the module builder: packings add entries
+    packings: dict[str, tuple[str, int]] = field(default_factory=dict)  # shared too
+    flat: bool = False  # every value seen as one row [C, prod(spatial)] (``flat_pointwise``)
+    local: dict[int, list[ir.Value]] = field(default_factory=dict)
+
+    @property
+    def batch(self) -> ir.Value:
+        return self.addresses.batch
 
     def type_of(self, value: int) -> TensorType:
         return self.graph.type_of(value)
@@ -123,32 +195,14 @@ class KernelBuilder:
 
     def entry(self, value: int, n: ir.Value) -> ir.Value:
         """``float*`` to batch entry ``n`` of ``value``."""
-        b = self.builder
-        if value in self.graph.inputs:
-            slot = self.graph.inputs.index(value)
-            table = b.bitcast(self.fields["inputs"], F32P.as_pointer())
-            base = b.load(b.gep(table, [i64(slot)]))
-            per_entry = entry_elements(self.type_of(value))
-            return gep(b, base, b.mul(n, i64(per_entry)))
-        if value in self.scratch:
-            offset, size = self.scratch[value]
-            start = b.add(b.mul(self.batch, i64(offset)), b.mul(n, i64(size)))
-            return b.bitcast(b.gep(self.fields["arena"], [start]), F32P)
-        plan = self.graph.memory
-        if plan is None or value not in plan.buffers:
-            raise InternalError(f"value %{self.graph.values[value].name} has no arena slot")
-        buffer = plan.buffers[value]
-        root = root_of(plan, buffer.value)
-        start = b.mul(self.batch, i64(root.offset))
-        start = b.add(start, b.mul(n, i64(root.size)))
-        start = b.add(start, i64(buffer.offset - root.offset))
-        return b.bitcast(b.gep(self.fields["arena"], [start]), F32P)
+        base, per_entry = self.addresses.value(value)
+        return gep(self.builder, base, self.builder.mul(n, per_entry))
 
     def param(self, name: str) -> ir.Value:
-        """``float*`` to the parameter ``name`` (declared or derived)."""
-        b = self.builder
-        table = b.bitcast(self.fields["params"], F32P.as_pointer())
-        return b.load(b.gep(table, [i64(self.param_index[name])]))
+        """``float*`` to the parameter ``name`` (declared, derived or packed)."""
+        if name not in self.param_index:
+            raise InternalError(f"no parameter named {name}")
+        return self.addresses.param(name)
 
     def packed_param(self, name: str, block: int) -> ir.Value:
         """``float*`` to conv weight ``name`` ``[O, Cg, *K]`` repacked as ``[O/block, Cg, taps,

@@ -9,8 +9,10 @@ but a kernel's vector may start at any element.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import cache
 
 from llvmlite import ir
 
@@ -47,6 +49,14 @@ def splat(builder: ir.IRBuilder, scalar: ir.Value, lanes: int) -> ir.Value:
 
 
 def fsplat(value: float, lanes: int) -> ir.Constant:
+    """``value`` in every lane. One shared object per (bits, lanes): llvmlite builds and
+    prints a vector constant slowly and caches its text per object."""
+    return _fsplat(struct.pack("<f", value), lanes)
+
+
+@cache
+def _fsplat(bits: bytes, lanes: int) -> ir.Constant:
+    (value,) = struct.unpack("<f", bits)
     return ir.Constant(vec_type(lanes), [value] * lanes)
 
 

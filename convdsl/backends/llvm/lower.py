@@ -44,8 +44,9 @@ from convdsl.backends.llvm.conv_schedule import (
     row_segments,
 )
 from convdsl.backends.llvm.kernel import (
-    DATA_FIELDS,
-    DATA_TYPE,
+    RUN_FIELDS,
+    ArenaAddresses,
+    BoundAddresses,
     KernelBuilder,
     Point,
     entry_elements,
@@ -137,7 +138,7 @@ def fits_point_model(graph: Graph, node: Node) -> bool:
 
 
 class ModuleBuilder:
-    """Builds the module: one worker per kernel, then the entry function."""
+    """Builds one module per distinct kernel, then the entry module that calls them."""
 
     def __init__(self, graph: Graph, lanes: int, threads: int, profile: bool = False) -> None:
         check_lowerable(graph)
@@ -146,7 +147,9 @@ class ModuleBuilder:
         self.threads = threads
         self.profile = profile
         self.workers: list[Worker] = []
-        self.module = ir.Module(name=graph.name)
+        self.kernels: list[ir.Module] = []
+        self.functions: dict[str, str] = {}  # kernel module text (name left out) -> function
+        self.module = ir.Module(name=graph.name)  # the entry module
         names = [*graph.params, *graph.derived]
         self.param_index = {name: index for index, name in enumerate(names)}
         self.packings: dict[str, tuple[str, int]] = {}  # packed parameter -> (source, block)
@@ -155,7 +158,6 @@ class ModuleBuilder:
         self.arena_bytes = graph.memory.arena_bytes  # planned arena plus scratch, per entry
 
     def build(self) -> ir.Module:
-        workers = []
         for index, node in enumerate(self.graph.nodes):
             if self._copy_free(node):
                 continue
@@ -163,10 +165,10 @@ class ModuleBuilder:
                 for step, part in enumerate(node.parts):
                     if part.output != node.output:
                         self._add_scratch(part.output)
-                    workers.append(self._kernel(part, f"{index}_{step}"))
+                    self._kernel(part, f"{index}_{step}")
             else:
-                workers.append(self._kernel(node, str(index)))
-        self._entry(workers)
+                self._kernel(node, str(index))
+        self._entry()
         return self.module
 
     # ---- kernels ----------------------------------------------------------------------------
@@ -185,16 +187,19 @@ class ModuleBuilder:
         self.scratch[value] = (self.arena_bytes, size)
         self.arena_bytes += size
 
-    def _kernel(self, node: Node, tag: str) -> ir.Function:
-        """The worker that computes ``node``."""
+    def _kernel(self, node: Node, tag: str) -> None:
+        """The worker that computes ``node``, in a module of its own; a kernel that prints
+        the same as an earlier one (same shapes and attributes) reuses that one's function."""
         name = f"kernel{tag}_{_ident(node.name)}"
-        worker = ir.Function(self.module, WORKER_TYPE, name)
-        self.workers.append(Worker(name, node, _describe(node)))
+        module = ir.Module(name=name)
+        worker = ir.Function(module, WORKER_TYPE, name)
         worker.attributes.add("nounwind")
         _frame_pointer(worker)
-        builder = ir.IRBuilder(worker.append_basic_block("entry"))
-        k = self._kernel_builder(builder)
-        k.load_fields(worker.args[0])
+        prologue = worker.append_basic_block("prologue")
+        builder = ir.IRBuilder(worker.append_basic_block("body"))
+        addresses = BoundAddresses(builder, worker.args[0], prologue)
+        ir.IRBuilder(prologue).branch(builder.block)
+        k = self._kernel_builder(builder, addresses)
         try:
             if node.op in KERNELS:
                 KERNELS[node.op](k, node)
@@ -209,16 +214,18 @@ class ModuleBuilder:
                 node.span,
             ) from exc
         builder.ret_void()
-        return worker
+        text = str(module).replace(f'"{name}"', '"KERNEL"')
+        if text not in self.functions:
+            self.functions[text] = name
+            self.kernels.append(module)
+        bindings = tuple(addresses.bindings)
+        self.workers.append(Worker(self.functions[text], node, _describe(node), bindings, name))
 
-    def _kernel_builder(self, builder: ir.IRBuilder) -> KernelBuilder:
+    def _kernel_builder(
+        self, builder: ir.IRBuilder, addresses: ArenaAddresses | BoundAddresses
+    ) -> KernelBuilder:
         return KernelBuilder(
-            self.graph,
-            builder,
-            self.lanes,
-            self.param_index,
-            self.packings,
-            self.scratch,
+            self.graph, builder, self.lanes, addresses, self.param_index, self.packings
         )
 
     def _points(self, k: KernelBuilder, node: Node) -> None:
@@ -362,32 +369,50 @@ class ModuleBuilder:
 
     # ---- entry ------------------------------------------------------------------------------
 
-    def _entry(self, workers: list[ir.Function]) -> None:
+    def _entry(self) -> None:
         run = ir.Function(self.module, RUN_TYPE, ENTRY)
         _frame_pointer(run)
         b = ir.IRBuilder(run.append_basic_block("entry"))
-        data = b.alloca(DATA_TYPE, name="data")
-        for index, (name, arg) in enumerate(zip(DATA_FIELDS, run.args, strict=True)):
-            slot = b.gep(data, [ir.Constant(I32, 0), ir.Constant(I32, index)])
-            b.store(arg if name == "batch" else b.bitcast(arg, PTR), slot)
-        raw = b.bitcast(data, PTR)
-        clock = _Clock(b, len(workers)) if self.profile else None
-        for index, worker in enumerate(workers):
+        fields = dict(zip(RUN_FIELDS, run.args, strict=True))
+        arena = ArenaAddresses(self.graph, b, fields, self.param_index, self.scratch)
+        functions = {
+            name: ir.Function(self.module, WORKER_TYPE, name)
+            for name in dict.fromkeys(worker.name for worker in self.workers)
+        }
+        tables = [self._table(b, arena, worker) for worker in self.workers]
+        clock = _Clock(b, len(self.workers)) if self.profile else None
+        for index, (worker, table) in enumerate(zip(self.workers, tables, strict=True)):
             started = clock.now() if clock else None
+            function = functions[worker.name]
             if self.threads == 1:
-                b.call(worker, [raw])
+                b.call(function, [table])
             else:
-                call_parallel(b, worker, raw, ir.Constant(I32, self.threads))
+                call_parallel(b, function, table, ir.Constant(I32, self.threads))
             if clock and started is not None:
                 clock.add(index, started)
-        self._copy_outputs(b, raw, run.args[1], run.args[4])
+        self._copy_outputs(b, arena, run.args[1], run.args[4])
         b.ret_void()
 
+    def _table(self, b: ir.IRBuilder, arena: ArenaAddresses, worker: Worker) -> ir.Value:
+        """The words ``worker`` reads its addresses from (``BoundAddresses``)."""
+        words = [arena.batch]
+        for kind, key in worker.bindings:
+            if kind == "value":
+                assert isinstance(key, int)
+                base, per_entry = arena.value(key)
+                words += [b.ptrtoint(base, I64), per_entry]
+            else:
+                assert isinstance(key, str)
+                words.append(b.ptrtoint(arena.param(key), I64))
+        table = b.alloca(ir.ArrayType(I64, len(words)), name=f"{worker.name}.table")
+        for index, word in enumerate(words):
+            b.store(word, b.gep(table, [ir.Constant(I32, 0), ir.Constant(I32, index)]))
+        return b.bitcast(table, PTR)
+
     def _copy_outputs(
-        self, b: ir.IRBuilder, raw: ir.Value, outputs: ir.Value, batch: ir.Value
+        self, b: ir.IRBuilder, arena: ArenaAddresses, outputs: ir.Value, batch: ir.Value
     ) -> None:
-        k = self._kernel_builder(b)
-        k.load_fields(raw)
+        k = self._kernel_builder(b, arena)
         for slot, (_, value) in enumerate(self.graph.outputs):
             entry_bytes = entry_elements(self.graph.type_of(value)) * 4
             target = b.load(b.gep(outputs, [i64(slot)]))
@@ -470,32 +495,47 @@ def _ident(name: str) -> str:
 
 @dataclass(frozen=True)
 class Worker:
-    """One outlined kernel function, in the order the entry calls them."""
+    """One call of an outlined kernel function, in the order the entry makes them."""
 
-    name: str
+    name: str  # the function: shared by kernels that print the same
     node: Node  # the node (or part of a fused node) it computes
     role: str  # its ops: "conv2d+relu", "relayout"
+    bindings: tuple[tuple[str, int | str], ...] = ()  # its table (``BoundAddresses``)
+    label: str = ""  # the call's own name, ``kernel{index}_{layer}`` (``name`` if it is first)
 
 
 @dataclass(frozen=True)
 class Lowered:
-    """The module and what running it needs: ``params[i]`` is the name of ``float** params``
-    entry ``i`` (declared, derived, then packed copies made by ``packings``: name -> (source,
-    block)), and the arena bytes per batch entry (the plan's, plus scratch for unfused parts)."""
+    """The modules and what running them needs: ``kernels`` (one module per distinct kernel)
+    and ``entry`` (the ``run`` function calling them); ``params[i]`` is the name of ``float**
+    params`` entry ``i`` (declared, derived, then packed copies made by ``packings``: name ->
+    (source, block)), and the arena bytes per batch entry (the plan's, plus scratch for
+    unfused parts)."""
 
-    module: ir.Module
+    entry: ir.Module
+    kernels: tuple[ir.Module, ...]
     params: tuple[str, ...]
     packings: dict[str, tuple[str, int]]
     arena_bytes: int
     workers: tuple[Worker, ...]
+
+    @property
+    def modules(self) -> tuple[ir.Module, ...]:
+        """Every module to compile and link: the kernels, then the entry."""
+        return (*self.kernels, self.entry)
 
 
 def lower_graph(graph: Graph, lanes: int, threads: int, profile: bool = False) -> Lowered:
     """Lower ``graph`` (see the module docstring for the entry function); with ``profile``,
     the entry also adds up each worker's wall time in the global ``PROFILE``."""
     builder = ModuleBuilder(graph, lanes, threads, profile)
-    module = builder.build()
+    entry = builder.build()
     names = sorted(builder.param_index, key=builder.param_index.__getitem__)
     return Lowered(
-        module, tuple(names), builder.packings, builder.arena_bytes, tuple(builder.workers)
+        entry,
+        tuple(builder.kernels),
+        tuple(names),
+        builder.packings,
+        builder.arena_bytes,
+        tuple(builder.workers),
     )
