@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from llvmlite import ir
 
 import convdsl
-from convdsl.backends.llvm import lower
+from convdsl.backends.llvm import codegen, lower
 from convdsl.backends.llvm.conv_schedule import flat_pointwise, row_segments
 from convdsl.backends.llvm.executable import LlvmExecutable, aligned_empty
 from convdsl.backends.llvm.jit import Jit
@@ -656,6 +656,54 @@ def test_kernels_of_the_same_shape_share_one_function_with_their_own_addresses()
     assert {w.name for w in lowered.workers} == {"kernel0_a_conv2d"}
     assert [m.name for m in lowered.kernels] == ["kernel0_a_conv2d"]
     assert_matches(src, batches=(1, 2))
+
+
+# ---- compiling on every core (codegen) --------------------------------------------------------
+
+SEVERAL_KERNELS = (
+    "input x: f32[N, 3, 17, 19]\n"
+    "a = relu(conv2d(x, 5, kernel=3, padding=same))\n"
+    "b = max_pool2d(a, 2)\n"
+    "c = conv2d(b, 6, kernel=3, stride=2, dilation=1, padding=same)\n"
+    "output y = upscale(c, 2, mode=bilinear)"
+)
+
+
+def _module_texts(src: str) -> list[str]:
+    net = convdsl.compile_string(src)
+    target = host_target()
+    modules = lower.lower_graph(net.graph, target.lanes, threads=2).modules
+    for module in modules:
+        module.triple = target.triple
+    return [str(module) for module in modules]
+
+
+def test_helper_processes_compile_the_same_code_as_this_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    target = host_target()
+    texts = _module_texts(SEVERAL_KERNELS)
+    alone = codegen.compile_objects(texts, target.triple, target.cpu, target.features)
+    monkeypatch.setattr(codegen, "PARALLEL_LINES", 0)
+    monkeypatch.setattr(codegen, "_cores", lambda: 3)  # two helpers, even on one core
+    started = []
+    real_start = codegen._start_helper
+    monkeypatch.setattr(
+        codegen, "_start_helper", lambda *args: started.append(1) or real_start(*args)
+    )
+    shared = codegen.compile_objects(texts, target.triple, target.cpu, target.features)
+    assert len(started) == 2 and len(texts) >= 4
+    assert shared == alone
+
+
+def test_a_failing_helper_costs_time_not_the_result(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CONVDSL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(codegen, "PARALLEL_LINES", 0)
+    monkeypatch.setattr(codegen, "_cores", lambda: 2)
+    monkeypatch.setattr(codegen.sys, "executable", "/bin/false")  # exits 1, reads nothing
+    assert_matches(SEVERAL_KERNELS, batches=(2,))
 
 
 # ---- the compiled-code cache (object_cache) -------------------------------------------------

@@ -38,7 +38,7 @@ def lanes_for(features: str) -> int:
 @cache
 def host_target() -> Target:
     """The machine this process runs on."""
-    from convdsl.backends.llvm.jit import initialize
+    from convdsl.backends.llvm.codegen import initialize
 
     initialize()
     features = llvm.get_host_cpu_features().flatten()
