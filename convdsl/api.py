@@ -193,14 +193,16 @@ def check_backend(graph: Graph, backend: str, threads: int = 2) -> None:
     if backend not in BACKENDS:
         raise error(f"unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
     if backend == "llvm":
-        from convdsl.backends.llvm.jit import Jit
+        from convdsl.backends.llvm.jit import Build
         from convdsl.backends.llvm.lower import lower_graph
         from convdsl.backends.llvm.parallel import load_libgomp
         from convdsl.backends.llvm.target import host_target
 
         load_libgomp()
         target = host_target()
-        Jit(lower_graph(backend_graph(graph, backend), target.lanes, threads).modules, target)
+        build = Build(target)
+        lower_graph(backend_graph(graph, backend), target.lanes, threads, on_module=build.add)
+        build.link()
 
 
 def _as_array(value: Any) -> np.ndarray | None:

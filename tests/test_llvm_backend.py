@@ -404,7 +404,7 @@ def test_gomp_parallel_runs_each_share_on_its_own_thread() -> None:
     eb = ir.IRBuilder(entry.append_basic_block("entry"))
     call_parallel(eb, worker, entry.args[0], ir.Constant(ir.IntType(32), 2))
     eb.ret_void()
-    jit = Jit([module])
+    jit = Jit.of([module])
     owners = np.full(101, -1, np.int64)
     ctypes.CFUNCTYPE(None, ctypes.c_void_p)(jit.address("entry"))(owners.ctypes.data)
     assert owners[:51].tolist() == [0] * 51 and owners[51:].tolist() == [1] * 50
@@ -423,7 +423,7 @@ def test_loop_nest_visits_every_index_in_order() -> None:
     with for_range(b, 12, 20, 3) as k:
         b.store(ir.Constant(ir.FloatType(), -1.0), gep(b, fn.args[0], k))
     b.ret_void()
-    jit = Jit([module])
+    jit = Jit.of([module])
     out = np.zeros(20, np.float32)
     ctypes.CFUNCTYPE(None, ctypes.c_void_p)(jit.address("fill"))(out.ctypes.data)
     expected = np.concatenate([np.arange(12), [-1, 0, 0, -1, 0, 0, -1, 0]])
@@ -686,14 +686,12 @@ def test_helper_processes_compile_the_same_code_as_this_process(
     alone = codegen.compile_objects(texts, target.triple, target.cpu, target.features)
     monkeypatch.setattr(codegen, "PARALLEL_LINES", 0)
     monkeypatch.setattr(codegen, "_cores", lambda: 3)  # two helpers, even on one core
-    started = []
-    real_start = codegen._start_helper
-    monkeypatch.setattr(
-        codegen, "_start_helper", lambda *args: started.append(1) or real_start(*args)
-    )
-    shared = codegen.compile_objects(texts, target.triple, target.cpu, target.features)
-    assert len(started) == 2 and len(texts) >= 4
-    assert shared == alone
+    compiler = codegen.Compiler(target.triple, target.cpu, target.features)
+    for text in texts:
+        compiler.add(text)
+    assert compiler.helpers is not None and len(compiler.helpers) == 2
+    assert all(helper.indices for helper in compiler.helpers) and compiler.ours
+    assert compiler.objects() == alone
 
 
 def test_a_failing_helper_costs_time_not_the_result(

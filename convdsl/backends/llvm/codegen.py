@@ -1,12 +1,11 @@
 """LLVM IR text to machine code: LLVM's O3 pipeline, then the code generator for one CPU.
 
 This module needs only llvmlite and the standard library, because it is also the program of
-the *helper processes* that compile in parallel: ``compile_objects`` gives every spare core a
-share of the modules (largest first, balanced by size) and compiles its own share meanwhile.
-A helper is ``python -c`` running this file by path (importing nothing of convdsl, so it starts
-in a fifth of a second), fed the target and the module texts on stdin and answering with the
-object files on stdout, each framed by its length. A helper that fails costs time, never a
-result: its share is compiled here instead.
+the *helper processes* that compile in parallel (``Compiler``): a helper is ``python -c``
+running this file by path (importing nothing of convdsl, so it starts in about 0.15 s), fed
+the target and the module texts on stdin, which it compiles as they come, and answering with
+the object files on stdout, each framed by its length. The module texts carry no target: it
+is set on the parsed module here.
 
 LLVM's native target is initialized once per process; ``llvm.initialize()`` must not be called
 (it raises in llvmlite >= 0.50).
@@ -16,9 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from functools import cache
 from typing import IO
@@ -27,6 +28,8 @@ import llvmlite.binding as llvm
 
 # Below this many lines of IR to compile, a helper's start-up costs more than it saves.
 PARALLEL_LINES = 6000
+# Building a line of IR in Python takes about a quarter of the time LLVM takes to compile it.
+LOWERING_WEIGHT = 0.25
 
 
 @cache
@@ -56,6 +59,8 @@ def optimize(module: llvm.ModuleRef, machine: llvm.TargetMachine) -> None:
 def optimized(llvm_ir: str, machine: llvm.TargetMachine) -> llvm.ModuleRef:
     """One module's text parsed, verified and optimized."""
     parsed = llvm.parse_assembly(llvm_ir)
+    parsed.triple = machine.triple
+    parsed.data_layout = str(machine.target_data)
     parsed.verify()
     optimize(parsed, machine)
     return parsed
@@ -66,27 +71,62 @@ def compile_object(llvm_ir: str, machine: llvm.TargetMachine) -> bytes:
     return bytes(machine.emit_object(optimized(llvm_ir, machine)))
 
 
+class Compiler:
+    """Compiles module texts as they are handed over (``add``) while the caller goes on
+    building the next ones, then returns every object file in order (``objects``).
+
+    Once ``PARALLEL_LINES`` lines have come, one helper per spare core starts. Each new module
+    goes to whoever would finish first: a helper with the fewest lines queued, or this process,
+    whose own share starts only when the caller is done building (``LOWERING_WEIGHT`` lines of
+    our compile time per line the caller builds). A helper that fails costs time, never a
+    result: its share is compiled here instead.
+    """
+
+    def __init__(self, triple: str, cpu: str, features: str) -> None:
+        self.header = json.dumps({"triple": triple, "cpu": cpu, "features": features})
+        self.machine = target_machine(triple, cpu, features)
+        self.texts: list[str] = []
+        self.ours: list[int] = []  # indices this process compiles
+        self.our_lines = 0
+        self.lines = 0
+        self.helpers: list[_Helper] | None = None  # None: not started yet
+
+    def add(self, text: str) -> None:
+        index = len(self.texts)
+        self.texts.append(text)
+        lines = text.count("\n")
+        self.lines += lines
+        if self.helpers is None and self.lines >= PARALLEL_LINES:
+            started = (_Helper.start(self.header) for _ in range(_cores() - 1))
+            self.helpers = [helper for helper in started if helper is not None]
+        ours = LOWERING_WEIGHT * self.lines + self.our_lines
+        live = [helper for helper in self.helpers or () if not helper.failed]
+        idlest = min(live, key=lambda helper: helper.lines, default=None)
+        if idlest is not None and idlest.lines < ours:
+            idlest.send(index, text)
+        else:
+            self.ours.append(index)
+            self.our_lines += lines
+
+    def objects(self) -> list[bytes]:
+        helpers = self.helpers or []
+        for helper in helpers:
+            helper.close()
+        objects = {i: compile_object(self.texts[i], self.machine) for i in self.ours}
+        for helper in helpers:
+            results = helper.finish()
+            if results is None:  # the helper failed: compile its share here
+                results = [compile_object(self.texts[i], self.machine) for i in helper.indices]
+            objects.update(zip(helper.indices, results, strict=True))
+        return [objects[i] for i in range(len(self.texts))]
+
+
 def compile_objects(texts: Sequence[str], triple: str, cpu: str, features: str) -> list[bytes]:
     """Object code for every module text, in order, on every core this process may use."""
-    machine = target_machine(triple, cpu, features)
-    helpers = min(_cores() - 1, len(texts) - 1)
-    if helpers < 1 or sum(text.count("\n") for text in texts) < PARALLEL_LINES:
-        return [compile_object(text, machine) for text in texts]
-    shares: list[list[int]] = [[] for _ in range(helpers + 1)]
-    sizes = [0] * (helpers + 1)
-    for index in sorted(range(len(texts)), key=lambda i: -len(texts[i])):
-        least = sizes.index(min(sizes))
-        shares[least].append(index)
-        sizes[least] += len(texts[index])
-    header = json.dumps({"triple": triple, "cpu": cpu, "features": features})
-    started = [_start_helper(header, [texts[i] for i in share]) for share in shares[1:]]
-    objects: dict[int, bytes] = {i: compile_object(texts[i], machine) for i in shares[0]}
-    for share, helper in zip(shares[1:], started, strict=True):
-        results = _finish_helper(helper, len(share))
-        if results is None:  # the helper failed: compile its share here
-            results = [compile_object(texts[i], machine) for i in share]
-        objects.update(zip(share, results, strict=True))
-    return [objects[i] for i in range(len(texts))]
+    compiler = Compiler(triple, cpu, features)
+    for text in texts:
+        compiler.add(text)
+    return compiler.objects()
 
 
 def _cores() -> int:
@@ -96,46 +136,70 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _start_helper(header: str, texts: list[str]) -> subprocess.Popen[bytes] | None:
-    """A helper process compiling ``texts``. It reads all its input before it writes anything
-    (so neither side can block the other on a full pipe) and compiles while we do."""
+class _Helper:
+    """A helper process (``_serve``): module texts in, after the end of input the object
+    files out, all framed by their length. It reads its input as it comes (a thread of its
+    own), so sending never waits for a compile."""
+
     # ``-c`` puts the working directory first on sys.path: drop it, so no file there can
     # shadow a module the helper imports.
-    program = "import runpy, sys; sys.path.pop(0); runpy.run_path(sys.argv[1], run_name='__main__')"
-    try:
-        helper = subprocess.Popen(
-            [sys.executable, "-c", program, __file__],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-    except OSError:
-        return None
-    assert helper.stdin is not None
-    try:
-        _write_frame(helper.stdin, header.encode())
-        for text in texts:
-            _write_frame(helper.stdin, text.encode())
-        helper.stdin.close()
-    except OSError:
-        helper.kill()
-        helper.wait()
-        return None
-    return helper
+    PROGRAM = "import runpy, sys; sys.path.pop(0); runpy.run_path(sys.argv[1], run_name='__main__')"
 
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        self.indices: list[int] = []
+        self.lines = 0
+        self.failed = False
 
-def _finish_helper(helper: subprocess.Popen[bytes] | None, count: int) -> list[bytes] | None:
-    if helper is None:
-        return None
-    assert helper.stdout is not None
-    try:
-        results = [_read_frame(helper.stdout) for _ in range(count)]
-    except (OSError, EOFError):
+    @classmethod
+    def start(cls, header: str) -> _Helper | None:
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-c", cls.PROGRAM, __file__],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError:
+            return None
+        helper = cls(process)
+        helper._write(header.encode())
+        return None if helper.failed else helper
+
+    def send(self, index: int, text: str) -> None:
+        self.indices.append(index)
+        self.lines += text.count("\n")
+        self._write(text.encode())
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.close()
+        except OSError:
+            self.failed = True
+
+    def finish(self) -> list[bytes] | None:
+        """The object files of ``indices``, or ``None`` if the helper failed."""
+        assert self.process.stdout is not None
         results = None
-    helper.stdout.close()
-    if helper.wait() != 0:
-        return None
-    return results
+        if not self.failed:
+            try:
+                results = [_read_frame(self.process.stdout) for _ in self.indices]
+            except (OSError, EOFError):
+                results = None
+        self.process.stdout.close()
+        if self.process.wait() != 0:
+            return None
+        return results
+
+    def _write(self, data: bytes) -> None:
+        assert self.process.stdin is not None
+        try:
+            _write_frame(self.process.stdin, data)
+            self.process.stdin.flush()
+        except OSError:
+            self.failed = True
+            self.process.kill()
 
 
 def _write_frame(stream: IO[bytes], data: bytes) -> None:
@@ -156,18 +220,25 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytes:
 
 
 def _serve(source: IO[bytes], sink: IO[bytes]) -> None:
-    """The helper's side: a target header and module texts until end of input, then the
-    object files (all input first: see ``_start_helper``)."""
+    """The helper's side (``_Helper``): a target header, module texts until the end of
+    input, compiled as they come; then every object file."""
     header = json.loads(_read_frame(source))
-    texts = []
-    while True:
-        try:
-            texts.append(_read_frame(source).decode())
-        except EOFError:
-            break
     machine = target_machine(header["triple"], header["cpu"], header["features"])
-    for text in texts:
-        _write_frame(sink, compile_object(text, machine))
+    texts: queue.Queue[bytes | None] = queue.Queue()
+
+    def read() -> None:
+        try:
+            while True:
+                texts.put(_read_frame(source))
+        except EOFError:
+            texts.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    objects = []
+    while (text := texts.get()) is not None:
+        objects.append(compile_object(text.decode(), machine))
+    for code in objects:
+        _write_frame(sink, code)
     sink.flush()
 
 

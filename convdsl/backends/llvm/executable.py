@@ -27,7 +27,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from convdsl.backends.llvm.emit_transpose_phase import pack_transposed
-from convdsl.backends.llvm.jit import Jit
+from convdsl.backends.llvm.jit import Build
 from convdsl.backends.llvm.kernel import pack_weight
 from convdsl.backends.llvm.lower import ENTRY, PROFILE, Worker, lower_graph
 from convdsl.backends.llvm.parallel import load_libgomp
@@ -61,9 +61,10 @@ class LlvmExecutable:
         self.graph = graph
         self.threads = threads
         self.target = host_target()
-        self._lowered = lower_graph(graph, self.target.lanes, threads, profile)
+        build = Build(self.target)
+        self._lowered = lower_graph(graph, self.target.lanes, threads, profile, build.add)
         self._arena_per_entry = self._lowered.arena_bytes
-        self.jit = Jit(self._lowered.modules, self.target)
+        self.jit = build.link()
         self._run = _RUN(self.jit.address(ENTRY))
         self._profile = None
         if profile:

@@ -20,11 +20,7 @@ from convdsl.ir.graph import Graph
 def llvm_ir(graph: Graph, threads: int) -> str:
     target = host_target()
     lowered = lower_graph(graph, target.lanes, threads)
-    texts = []
-    for module in lowered.modules:
-        module.triple = target.triple
-        texts.append(str(module))
-    return "\n".join(texts)
+    return "\n".join(str(module) for module in lowered.modules)
 
 
 def kernel_assembly(graph: Graph, threads: int, kernel: str) -> str:

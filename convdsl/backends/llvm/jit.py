@@ -1,9 +1,7 @@
-"""JIT linking of compiled modules for the host CPU (MCJIT).
+"""JIT compilation for the host CPU: modules to machine code (``Build``), linked (``Jit``).
 
-``Jit`` takes llvmlite modules, finds each one's machine code in the on-disk cache
-(``object_cache``) or compiles the missing ones (``codegen``, on every core), and links them in
-one engine. The engine owns the code: keep the ``Jit`` object alive as long as any function
-address taken from it is in use.
+The engine owns the code: keep the ``Jit`` object alive as long as any function address taken
+from it is in use.
 """
 
 from __future__ import annotations
@@ -27,53 +25,75 @@ def target_machine(target: Target | None = None) -> llvm.TargetMachine:
 
 def assembly(module: ir.Module, target: Target | None = None) -> str:
     """The optimized assembly of ``module`` for ``target`` (the host by default)."""
-    target = target or host_target()
     machine = target_machine(target)
-    module.triple = target.triple
-    module.data_layout = str(machine.target_data)
     return str(machine.emit_assembly(codegen.optimized(str(module), machine)))
 
 
-class Jit:
-    """Modules compiled and linked in one engine: ``address(name)`` gives a function's entry.
+class Build:
+    """Modules handed over one at a time (``add``, e.g. by ``lower_graph`` as it builds them),
+    each found in the on-disk cache (``object_cache``) or compiled on every core while the
+    next is built (``codegen.Compiler``); ``link`` waits for them and links the ``Jit``.
 
-    Each module is compiled on its own (a module may call functions another defines), so
-    with ``cache`` (the default) each one's machine code comes from the on-disk cache when the
-    same module text was compiled for this target before (``object_cache``): a network whose
-    one layer changed recompiles that layer's kernel only. ``cached`` says every module was a
-    hit, ``compiled`` how many were not.
+    Each module is compiled on its own (a module may call functions another defines), so a
+    network whose one layer changed recompiles that layer's kernel and the entry only.
     """
 
-    def __init__(
-        self, modules: Sequence[ir.Module], target: Target | None = None, cache: bool = True
-    ) -> None:
-        initialize()
+    def __init__(self, target: Target | None = None, cache: bool = True) -> None:
         self.target = target or host_target()
-        machine = target_machine(self.target)
-        texts = []
-        for module in modules:
-            module.triple = self.target.triple
-            module.data_layout = str(machine.target_data)
-            texts.append(str(module))
-        self.llvm_ir = "\n".join(texts)
-        keys = [object_cache.cache_key(text, self.target) if cache else None for text in texts]
-        found = [object_cache.load(key) if key else None for key in keys]
-        missing = [i for i, code in enumerate(found) if code is None]
-        compiled = codegen.compile_objects(
-            [texts[i] for i in missing], self.target.triple, self.target.cpu, self.target.features
-        )
-        objects = dict(zip(missing, compiled, strict=True))
-        for index, code in objects.items():
-            key = keys[index]
-            if key:
-                object_cache.store(key, code)
-        self.compiled = len(missing)
-        self.cached = not missing
-        self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), machine)
-        for index, cached in enumerate(found):
-            code = cached if cached is not None else objects[index]
+        self.cache = cache
+        self.texts: list[str] = []
+        self.keys: list[str | None] = []
+        self.found: list[bytes | None] = []
+        self.missing: list[int] = []
+        self.compiler = codegen.Compiler(self.target.triple, self.target.cpu, self.target.features)
+
+    def add(self, llvm_ir: str) -> None:
+        key = object_cache.cache_key(llvm_ir, self.target) if self.cache else None
+        code = object_cache.load(key) if key else None
+        if code is None:
+            self.missing.append(len(self.texts))
+            self.compiler.add(llvm_ir)
+        self.texts.append(llvm_ir)
+        self.keys.append(key)
+        self.found.append(code)
+
+    def link(self) -> Jit:
+        compiled = dict(zip(self.missing, self.compiler.objects(), strict=True))
+        objects = []
+        for index, (key, code) in enumerate(zip(self.keys, self.found, strict=True)):
+            if code is None:
+                code = compiled[index]
+                if key:
+                    object_cache.store(key, code)
+            objects.append(code)
+        return Jit(objects, "\n".join(self.texts), len(self.missing), self.target)
+
+
+class Jit:
+    """Object files linked in one engine: ``address(name)`` gives a function's entry point.
+    ``compiled`` says how many modules were compiled (not found in the cache), ``cached``
+    that none was."""
+
+    def __init__(
+        self, objects: Sequence[bytes], llvm_ir: str, compiled: int, target: Target
+    ) -> None:
+        self.llvm_ir = llvm_ir
+        self.compiled = compiled
+        self.cached = compiled == 0
+        self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), target_machine(target))
+        for code in objects:
             self.engine.add_object_file(llvm.ObjectFileRef.from_data(code))
         self.engine.finalize_object()
+
+    @classmethod
+    def of(
+        cls, modules: Sequence[ir.Module], target: Target | None = None, cache: bool = True
+    ) -> Jit:
+        """``modules`` compiled (or found in the cache) and linked."""
+        build = Build(target, cache)
+        for module in modules:
+            build.add(str(module))
+        return build.link()
 
     def address(self, name: str) -> int:
         return int(self.engine.get_function_address(name))

@@ -140,9 +140,17 @@ def fits_point_model(graph: Graph, node: Node) -> bool:
 class ModuleBuilder:
     """Builds one module per distinct kernel, then the entry module that calls them."""
 
-    def __init__(self, graph: Graph, lanes: int, threads: int, profile: bool = False) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        lanes: int,
+        threads: int,
+        profile: bool = False,
+        on_module: Callable[[str], None] | None = None,
+    ) -> None:
         check_lowerable(graph)
         self.graph = graph
+        self.on_module = on_module
         self.lanes = lanes
         self.threads = threads
         self.profile = profile
@@ -169,6 +177,8 @@ class ModuleBuilder:
             else:
                 self._kernel(node, str(index))
         self._entry()
+        if self.on_module:
+            self.on_module(str(self.module))
         return self.module
 
     # ---- kernels ----------------------------------------------------------------------------
@@ -214,12 +224,15 @@ class ModuleBuilder:
                 node.span,
             ) from exc
         builder.ret_void()
-        text = str(module).replace(f'"{name}"', '"KERNEL"')
-        if text not in self.functions:
-            self.functions[text] = name
+        text = str(module)
+        shape = text.replace(f'"{name}"', '"KERNEL"')  # the code, whatever its name
+        if shape not in self.functions:
+            self.functions[shape] = name
             self.kernels.append(module)
+            if self.on_module:
+                self.on_module(text)
         bindings = tuple(addresses.bindings)
-        self.workers.append(Worker(self.functions[text], node, _describe(node), bindings, name))
+        self.workers.append(Worker(self.functions[shape], node, _describe(node), bindings, name))
 
     def _kernel_builder(
         self, builder: ir.IRBuilder, addresses: ArenaAddresses | BoundAddresses
@@ -525,10 +538,18 @@ class Lowered:
         return (*self.kernels, self.entry)
 
 
-def lower_graph(graph: Graph, lanes: int, threads: int, profile: bool = False) -> Lowered:
+def lower_graph(
+    graph: Graph,
+    lanes: int,
+    threads: int,
+    profile: bool = False,
+    on_module: Callable[[str], None] | None = None,
+) -> Lowered:
     """Lower ``graph`` (see the module docstring for the entry function); with ``profile``,
-    the entry also adds up each worker's wall time in the global ``PROFILE``."""
-    builder = ModuleBuilder(graph, lanes, threads, profile)
+    the entry also adds up each worker's wall time in the global ``PROFILE``. ``on_module``
+    gets the text of each module as soon as it is built (``jit.Build.add``: compiling starts
+    while the next is built): every distinct kernel, then the entry."""
+    builder = ModuleBuilder(graph, lanes, threads, profile, on_module)
     entry = builder.build()
     names = sorted(builder.param_index, key=builder.param_index.__getitem__)
     return Lowered(
