@@ -642,6 +642,25 @@ def test_upscore8_runs_phase_split_with_packed_weights() -> None:
     assert_matches(src, batches=(1,))
 
 
+def test_costly_epilogues_are_looped_over_the_tile_and_agree() -> None:
+    # Gated activations as in WaveNet, on rows with a partial last vector (37, 19), 5 and 7
+    # output channels (blocks that do not divide), and 100 input channels (two chunks: the
+    # epilogue runs only after the last).
+    src = (
+        "input x: f32[N, 100, 37]\n"
+        "input v: f32[N, 3, 6, 19]\n"
+        "f = conv1d(x, 5, kernel=2, dilation=4, padding=causal)\n"
+        "g = conv1d(x, 5, kernel=2, dilation=4, padding=causal)\n"
+        "output z = tanh(f) * sigmoid(g)\n"
+        "output w = conv2d(v, 7, kernel=3, padding=same, activation=silu)"
+    )
+    net = convdsl.compile_string(src, "gated.conv")
+    lowered = lower.lower_graph(net.graph, host_target().lanes, threads=2)
+    looped = [m.name for m in lowered.kernels if "epilogue" in str(m)]
+    assert len(looped) == 3  # tanh, sigmoid * tanh, conv2d + silu
+    assert_matches(src, batches=(1, 2))
+
+
 def test_kernels_of_the_same_shape_share_one_function_with_their_own_addresses() -> None:
     src = (
         "input x: f32[N, 8, 12, 12]\n"

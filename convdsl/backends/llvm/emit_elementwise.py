@@ -186,6 +186,9 @@ ACTIVATIONS: dict[str, Unary] = {
     "hard_swish": hard_swish,
 }
 
+# Expanded to tens of instructions per vector (polynomials, calls into the C library).
+COSTLY = frozenset({"elu", "sigmoid", "tanh", "gelu", "silu"})
+
 BINARY: dict[str, Callable[[ir.IRBuilder, ir.Value, ir.Value], ir.Value]] = {
     "add": lambda b, x, y: b.fadd(x, y),
     "mul": lambda b, x, y: b.fmul(x, y),

@@ -58,11 +58,13 @@ from convdsl.backends.llvm.loops import (
     I64,
     PTR,
     VOID,
+    entry_alloca,
     for_range,
     gep,
     i64,
     intrinsic,
     unflatten,
+    vec_type,
 )
 from convdsl.backends.llvm.parallel import WORKER_TYPE, call_parallel, thread_share
 from convdsl.diagnostics import ConvdslError, InternalError, error
@@ -345,6 +347,9 @@ class ModuleBuilder:
         at = emit_conv_tile.tile_vectors(b, point, len(sums))
 
         def done() -> None:
+            if costly_epilogue(node, anchor) and len(sums) * point.block > 1:
+                self._looped_epilogue(k, node, anchor, point, sums)
+                return
             results = emit_conv_tile.finish_tile(k, anchor, point, sums)
             for where, vectors in zip(at, results, strict=True):
                 self._point(k, node, where, {anchor.output: vectors})
@@ -358,6 +363,41 @@ class ModuleBuilder:
             with otherwise:
                 for where, vectors in zip(at, sums, strict=True):
                     k.store(node.output, where, vectors)
+
+    def _looped_epilogue(
+        self, k: KernelBuilder, node: Node, anchor: Node, point: Point, sums: list[list[ir.Value]]
+    ) -> None:
+        """The epilogue of a tile, one vector of one channel at a time in a loop: emitted once
+        (twice with a partial last vector) instead of once per vector and channel of the tile.
+        For polynomial activations (WaveNet's tanh and sigmoid) that is most of the kernel's
+        code; the tile's sums wait in a stack slot (L1) meanwhile."""
+        b = k.builder
+        full = len(sums) - (point.valid is not None)
+        runs = [(0, full, None), (full, len(sums), point.valid)]
+        stash = entry_alloca(b, ir.ArrayType(vec_type(point.lanes), len(sums) * point.block))
+        for v, row in enumerate(sums):
+            for j, value in enumerate(row):
+                b.store(
+                    value,
+                    b.gep(stash, [ir.Constant(I32, 0), ir.Constant(I32, v * point.block + j)]),
+                )
+        for first, stop, valid in runs:
+            if stop == first:
+                continue
+            lo, hi = first * point.block, stop * point.block
+            with for_range(b, lo, hi, name="epilogue") as index:
+                v = b.udiv(index, i64(point.block))
+                j = b.urem(index, i64(point.block))
+                one = dataclasses.replace(
+                    point,
+                    c=b.add(point.c, j),
+                    block=1,
+                    w=b.add(point.w, b.mul(v, i64(point.lanes))),
+                    valid=valid,
+                )
+                value = b.load(b.gep(stash, [ir.Constant(I32, 0), index]))
+                (finished,) = emit_conv_tile.finish_tile(k, anchor, one, [[value]])
+                self._point(k, node, one, {anchor.output: finished})
 
     def _point(self, k: KernelBuilder, node: Node, point: Point, made: dict | None = None) -> None:
         """Emit the kernel's parts at ``point`` and store its output; ``made`` holds values
@@ -468,6 +508,14 @@ class _Clock:
         b = self.b
         slot = b.gep(self.totals, [ir.Constant(I32, 0), ir.Constant(I32, index)])
         b.store(b.add(b.load(slot), b.sub(self.now(), started)), slot)
+
+
+def costly_epilogue(node: Node, anchor: Node) -> bool:
+    """Whether a conv kernel's epilogue (the anchor's activation, the fused parts after it)
+    expands to long code per vector: then it is looped, not unrolled, over the tile."""
+    ops = {anchor.attrs.get("activation", "none"), *(part.op for part in parts(node)[1:])}
+    elementwise = all(part.op in emit_elementwise.EMITTERS for part in parts(node)[1:])
+    return elementwise and bool(ops & emit_elementwise.COSTLY)
 
 
 def lane_steps(width: int, steps: tuple[int, ...]) -> list[tuple[int, int, int]]:
