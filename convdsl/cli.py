@@ -282,8 +282,9 @@ def cmd_ir(args: argparse.Namespace) -> None:
     Print the IR of FILE as text: one line per value (with its source line), then the
     parameters, the outputs and (at -O2) the memory plan. --after PASS prints it right after
     one pass, --all after every pass that changed it, --passes lists the pipeline. --llvm
-    prints the LLVM IR the llvm backend generates (one function per kernel, then `run`),
-    --asm KERNEL the host assembly of one kernel (a layer name, or kernelN).
+    prints the LLVM IR the llvm backend generates (one module per distinct kernel, then the
+    entry `run`), --asm KERNEL compiles one kernel and prints its host assembly (a layer
+    name, or kernelN).
 
     convdsl ir net.conv --after fold-batch-norm --no-locations | less
     convdsl ir net.conv --asm conv3 --threads 1
