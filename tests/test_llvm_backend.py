@@ -9,6 +9,7 @@ unsupported ops are compile-time errors naming the op and its line, and target d
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from llvmlite import ir
 
 import convdsl
-from convdsl.backends.llvm import codegen, lower
+from convdsl.backends.llvm import codegen, executable, lower
 from convdsl.backends.llvm.conv_schedule import flat_pointwise, row_segments
 from convdsl.backends.llvm.executable import LlvmExecutable, aligned_empty
 from convdsl.backends.llvm.jit import Jit
@@ -373,6 +374,41 @@ def test_fused_kernels_match_interpreter(src: str) -> None:
 @pytest.mark.parametrize("example", ["quickstart", "espcn", "unet3d"])
 def test_examples_match_interpreter(example: str) -> None:
     assert_matches((EXAMPLES / f"{example}.conv").read_text(), batches=(1,))
+
+
+# ---- other vector widths ---------------------------------------------------------------------
+
+OTHER_WIDTHS = {
+    "elementwise": ELEMENTWISE,
+    **CONVS,
+    **TRANSPOSED,
+    "pools": POOLS,
+    "pools_1d_3d": POOLS_1D_3D,
+    "data": DATA,
+    "data_1d_3d": DATA_1D_3D,
+    "upscale_rows": UPSCALE_ROWS,
+    **FUSED,
+}
+
+
+@pytest.mark.parametrize("lanes", [4, 16])
+@pytest.mark.parametrize("src", OTHER_WIDTHS.values(), ids=OTHER_WIDTHS)
+def test_code_for_other_vector_widths_matches_interpreter(
+    src: str, lanes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The code an AVX-512 CPU gets (16 lanes) and the generic one SSE and NEON get (4), run
+    here through LLVM's legalization of those vector types: the same results."""
+    other = dataclasses.replace(host_target(), lanes=lanes)
+    monkeypatch.setattr(executable, "host_target", lambda: other)
+    net, native = compile_both(src)
+    rows = [v.type.spatial[-1] for v in net.graph.values.values() if v.type and v.type.spatial]
+    if max(rows) >= lanes:  # the generated code has that width
+        assert f"<{lanes} x float>" in native.llvm_ir
+    inputs = net.random_inputs(seed=3, batch=2)
+    got = run_native(net, native, inputs)
+    for name, want in net(**inputs).items():
+        scale = float(np.abs(want).max()) or 1.0
+        np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
 
 
 # ---- threads --------------------------------------------------------------------------------
