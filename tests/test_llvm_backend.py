@@ -489,6 +489,7 @@ def test_arena_is_aligned_and_inputs_need_not_be() -> None:
 def test_unlowerable_op_is_a_compile_error_naming_op_and_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("CONVDSL_CACHE_DIR", "off")  # lower for real, not from a record
     monkeypatch.delitem(lower.EMITTERS, "conv_transpose2d")
     src = (
         "input x: f32[N, 3, 8, 8]\na = relu(x)\n"
@@ -513,6 +514,7 @@ def test_emitter_crash_names_the_op_and_its_line(monkeypatch: pytest.MonkeyPatch
     def broken(k, node, point):  # type: ignore[no-untyped-def]
         raise ZeroDivisionError("boom")
 
+    monkeypatch.setenv("CONVDSL_CACHE_DIR", "off")  # lower for real, not from a record
     monkeypatch.setitem(lower.EMITTERS, "relu", broken)
     with pytest.raises(InternalError, match=r"relu 'y'.*ZeroDivisionError: boom") as info:
         compile_both("input x: f32[N, 2, 4]\noutput y = relu(x)\n", name="c.conv")
@@ -808,6 +810,50 @@ def test_a_damaged_cache_entry_is_a_miss_and_is_rewritten(
         np.testing.assert_allclose(
             rebuilt.run({x_id: x})[y_id], net(x=x)["y"], rtol=1e-4, atol=1e-5
         )
+
+
+def test_a_cached_build_needs_no_lowering_and_runs_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net, params = cached_network(str(tmp_path), monkeypatch)
+    first = LlvmExecutable(net.graph, params, threads=2, profile=True)
+    assert len(list(tmp_path.glob("*.json"))) == 1
+
+    def no_lowering(*args: object, **kwargs: object) -> None:
+        raise AssertionError("lowered again")
+
+    monkeypatch.setattr(executable, "lower_graph", no_lowering)
+    second = LlvmExecutable(net.graph, params, threads=2, profile=True)
+    x = net.random_inputs(seed=4, batch=2)["x"]
+    (x_id,), ((_, y_id),) = net.graph.inputs, net.graph.outputs
+    np.testing.assert_array_equal(second.run({x_id: x})[y_id], first.run({x_id: x})[y_id])
+    assert [w.label for w, _ in second.kernel_profile()] == [
+        w.label for w, _ in first.kernel_profile()
+    ]
+    with pytest.raises(AssertionError, match="lowered again"):
+        LlvmExecutable(net.graph, params, threads=1)  # another thread count: another record
+
+
+def test_a_damaged_or_orphaned_lowering_record_is_a_miss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net, params = cached_network(str(tmp_path), monkeypatch)
+    LlvmExecutable(net.graph, params, threads=2)
+    (record,) = tmp_path.glob("*.json")
+    good = record.read_bytes()
+    x = net.random_inputs(seed=5)["x"]
+    (x_id,), ((_, y_id),) = net.graph.inputs, net.graph.outputs
+    want = net(x=x)["y"]
+    for damaged in (good[:40], good[:32] + b"{}", b""):
+        record.write_bytes(damaged)
+        rebuilt = LlvmExecutable(net.graph, params, threads=2)
+        np.testing.assert_allclose(rebuilt.run({x_id: x})[y_id], want, rtol=1e-4, atol=1e-5)
+        assert record.read_bytes() == good  # written again after lowering
+    for code in tmp_path.glob("*.o"):  # the record's object files gone: lowered again
+        code.unlink()
+    rebuilt = LlvmExecutable(net.graph, params, threads=2)
+    assert rebuilt.jit.compiled == 3
+    np.testing.assert_allclose(rebuilt.run({x_id: x})[y_id], want, rtol=1e-4, atol=1e-5)
 
 
 def test_editing_one_layer_recompiles_only_its_kernel_and_the_entry(

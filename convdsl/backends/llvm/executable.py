@@ -26,8 +26,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from convdsl.backends.llvm import lowering_cache
 from convdsl.backends.llvm.emit_transpose_phase import pack_transposed
-from convdsl.backends.llvm.jit import Build
+from convdsl.backends.llvm.jit import Build, Jit
 from convdsl.backends.llvm.kernel import pack_weight
 from convdsl.backends.llvm.lower import ENTRY, PROFILE, Worker, lower_graph
 from convdsl.backends.llvm.parallel import load_libgomp
@@ -61,10 +62,20 @@ class LlvmExecutable:
         self.graph = graph
         self.threads = threads
         self.target = host_target()
-        build = Build(self.target)
-        self._lowered = lower_graph(graph, self.target.lanes, threads, profile, build.add)
+        self.profile = profile
+        key = lowering_cache.lowering_key(graph, self.target, threads, profile)
+        found = lowering_cache.load(key, graph) if key else None
+        if found is not None:  # no LLVM IR to build: the record has what running needs
+            self._lowered, objects = found
+            self.jit = Jit(objects, "", 0, self.target)
+        else:
+            build = Build(self.target)
+            self._lowered = lower_graph(graph, self.target.lanes, threads, profile, build.add)
+            self.jit = build.link()
+            module_keys = [k for k in build.keys if k is not None]
+            if key and len(module_keys) == len(build.keys):
+                lowering_cache.store(key, self._lowered, module_keys)
         self._arena_per_entry = self._lowered.arena_bytes
-        self.jit = build.link()
         self._run = _RUN(self.jit.address(ENTRY))
         self._profile = None
         if profile:
@@ -97,6 +108,10 @@ class LlvmExecutable:
 
     @property
     def llvm_ir(self) -> str:
+        """The LLVM IR of every module (built again if the lowering came from the cache)."""
+        if not self.jit.llvm_ir:
+            lowered = lower_graph(self.graph, self.target.lanes, self.threads, self.profile)
+            return "\n".join(str(module) for module in lowered.modules)
         return self.jit.llvm_ir
 
     def run(self, inputs: Mapping[int, Array]) -> dict[int, Array]:

@@ -42,7 +42,7 @@ class Build:
         self.target = target or host_target()
         self.cache = cache
         self.texts: list[str] = []
-        self.keys: list[str | None] = []
+        self.keys: list[str | None] = []  # each module's object_cache key (None: cache off)
         self.found: list[bytes | None] = []
         self.missing: list[int] = []
         self.compiler = codegen.Compiler(self.target.triple, self.target.cpu, self.target.features)

@@ -175,9 +175,9 @@ class ModuleBuilder:
                 for step, part in enumerate(node.parts):
                     if part.output != node.output:
                         self._add_scratch(part.output)
-                    self._kernel(part, f"{index}_{step}")
+                    self._kernel(part, f"{index}_{step}", (index, step))
             else:
-                self._kernel(node, str(index))
+                self._kernel(node, str(index), (index, None))
         self._entry()
         if self.on_module:
             self.on_module(str(self.module))
@@ -199,7 +199,7 @@ class ModuleBuilder:
         self.scratch[value] = (self.arena_bytes, size)
         self.arena_bytes += size
 
-    def _kernel(self, node: Node, tag: str) -> None:
+    def _kernel(self, node: Node, tag: str, position: tuple[int, int | None]) -> None:
         """The worker that computes ``node``, in a module of its own; a kernel that prints
         the same as an earlier one (same shapes and attributes) reuses that one's function."""
         name = f"kernel{tag}_{_ident(node.name)}"
@@ -234,7 +234,8 @@ class ModuleBuilder:
             if self.on_module:
                 self.on_module(text)
         bindings = tuple(addresses.bindings)
-        self.workers.append(Worker(self.functions[shape], node, _describe(node), bindings, name))
+        function = self.functions[shape]
+        self.workers.append(Worker(function, node, _describe(node), bindings, name, position))
 
     def _kernel_builder(
         self, builder: ir.IRBuilder, addresses: ArenaAddresses | BoundAddresses
@@ -563,6 +564,7 @@ class Worker:
     role: str  # its ops: "conv2d+relu", "relayout"
     bindings: tuple[tuple[str, int | str], ...] = ()  # its table (``BoundAddresses``)
     label: str = ""  # the call's own name, ``kernel{index}_{layer}`` (``name`` if it is first)
+    position: tuple[int, int | None] = (0, None)  # graph.nodes index, part index if a part
 
 
 @dataclass(frozen=True)
@@ -571,9 +573,10 @@ class Lowered:
     and ``entry`` (the ``run`` function calling them); ``params[i]`` is the name of ``float**
     params`` entry ``i`` (declared, derived, then packed copies made by ``packings``: name ->
     (source, block)), and the arena bytes per batch entry (the plan's, plus scratch for
-    unfused parts)."""
+    unfused parts). A lowering read back from ``lowering_cache`` has no modules: ``entry`` is
+    None and ``kernels`` empty."""
 
-    entry: ir.Module
+    entry: ir.Module | None
     kernels: tuple[ir.Module, ...]
     params: tuple[str, ...]
     packings: dict[str, tuple[str, int]]
@@ -583,6 +586,7 @@ class Lowered:
     @property
     def modules(self) -> tuple[ir.Module, ...]:
         """Every module to compile and link: the kernels, then the entry."""
+        assert self.entry is not None, "a lowering read from the cache has no modules"
         return (*self.kernels, self.entry)
 
 

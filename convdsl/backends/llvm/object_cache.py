@@ -52,13 +52,14 @@ def cache_key(llvm_ir: str, target: Target) -> str:
     return digest.hexdigest()
 
 
-def load(key: str) -> bytes | None:
-    """The object code stored under ``key``, or ``None`` (no entry, caching off, unreadable)."""
+def load(key: str, suffix: str = ".o") -> bytes | None:
+    """The object code (or other ``suffix`` entry) stored under ``key``, or ``None`` (no
+    entry, caching off, unreadable)."""
     directory = cache_dir()
     if directory is None:
         return None
     try:
-        entry = (directory / f"{key}.o").read_bytes()
+        entry = (directory / f"{key}{suffix}").read_bytes()
     except OSError:
         return None
     # A checksum first: a truncated or damaged file is a miss, never fed to the linker.
@@ -66,7 +67,7 @@ def load(key: str) -> bytes | None:
     return data if data and hashlib.sha256(data).digest() == checksum else None
 
 
-def store(key: str, data: bytes) -> None:
+def store(key: str, data: bytes, suffix: str = ".o") -> None:
     """Keep ``data`` under ``key``; failures (read-only home, full disk) are ignored."""
     directory = cache_dir()
     if directory is None or not data:
@@ -75,6 +76,6 @@ def store(key: str, data: bytes) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as handle:
             handle.write(hashlib.sha256(data).digest() + data)
-        os.replace(handle.name, directory / f"{key}.o")
+        os.replace(handle.name, directory / f"{key}{suffix}")
     except OSError:
         return
