@@ -251,6 +251,19 @@ output j = pixel_shuffle(x, 2, order=dcr)
 output k = softmax(x)
 """
 
+# Softmax kernels (emit_data.softmax_kernel): work items of 8 vectors along the last axis, the
+# last one partial or not; a 1-D signal longer than one item; a row shorter than a vector.
+SOFTMAXES = """
+input x: f32[N, 5, 3, 150]
+input s: f32[N, 7, 200]
+input u: f32[N, 3, 128]
+input v: f32[N, 3, 2, 2, 3]
+output a = softmax(x)
+output b = softmax(s)
+output c = softmax(u)
+output d = softmax(v)
+"""
+
 # Upscale rows (emit_data.row_patterns): vectors on both edges, the interior, tails; factors
 # 2, 4 and 8 (one pattern per vector), 3 (gathered), outer factors different from the last.
 UPSCALE_ROWS = """
@@ -312,8 +325,26 @@ TRANSPOSED = {
 
 @pytest.mark.parametrize(
     "src",
-    [*CONVS.values(), *TRANSPOSED.values(), POOLS, POOLS_1D_3D, DATA, DATA_1D_3D, UPSCALE_ROWS],
-    ids=[*CONVS, *TRANSPOSED, "pools", "pools_1d_3d", "data", "data_1d_3d", "upscale_rows"],
+    [
+        *CONVS.values(),
+        *TRANSPOSED.values(),
+        POOLS,
+        POOLS_1D_3D,
+        DATA,
+        DATA_1D_3D,
+        UPSCALE_ROWS,
+        SOFTMAXES,
+    ],
+    ids=[
+        *CONVS,
+        *TRANSPOSED,
+        "pools",
+        "pools_1d_3d",
+        "data",
+        "data_1d_3d",
+        "upscale_rows",
+        "softmaxes",
+    ],
 )
 def test_op_matches_interpreter(src: str) -> None:
     assert_matches(src)
@@ -387,6 +418,7 @@ OTHER_WIDTHS = {
     "data": DATA,
     "data_1d_3d": DATA_1D_3D,
     "upscale_rows": UPSCALE_ROWS,
+    "softmaxes": SOFTMAXES,
     **FUSED,
 }
 

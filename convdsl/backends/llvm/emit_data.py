@@ -8,6 +8,7 @@ computes source coordinates in double precision, as the interpreter does.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
@@ -422,49 +423,89 @@ EMITTERS = {
 }
 
 
+# Vectors of positions per work item: a few lines of every channel, which stay in L2 for the
+# second and third pass (WaveNet's [256, 16000] softmax: 3.9 ms with 8, 4.7 with 2, on 2
+# threads; 2-D planes did as well with 2 as with 8).
+SOFTMAX_VECTORS = 8
+
+
 def softmax_kernel(k: KernelBuilder, node: Node) -> None:
     """A whole unfused softmax kernel in three passes over the channels (max, exp and sum,
-    scale), so each element costs O(1) rather than the point model's O(channels)."""
+    scale), so each element costs O(1) rather than the point model's O(channels). A work item
+    is ``SOFTMAX_VECTORS`` vectors of positions, so a 1-D signal (WaveNet's ``[256, 16000]``
+    logits) is shared by all threads instead of being one row for one thread (7.7 -> 3.9 ms
+    in WaveNet's profile)."""
     b = k.builder
     x, out = node.inputs[0], node.output
     x_type = k.type_of(x)
     channels = x_type.channels
     sizes = spatial_of(x_type)
-    per_batch = math.prod(sizes[:-1])
+    width, lanes = sizes[-1], k.lanes
+    span = SOFTMAX_VECTORS * lanes
+    columns = -(-width // span)
+    per_batch = math.prod(sizes[:-1]) * columns
     lo, hi = thread_share(b, b.mul(k.batch, i64(per_batch)))
-    width = sizes[-1]
-    main = width - width % k.lanes
-    with for_range(b, lo, hi, name="row") as item:
-        n, *outer = unflatten(b, item, sizes[:-1])
-        for start, stop, lanes in ((0, main, k.lanes), (main, width, 1)):
-            if start < stop:
-                with for_range(b, start, stop, lanes, name=f"sw{lanes}") as w:
-                    _softmax_column(
-                        k, x, out, Point(n, i64(0), 1, tuple(outer), w, lanes), channels
-                    )
+    with for_range(b, lo, hi, name="item") as item:
+        n, *outer, column = unflatten(b, item, (*sizes[:-1], columns))
+        start = b.mul(column, i64(span))
+
+        def points(count: int) -> list[Point]:
+            """The vectors of ``count`` positions from ``start`` (the last maybe partial)."""
+            return [
+                Point(
+                    n,
+                    i64(0),
+                    1,
+                    tuple(outer),
+                    b.add(start, i64(v)),
+                    lanes,
+                    valid=count - v if count - v < lanes else None,
+                )
+                for v in range(0, count, lanes)
+            ]
+
+        tail = width - (columns - 1) * span
+        if tail == span:
+            _softmax_columns(k, x, out, points(span), channels)
+        else:
+            last = b.icmp_signed("==", column, i64(columns - 1))
+            with b.if_else(last) as (then, otherwise):
+                with then:
+                    _softmax_columns(k, x, out, points(tail), channels)
+                with otherwise:
+                    _softmax_columns(k, x, out, points(span), channels)
 
 
-def _softmax_column(k: KernelBuilder, x: int, out: int, point: Point, channels: int) -> None:
+def _softmax_columns(
+    k: KernelBuilder, x: int, out: int, points: list[Point], channels: int
+) -> None:
+    """Softmax over the channels at every vector of ``points``, side by side."""
     b = k.builder
-    lanes = point.lanes
-    top = entry_alloca(b, vec_type(lanes), "max")
-    total = entry_alloca(b, vec_type(lanes), "sum")
-    b.store(fsplat(float("-inf"), lanes), top)
-    b.store(fsplat(0.0, lanes), total)
+    lanes = points[0].lanes
+    tops = [entry_alloca(b, vec_type(lanes), "max") for _ in points]
+    totals = [entry_alloca(b, vec_type(lanes), "sum") for _ in points]
+    for top, total in zip(tops, totals, strict=True):
+        b.store(fsplat(float("-inf"), lanes), top)
+        b.store(fsplat(0.0, lanes), total)
 
-    def at(channel: ir.Value) -> Point:
-        return Point(point.n, channel, 1, point.outer, point.w, lanes)
+    def at(point: Point, channel: ir.Value) -> Point:
+        return dataclasses.replace(point, c=channel)
 
     with for_range(b, 0, channels, name="smax") as c:
-        b.store(binary_intrinsic(b, "maxnum", b.load(top), k.operand_at(x, at(c))[0]), top)
-    peak = b.load(top)
+        for point, top in zip(points, tops, strict=True):
+            value = k.operand_at(x, at(point, c))[0]
+            b.store(binary_intrinsic(b, "maxnum", b.load(top), value), top)
+    peaks = [b.load(top) for top in tops]
     with for_range(b, 0, channels, name="sexp") as c:
-        e = vexp(b, b.fsub(k.operand_at(x, at(c))[0], peak))
-        k.store(out, at(c), [e])
-        b.store(b.fadd(b.load(total), e), total)
-    scale = b.load(total)
+        for point, peak, total in zip(points, peaks, totals, strict=True):
+            e = vexp(b, b.fsub(k.operand_at(x, at(point, c))[0], peak))
+            k.store(out, at(point, c), [e])
+            b.store(b.fadd(b.load(total), e), total)
+    scales = [b.fdiv(fsplat(1.0, lanes), b.load(total)) for total in totals]
     with for_range(b, 0, channels, name="sdiv") as c:
-        k.store(out, at(c), [b.fdiv(k.operand_at(out, at(c))[0], scale)])
+        for point, scale in zip(points, scales, strict=True):
+            value = k.operand_at(out, at(point, c))[0]
+            k.store(out, at(point, c), [b.fmul(value, scale)])
 
 
 KERNELS = {"softmax": softmax_kernel}
