@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -908,6 +909,24 @@ def test_editing_one_layer_recompiles_only_its_kernel_and_the_entry(
 def _graph_and_params(source: str) -> tuple[Graph, dict]:
     net = convdsl.compile_string(source)
     return net.graph, materialize(net.graph, net.weights)
+
+
+def test_the_cache_is_trimmed_least_recently_used_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from convdsl.backends.llvm import object_cache
+
+    monkeypatch.setenv("CONVDSL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CONVDSL_CACHE_MAX_MB", str(3500 / 2**20))  # 3500 bytes
+    monkeypatch.setattr(object_cache, "_trimmed", {tmp_path})  # no trimming while filling
+    for key, suffix, stamp in [("a", ".o", 100), ("b", ".o", 200), ("c", ".json", 300)]:
+        object_cache.store(key, b"x" * 968, suffix=suffix)  # 1000 bytes with the checksum
+        os.utime(tmp_path / f"{key}{suffix}", (stamp, stamp))
+    (tmp_path / "crashed.tmp").write_bytes(b"z" * 1000)
+    assert object_cache.load("a") is not None  # a hit: a is now the most recently used
+    monkeypatch.setattr(object_cache, "_trimmed", set())
+    object_cache.store("d", b"y" * 968)  # 5000 bytes > 3500: down to 2800, oldest first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.o", "d.o"]
 
 
 @pytest.mark.parametrize("setting", ["off", "", "file"])

@@ -12,7 +12,9 @@ part of the code (the entry function reads them through a pointer table).
 The cache lives in ``$CONVDSL_CACHE_DIR`` if set (empty or ``off`` turns it off), else
 ``$XDG_CACHE_HOME/convdsl`` or ``~/.cache/convdsl``. Entries are written atomically (a
 temporary file renamed into place); an unreadable, unwritable or damaged cache only costs a
-compile, never an error.
+compile, never an error. A hit touches its file; once per process, the first store trims the
+cache to ``$CONVDSL_CACHE_MAX_MB`` (default 1024), least recently used entries first, down
+to 80% of it, so the cache of a user who edits networks all day stays bounded.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ import llvmlite
 from convdsl.backends.llvm.target import Target
 
 CACHE_ENV = "CONVDSL_CACHE_DIR"
+LIMIT_ENV = "CONVDSL_CACHE_MAX_MB"
+DEFAULT_LIMIT_MB = 1024.0
 OFF = ("", "off", "0")
+_trimmed: set[Path] = set()  # directories trimmed by this process
 
 
 def cache_dir() -> Path | None:
@@ -58,10 +63,15 @@ def load(key: str, suffix: str = ".o") -> bytes | None:
     directory = cache_dir()
     if directory is None:
         return None
+    path = directory / f"{key}{suffix}"
     try:
-        entry = (directory / f"{key}{suffix}").read_bytes()
+        entry = path.read_bytes()
     except OSError:
         return None
+    try:
+        os.utime(path)  # recently used: the last to be trimmed
+    except OSError:
+        pass  # a read-only cache still serves its entries
     # A checksum first: a truncated or damaged file is a miss, never fed to the linker.
     checksum, data = entry[:32], entry[32:]
     return data if data and hashlib.sha256(data).digest() == checksum else None
@@ -79,3 +89,38 @@ def store(key: str, data: bytes, suffix: str = ".o") -> None:
         os.replace(handle.name, directory / f"{key}{suffix}")
     except OSError:
         return
+    if directory not in _trimmed:
+        _trimmed.add(directory)
+        trim(directory, _limit_bytes())
+
+
+def _limit_bytes() -> float:
+    try:
+        return max(0.0, float(os.environ.get(LIMIT_ENV, DEFAULT_LIMIT_MB))) * 2**20
+    except ValueError:  # not a number: the default, as for any other cache problem
+        return DEFAULT_LIMIT_MB * 2**20
+
+
+def trim(directory: Path, limit: float) -> None:
+    """Delete the least recently used entries of ``directory`` while it holds more than
+    ``limit`` bytes, down to 80% of it (leftover ``.tmp`` files of crashed writes first)."""
+    try:
+        entries = []
+        for path in directory.iterdir():
+            if path.suffix in (".o", ".json", ".tmp"):
+                stat = path.stat()
+                oldest_first = path.suffix != ".tmp"
+                entries.append((oldest_first, stat.st_mtime, stat.st_size, path))
+    except OSError:
+        return
+    total = sum(size for _, _, size, _ in entries)
+    if total <= limit:
+        return
+    for _, _, size, path in sorted(entries):
+        if total <= 0.8 * limit:
+            break
+        try:
+            path.unlink()
+        except OSError:
+            continue
+        total -= size
