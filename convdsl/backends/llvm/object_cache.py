@@ -19,6 +19,7 @@ to 80% of it, so the cache of a user who edits networks all day stays bounded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -68,10 +69,8 @@ def load(key: str, suffix: str = ".o") -> bytes | None:
         entry = path.read_bytes()
     except OSError:
         return None
-    try:
+    with contextlib.suppress(OSError):  # a read-only cache still serves its entries
         os.utime(path)  # recently used: the last to be trimmed
-    except OSError:
-        pass  # a read-only cache still serves its entries
     # A checksum first: a truncated or damaged file is a miss, never fed to the linker.
     checksum, data = entry[:32], entry[32:]
     return data if data and hashlib.sha256(data).digest() == checksum else None
