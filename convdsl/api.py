@@ -201,7 +201,11 @@ def check_backend(graph: Graph, backend: str, threads: int = 2) -> None:
         load_libgomp()
         target = host_target()
         build = Build(target)
-        lower_graph(backend_graph(graph, backend), target.lanes, threads, on_module=build.add)
+        try:
+            lower_graph(backend_graph(graph, backend), target.lanes, threads, on_module=build.add)
+        except BaseException:
+            build.abandon()
+            raise
         build.link()
 
 

@@ -794,6 +794,28 @@ def test_a_failing_helper_costs_time_not_the_result(
     assert_matches(SEVERAL_KERNELS, batches=(2,))
 
 
+def test_a_failed_lowering_leaves_no_helper_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVDSL_CACHE_DIR", "off")
+    monkeypatch.setattr(codegen, "PARALLEL_LINES", 0)
+    monkeypatch.setattr(codegen, "_cores", lambda: 2)
+    started: list[codegen._Helper] = []
+    real_start = codegen._Helper.start
+
+    def start(header: str) -> codegen._Helper | None:
+        helper = real_start(header)
+        started.append(helper)  # type: ignore[arg-type]
+        return helper
+
+    def broken(k, node, point):  # type: ignore[no-untyped-def]
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(codegen._Helper, "start", staticmethod(start))
+    monkeypatch.setitem(lower.EMITTERS, "max_pool2d", broken)  # the second kernel fails
+    with pytest.raises(InternalError, match="max_pool2d"):
+        compile_both("input x: f32[N, 3, 8, 8]\noutput y = max_pool2d(relu(conv2d(x, 4, 3)), 2)")
+    assert started and all(helper.process.poll() is not None for helper in started)
+
+
 # ---- the compiled-code cache (object_cache) -------------------------------------------------
 
 CACHED = (

@@ -108,6 +108,13 @@ class Compiler:
             self.ours.append(index)
             self.our_lines += lines
 
+    def abandon(self) -> None:
+        """Stop the helpers (the caller failed while building): none is left waiting."""
+        for helper in self.helpers or []:
+            helper.process.kill()
+            helper.finish()
+        self.helpers = []
+
     def objects(self) -> list[bytes]:
         helpers = self.helpers or []
         for helper in helpers:

@@ -70,7 +70,11 @@ class LlvmExecutable:
             self.jit = Jit(objects, "", 0, self.target)
         else:
             build = Build(self.target)
-            self._lowered = lower_graph(graph, self.target.lanes, threads, profile, build.add)
+            try:
+                self._lowered = lower_graph(graph, self.target.lanes, threads, profile, build.add)
+            except BaseException:
+                build.abandon()
+                raise
             self.jit = build.link()
             module_keys = [k for k in build.keys if k is not None]
             if key and len(module_keys) == len(build.keys):

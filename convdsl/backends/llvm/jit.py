@@ -57,6 +57,10 @@ class Build:
         self.keys.append(key)
         self.found.append(code)
 
+    def abandon(self) -> None:
+        """Give up (building the modules failed): stop any helper process."""
+        self.compiler.abandon()
+
     def link(self) -> Jit:
         compiled = dict(zip(self.missing, self.compiler.objects(), strict=True))
         objects = []
