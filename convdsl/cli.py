@@ -283,8 +283,8 @@ def cmd_ir(args: argparse.Namespace) -> None:
     parameters, the outputs and (at -O2) the memory plan. --after PASS prints it right after
     one pass, --all after every pass that changed it, --passes lists the pipeline. --llvm
     prints the LLVM IR the llvm backend generates (one module per distinct kernel, then the
-    entry `run`), --asm KERNEL compiles one kernel and prints its host assembly (a layer
-    name, or kernelN).
+    entry `run`), --asm KERNEL compiles one kernel and prints its host assembly (any layer
+    it computes, or kernelN).
 
     convdsl ir net.conv --after fold-batch-norm --no-locations | less
     convdsl ir net.conv --asm conv3 --threads 1

@@ -282,6 +282,28 @@ def test_ir_llvm_and_asm_show_the_generated_kernels(tmp_path: Path) -> None:
     assert "kernel1_c1" in wrong.stderr  # the hint lists the kernels
 
 
+def test_asm_finds_a_kernel_by_any_layer_it_computes_and_says_what_shares_it(
+    tmp_path: Path,
+) -> None:
+    write(
+        tmp_path / "blk.conv",
+        "input x: f32[N, 4, 12, 12]\n"
+        "block unit(x) {\n  h = relu(conv2d(x, 4, kernel=3, padding=same))\n  return h\n}\n"
+        "a = unit(x)\nb = unit(a)\noutput y = unit(b)\n",
+    )
+    by_relu, by_conv, by_kernel = cli_many(
+        tmp_path,
+        ["ir", "blk.conv", "--asm", "b.h"],
+        ["ir", "blk.conv", "--asm", "y.h.conv2d"],
+        ["ir", "blk.conv", "--asm", "kernel1"],
+    )
+    # The three layers have one function, named after the first.
+    header = "# ---- kernel0_a_h_conv2d (computes kernel0_a_h_conv2d, kernel1_b_h_conv2d, "
+    for done in (by_relu, by_conv, by_kernel):
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(header + "kernel2_y_h_conv2d)\nkernel0_a_h_conv2d:")
+
+
 def test_broken_pipe_is_quiet(tmp_path: Path) -> None:
     write(tmp_path / "small.conv", CHECK_SRC)
     proc = subprocess.Popen(

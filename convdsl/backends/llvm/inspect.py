@@ -4,7 +4,7 @@
 distinct kernel, its worker function named ``kernel{index}_{layer}`` after the first kernel of
 that shape in ``graph.nodes`` and its output, then the entry module with ``run``, which lists
 which function computes which layer. ``kernel_assembly`` compiles only the modules of the
-kernels whose name contains ``kernel`` (a layer name like ``conv3``, or ``kernel5``) and returns
+kernels named ``kernel`` (a layer name like ``conv3`` or ``pool3.h_2``, or ``kernel5``) and returns
 their assembly; a layer computed by another layer's function is found under that function.
 """
 
@@ -14,7 +14,7 @@ from convdsl.backends.llvm.jit import assembly
 from convdsl.backends.llvm.lower import lower_graph
 from convdsl.backends.llvm.target import host_target
 from convdsl.diagnostics import error
-from convdsl.ir.graph import Graph
+from convdsl.ir.graph import Graph, Node
 
 
 def llvm_ir(graph: Graph, threads: int) -> str:
@@ -30,7 +30,7 @@ def kernel_assembly(graph: Graph, threads: int, kernel: str) -> str:
     chosen = [
         worker.name
         for worker in lowered.workers
-        if kernel in (worker.label, *worker.label.split("_", 1))
+        if kernel in (worker.label, *worker.label.split("_", 1), *_layers(worker.node))
     ]
     if not chosen:
         raise error(
@@ -45,6 +45,11 @@ def kernel_assembly(graph: Graph, threads: int, kernel: str) -> str:
         text = _function_text(assembly(by_name[name], target), name)
         texts.append(f"# ---- {name}{shared}\n{text}")
     return "".join(texts)
+
+
+def _layers(node: Node) -> list[str]:
+    """The layer names a kernel computes (every part of a fused one)."""
+    return [node.name, *(part.name for part in node.parts)]
 
 
 def _function_text(assembly: str, name: str) -> str:
