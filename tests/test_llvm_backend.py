@@ -951,6 +951,20 @@ def test_the_cache_is_trimmed_least_recently_used_first(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.o", "d.o"]
 
 
+@pytest.mark.parametrize("setting", ["lots", "-5", "nan"])
+def test_a_bad_cache_limit_is_a_warning_and_the_default(
+    setting: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from convdsl.backends.llvm import object_cache
+
+    monkeypatch.setenv("CONVDSL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CONVDSL_CACHE_MAX_MB", setting)
+    monkeypatch.setattr(object_cache, "_trimmed", set())
+    with pytest.warns(UserWarning, match=f"CONVDSL_CACHE_MAX_MB='{setting}' is not a number"):
+        object_cache.store("k", b"data")
+    assert object_cache.load("k") == b"data"
+
+
 @pytest.mark.parametrize("setting", ["off", "", "file"])
 def test_the_cache_can_be_off_or_unusable(
     setting: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

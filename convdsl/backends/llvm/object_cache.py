@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import llvmlite
@@ -94,10 +95,21 @@ def store(key: str, data: bytes, suffix: str = ".o") -> None:
 
 
 def _limit_bytes() -> float:
-    try:
-        return max(0.0, float(os.environ.get(LIMIT_ENV, DEFAULT_LIMIT_MB))) * 2**20
-    except ValueError:  # not a number: the default, as for any other cache problem
+    text = os.environ.get(LIMIT_ENV)
+    if text is None:
         return DEFAULT_LIMIT_MB * 2**20
+    try:
+        megabytes = float(text)
+        if not megabytes >= 0:  # negative or nan
+            raise ValueError(text)
+    except ValueError:  # a cache setting never stops a build: say so, use the default
+        warnings.warn(
+            f"{LIMIT_ENV}={text!r} is not a number of megabytes >= 0; "
+            f"the code cache keeps to the default, {DEFAULT_LIMIT_MB:g} MB",
+            stacklevel=3,
+        )
+        return DEFAULT_LIMIT_MB * 2**20
+    return megabytes * 2**20
 
 
 def trim(directory: Path, limit: float) -> None:
