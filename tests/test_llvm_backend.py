@@ -84,6 +84,17 @@ output m = gelu(x) + gelu(y, approximate=tanh)
 
 CONVS = {
     "conv2d_same": "input x: f32[N, 3, 11, 13]\noutput y = conv2d(x, 17, kernel=3, padding=same)",
+    # One position: a matrix-vector product along the output channels (blocks of 8, 7 and 3
+    # channels; 1027 and 6 input channels, not multiples of the 4 accumulators), with fused
+    # epilogues; and a grouped one, which keeps the general tile.
+    "one_position": (
+        "input x: f32[N, 1027, 1, 1]\n"
+        "input s: f32[N, 6, 1]\n"
+        "output a = conv2d(x, 1000, kernel=1)\n"
+        "output b = relu6(conv2d(x, 21, kernel=1, activation=relu) + conv2d(x, 21, kernel=1))\n"
+        "output c = conv1d(s, 3, kernel=1, activation=sigmoid, bias=false)\n"
+        "output d = conv1d(s, 4, kernel=1, groups=2)"
+    ),
     "conv2d_stride_gt_kernel": (
         "input x: f32[N, 5, 13, 17]\noutput y = conv2d(x, 4, kernel=2, stride=3, bias=false)"
     ),
@@ -711,6 +722,17 @@ def test_upscore8_runs_phase_split_with_packed_weights() -> None:
     # stride 8: eight phase accumulators per output channel, so one channel per block
     assert lowered.packings == {"y.weight@tpack1": ("y.weight", 1)}
     assert_matches(src, batches=(1,))
+
+
+def test_one_position_convs_are_matrix_vector_products() -> None:
+    net = convdsl.compile_string(CONVS["one_position"])
+    lowered = lower.lower_graph(net.graph, host_target().lanes, threads=2)
+    by_vector = {w.node.name for w in lowered.workers if "gemv" in _module_of(lowered, w)}
+    assert by_vector == {"a", "b.add.lhs", "b.add.rhs", "c"}  # not the grouped d
+
+
+def _module_of(lowered: lower.Lowered, worker: lower.Worker) -> str:
+    return next(str(m) for m in lowered.kernels if m.name == worker.name)
 
 
 def test_costly_epilogues_are_looped_over_the_tile_and_agree() -> None:

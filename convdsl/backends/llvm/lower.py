@@ -59,10 +59,14 @@ from convdsl.backends.llvm.loops import (
     PTR,
     VOID,
     entry_alloca,
+    fma,
     for_range,
+    fsplat,
     gep,
     i64,
     intrinsic,
+    load_vec,
+    splat,
     unflatten,
     vec_type,
 )
@@ -285,6 +289,9 @@ class ModuleBuilder:
         (strided convolutions) needs no lane masks."""
         b = k.builder
         anchor = parts(node)[0]
+        if one_position(self.graph, anchor):
+            self._channel_vector_kernel(k, node, anchor)
+            return
         phase_rows = self.graph.type_of(anchor.inputs[0]).layout is not None
         flat = None if phase_rows else flat_pointwise(self.graph, anchor, self.lanes)
         if flat is not None:
@@ -330,6 +337,51 @@ class ModuleBuilder:
                         k, anchor, point, masked, (ci_lo, ci_hi), resume
                     )
                     self._finish_tile(k, node, anchor, point, sums, finished, chunks > 1)
+
+    def _channel_vector_kernel(self, k: KernelBuilder, node: Node, anchor: Node) -> None:
+        """A pointwise convolution of a single position (a classifier head after global
+        pooling, a squeeze-and-excitation gate): a matrix-vector product, vectorized along
+        the output channels (a vector along positions would use one lane of eight). A work
+        item is a batch entry and a block of output channels; per input channel, one load of
+        the block's packed weights and one broadcast input, over four accumulators."""
+        b = k.builder
+        channels = self.graph.type_of(anchor.inputs[0]).channels
+        out_channels = anchor.attrs["out_channels"]
+        block = next(d for d in range(self.lanes, 0, -1) if out_channels % d == 0)
+        blocks = out_channels // block
+        weight = k.packed_param(anchor.param("weight"), block)
+        rank = len(self.graph.type_of(node.output).spatial)
+        accumulators = [entry_alloca(b, vec_type(block), f"gemv{u}") for u in range(4)]
+        first, last = thread_share(b, b.mul(k.batch, i64(blocks)))
+        with for_range(b, first, last, name="item") as item:
+            n, out_block = unflatten(b, item, (blocks,))
+            x = k.entry(anchor.inputs[0], n)  # one position: channel ci is element ci
+            rows = gep(b, weight, b.mul(out_block, i64(channels * block)))
+            for acc in accumulators:
+                b.store(fsplat(0.0, block), acc)
+
+            def step(ci: ir.Value, acc: ir.Value) -> None:
+                xs = splat(b, b.load(gep(b, x, ci)), block)
+                ws = load_vec(b, gep(b, rows, b.mul(ci, i64(block))), block)
+                b.store(fma(b, ws, xs, b.load(acc)), acc)
+
+            main = channels // 4 * 4
+            with for_range(b, 0, main, 4, name="ci") as ci:
+                for u, acc in enumerate(accumulators):
+                    step(b.add(ci, i64(u)), acc)
+            for ci in range(main, channels):
+                step(i64(ci), accumulators[0])
+            total = b.load(accumulators[0])
+            for acc in accumulators[1:]:
+                total = b.fadd(total, b.load(acc))
+            lanes = [
+                b.shuffle_vector(total, total, ir.Constant(ir.VectorType(I32, 1), [j]))
+                for j in range(block)
+            ]
+            channel = b.mul(out_block, i64(block))
+            point = Point(n, channel, block, (i64(0),) * (rank - 1), i64(0), 1)
+            (finished,) = emit_conv_tile.finish_tile(k, anchor, point, [lanes])
+            self._point(k, node, point, {anchor.output: finished})
 
     def _finish_tile(
         self,
@@ -509,6 +561,20 @@ class _Clock:
         b = self.b
         slot = b.gep(self.totals, [ir.Constant(I32, 0), ir.Constant(I32, index)])
         b.store(b.add(b.load(slot), b.sub(self.now(), started)), slot)
+
+
+def one_position(graph: Graph, node: Node) -> bool:
+    """A convolution that ``_channel_vector_kernel`` computes: pointwise, ungrouped, with an
+    output (and so an input) of one position."""
+    a = node.attrs
+    return (
+        math.prod(graph.type_of(node.output).spatial or (1,)) == 1
+        and a["groups"] == 1
+        and all(k == 1 for k in a["kernel"])
+        and all(p == (0, 0) for p in a["pads"])
+        and graph.type_of(node.inputs[0]).layout is None
+        and math.prod(graph.type_of(node.inputs[0]).spatial or (1,)) == 1
+    )
 
 
 def costly_epilogue(node: Node, anchor: Node) -> bool:
