@@ -16,6 +16,7 @@ from convdsl.backends.llvm.kernel import KernelBuilder, Point, spatial_of, strid
 from convdsl.backends.llvm.loops import (
     F32,
     binary_intrinsic,
+    concat,
     entry_alloca,
     for_range,
     fsplat,
@@ -25,8 +26,11 @@ from convdsl.backends.llvm.loops import (
     lane_ids,
     load_vec,
     loop_nest,
+    masked_load,
+    pick,
     splat,
     vec_type,
+    wide_mask,
 )
 from convdsl.ir.graph import Node
 
@@ -52,18 +56,51 @@ def _window(k: KernelBuilder, node: Node, point: Point, fill: float, combine: st
         condition, row_offset = outer_taps(k, point, outer, a, sizes, strides[1:])
         with maybe(b, condition):
             row = gep(b, base, row_offset)
-            for tap in range(kernel[-1]):
-                first = b.add(b.mul(point.w, i64(step)), i64(tap * dilation - before))
-                index, mask = lane_mask(k, first, step, sizes[-1], lanes)
-                xv = load_row(k, row, first, index, mask, step, lanes, fill)
+            window = (kernel[-1], step, dilation, before, sizes[-1])
+            for xv in _row_taps(k, row, point, window, fill):
                 current = b.load(acc)
-                new = (
+                combined = (
                     binary_intrinsic(b, "maxnum", current, xv)
                     if combine == "max"
                     else b.fadd(current, xv)
                 )
-                b.store(new, acc)
+                b.store(combined, acc)
     return b.load(acc)
+
+
+def _row_taps(
+    k: KernelBuilder,
+    row: ir.Value,
+    point: Point,
+    window: tuple[int, int, int, int, int],
+    fill: float,
+) -> list[ir.Value]:
+    """The point's inputs for every last-axis tap of the window (``kernel, step, dilation,
+    before, size``): lane ``l`` of tap ``t`` is ``row[(w + l) * step + t * dilation -
+    before]``, ``fill`` outside the row. With a stride, the span all taps cover is loaded as
+    whole vectors and each tap picked from it with a shuffle, not gathered lane by lane."""
+    b = k.builder
+    kernel, step, dilation, before, size = window
+    lanes = point.lanes
+    first = b.sub(b.mul(point.w, i64(step)), i64(before))
+    if step == 1 or lanes == 1:
+        taps = []
+        for tap in range(kernel):
+            start = b.add(first, i64(tap * dilation))
+            index, mask = lane_mask(k, start, step, size, lanes)
+            taps.append(load_row(k, row, start, index, mask, step, lanes, fill))
+        return taps
+    span = (lanes - 1) * step + (kernel - 1) * dilation + 1
+    parts = []
+    for offset in range(0, span, lanes):
+        start = b.add(first, i64(offset))
+        mask = wide_mask(b, start, lanes, size)
+        parts.append(masked_load(b, gep(b, row, start), mask, lanes, fill))
+    wide = concat(b, parts, fill)
+    return [
+        pick(b, wide, [tap * dilation + lane * step for lane in range(lanes)])
+        for tap in range(kernel)
+    ]
 
 
 def emit_max_pool(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:

@@ -32,6 +32,7 @@ from convdsl.backends.llvm.loops import (
     I1,
     I32,
     I64,
+    concat,
     entry_alloca,
     fma,
     for_range,
@@ -41,6 +42,7 @@ from convdsl.backends.llvm.loops import (
     load_vec,
     masked_load,
     masked_store,
+    pick,
     splat,
     store_vec,
     vec_type,
@@ -381,22 +383,13 @@ def interleave(b: ir.IRBuilder, vectors: list[ir.Value]) -> list[ir.Value]:
     stride, lanes = len(vectors), vectors[0].type.count
     if stride == 1:
         return vectors
-    # Concatenate (padded to a power of two with zeros) into one wide vector, then permute.
-    parts = list(vectors)
-    while len(parts) & (len(parts) - 1):
-        parts.append(fsplat(0.0, lanes))
-    while len(parts) > 1:
-        width = parts[0].type.count
-        concat = ir.Constant(ir.VectorType(I32, 2 * width), list(range(2 * width)))
-        parts = [b.shuffle_vector(parts[i], parts[i + 1], concat) for i in range(0, len(parts), 2)]
-    wide = parts[0]
-    chunks = []
-    for index in range(stride):
-        order = [
-            (o % stride) * lanes + o // stride for o in range(index * lanes, (index + 1) * lanes)
-        ]
-        chunks.append(b.shuffle_vector(wide, wide, ir.Constant(ir.VectorType(I32, lanes), order)))
-    return chunks
+    wide = concat(b, vectors)
+    return [
+        pick(
+            b, wide, [(o % stride) * lanes + o // stride for o in range(i * lanes, (i + 1) * lanes)]
+        )
+        for i in range(stride)
+    ]
 
 
 KERNELS = {f"conv_transpose{r}d": conv_transpose_kernel for r in (1, 2, 3)}

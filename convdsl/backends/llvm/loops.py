@@ -245,6 +245,25 @@ def masked_gather(
     return builder.select(mask, result, fsplat(fill, lanes))
 
 
+def concat(b: ir.IRBuilder, vectors: Sequence[ir.Value], fill: float = 0.0) -> ir.Value:
+    """One vector of ``vectors`` (each ``<lanes x float>``) end to end, padded with ``fill``
+    vectors to a power-of-two count: a tree of shuffles."""
+    lanes = vectors[0].type.count
+    parts = list(vectors)
+    while len(parts) & (len(parts) - 1):
+        parts.append(fsplat(fill, lanes))
+    while len(parts) > 1:
+        width = parts[0].type.count
+        order = ir.Constant(ir.VectorType(I32, 2 * width), list(range(2 * width)))
+        parts = [b.shuffle_vector(parts[i], parts[i + 1], order) for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
+def pick(b: ir.IRBuilder, wide: ir.Value, indices: Sequence[int]) -> ir.Value:
+    """``<len(indices) x float>`` of ``wide``'s elements at ``indices``."""
+    return b.shuffle_vector(wide, wide, ir.Constant(ir.VectorType(I32, len(indices)), indices))
+
+
 def wide_mask(b: ir.IRBuilder, first: ir.Value, width: int, size: int) -> ir.Value:
     """Mask of ``first + e`` in ``[0, size)`` for ``e < width`` (i32 lanes: cheap compares)."""
     index = b.add(
