@@ -21,6 +21,7 @@ from pathlib import Path
 
 import llvmlite
 
+import convdsl
 from convdsl.backends.llvm import object_cache
 from convdsl.backends.llvm.lower import Lowered, Worker
 from convdsl.backends.llvm.target import Target
@@ -47,6 +48,7 @@ def lowering_key(graph: Graph, target: Target, threads: int, profile: bool) -> s
     digest = hashlib.sha256()
     parts = (
         FORMAT,
+        convdsl.__version__,  # with the sources' digest: a zipped install has no files to hash
         _compiler_digest(),
         llvmlite.__version__,
         target.triple,
