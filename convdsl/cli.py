@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -391,7 +392,8 @@ def _add_backend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default=BACKENDS[0],
                         help=f"where to run: {backends} (default {BACKENDS[0]}); llvm "
                         "caches its machine code in $CONVDSL_CACHE_DIR or ~/.cache/convdsl "
-                        "(CONVDSL_CACHE_DIR=off disables)")  # fmt: skip
+                        "(CONVDSL_CACHE_DIR=off disables; at most $CONVDSL_CACHE_MAX_MB, "
+                        "default 1024)")  # fmt: skip
     parser.add_argument("--threads", type=_positive, default=2, metavar="N",
                         help="threads of the llvm backend (default 2)")  # fmt: skip
 
@@ -505,7 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # usage errors (2), --help and --version (0)
         return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 2
     try:
-        args.handler(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # "warning: ...", not Python's source line
+            args.handler(args)
         sys.stdout.flush()  # a closed pipe must surface here, not at interpreter exit
     except ConvdslError as exc:
         print(exc.render(), file=sys.stderr)
@@ -520,6 +524,10 @@ def main(argv: list[str] | None = None) -> int:
         _report_bug(exc, args.debug)
         return EXIT_INTERNAL_ERROR
     return 0
+
+
+def _show_warning(message: Warning | str, *args: object, **kwargs: object) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _report_bug(exc: Exception, debug: bool) -> None:

@@ -304,6 +304,24 @@ def test_asm_finds_a_kernel_by_any_layer_it_computes_and_says_what_shares_it(
         assert done.stdout.startswith(header + "kernel2_y_h_conv2d)\nkernel0_a_h_conv2d:")
 
 
+def test_a_warning_is_one_plain_line_and_the_command_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from convdsl import cli
+    from convdsl.backends.llvm import object_cache
+
+    write(tmp_path / "small.conv", CHECK_SRC)
+    monkeypatch.setenv("CONVDSL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CONVDSL_CACHE_MAX_MB", "lots")
+    monkeypatch.setattr(object_cache, "_trimmed", set())
+    assert cli.main(["run", str(tmp_path / "small.conv"), "--backend", "llvm"]) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        "warning: CONVDSL_CACHE_MAX_MB='lots' is not a number of megabytes >= 0; "
+        "the code cache keeps to the default, 1024 MB\n"
+    )
+
+
 def test_broken_pipe_is_quiet(tmp_path: Path) -> None:
     write(tmp_path / "small.conv", CHECK_SRC)
     proc = subprocess.Popen(
