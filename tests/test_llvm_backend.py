@@ -795,7 +795,8 @@ def test_helper_processes_compile_the_same_code_as_this_process(
 ) -> None:
     target = host_target()
     texts = _module_texts(SEVERAL_KERNELS)
-    alone = codegen.compile_objects(texts, target.triple, target.cpu, target.features)
+    machine = codegen.target_machine(target.triple, target.cpu, target.features)
+    alone = [codegen.compile_object(text, machine) for text in texts]
     monkeypatch.setattr(codegen, "PARALLEL_LINES", 0)
     monkeypatch.setattr(codegen, "_cores", lambda: 3)  # two helpers, even on one core
     compiler = codegen.Compiler(target.triple, target.cpu, target.features)

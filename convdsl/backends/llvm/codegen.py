@@ -20,7 +20,6 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
 from functools import cache
 from typing import IO
 
@@ -126,14 +125,6 @@ class Compiler:
                 results = [compile_object(self.texts[i], self.machine) for i in helper.indices]
             objects.update(zip(helper.indices, results, strict=True))
         return [objects[i] for i in range(len(self.texts))]
-
-
-def compile_objects(texts: Sequence[str], triple: str, cpu: str, features: str) -> list[bytes]:
-    """Object code for every module text, in order, on every core this process may use."""
-    compiler = Compiler(triple, cpu, features)
-    for text in texts:
-        compiler.add(text)
-    return compiler.objects()
 
 
 def _cores() -> int:

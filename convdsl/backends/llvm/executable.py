@@ -76,9 +76,8 @@ class LlvmExecutable:
                 build.abandon()
                 raise
             self.jit = build.link()
-            module_keys = [k for k in build.keys if k is not None]
-            if key and len(module_keys) == len(build.keys):
-                lowering_cache.store(key, self._lowered, module_keys)
+            if key:
+                lowering_cache.store(key, self._lowered, build.keys)
         self._arena_per_entry = self._lowered.arena_bytes
         self._run = _RUN(self.jit.address(ENTRY))
         self._profile = None

@@ -14,8 +14,6 @@ from llvmlite import ir
 from convdsl.backends.llvm import codegen, object_cache
 from convdsl.backends.llvm.target import Target, host_target
 
-initialize = codegen.initialize
-
 
 def target_machine(target: Target | None = None) -> llvm.TargetMachine:
     """A target machine for ``target`` (the host by default) at opt level 3."""
@@ -38,18 +36,17 @@ class Build:
     network whose one layer changed recompiles that layer's kernel and the entry only.
     """
 
-    def __init__(self, target: Target | None = None, cache: bool = True) -> None:
+    def __init__(self, target: Target | None = None) -> None:
         self.target = target or host_target()
-        self.cache = cache
         self.texts: list[str] = []
-        self.keys: list[str | None] = []  # each module's object_cache key (None: cache off)
+        self.keys: list[str] = []  # each module's object_cache key
         self.found: list[bytes | None] = []
         self.missing: list[int] = []
         self.compiler = codegen.Compiler(self.target.triple, self.target.cpu, self.target.features)
 
     def add(self, llvm_ir: str) -> None:
-        key = object_cache.cache_key(llvm_ir, self.target) if self.cache else None
-        code = object_cache.load(key) if key else None
+        key = object_cache.cache_key(llvm_ir, self.target)
+        code = object_cache.load(key)  # None when the cache is off (CONVDSL_CACHE_DIR=off)
         if code is None:
             self.missing.append(len(self.texts))
             self.compiler.add(llvm_ir)
@@ -67,8 +64,7 @@ class Build:
         for index, (key, code) in enumerate(zip(self.keys, self.found, strict=True)):
             if code is None:
                 code = compiled[index]
-                if key:
-                    object_cache.store(key, code)
+                object_cache.store(key, code)
             objects.append(code)
         return Jit(objects, "\n".join(self.texts), len(self.missing), self.target)
 
@@ -90,11 +86,9 @@ class Jit:
         self.engine.finalize_object()
 
     @classmethod
-    def of(
-        cls, modules: Sequence[ir.Module], target: Target | None = None, cache: bool = True
-    ) -> Jit:
+    def of(cls, modules: Sequence[ir.Module], target: Target | None = None) -> Jit:
         """``modules`` compiled (or found in the cache) and linked."""
-        build = Build(target, cache)
+        build = Build(target)
         for module in modules:
             build.add(str(module))
         return build.link()
