@@ -72,7 +72,7 @@ class Machine:
 @dataclass(frozen=True, slots=True)
 class KernelRow:
     """One native kernel of the llvm backend, from a profiled build (``bench_file(profile=)``):
-    mean wall time per run and what it computes."""
+    median wall time per run and what it computes."""
 
     kernel: str  # the generated function
     role: str  # its ops ("conv2d+batch_norm+relu", "relayout")
@@ -175,7 +175,8 @@ def bench_file(
 def profile_llvm(
     net: Network, inputs: Mapping[str, np.ndarray], threads: int, runs: int, warmup: int
 ) -> tuple[KernelRow, ...]:
-    """Mean wall time of every llvm kernel over ``runs`` runs, in the order they run."""
+    """Median wall time of every llvm kernel over ``runs`` runs, in the order they run (the
+    median, like the backends' rows: one stalled run on a busy machine does not move it)."""
     from convdsl.api import backend_graph
     from convdsl.backends.llvm.executable import LlvmExecutable
     from convdsl.ir.derived import materialize
@@ -188,15 +189,19 @@ def profile_llvm(
     for _ in range(warmup):
         native.run(arrays)
     native.kernel_profile()
+    per_run = []
     for _ in range(runs):
         native.run(arrays)
+        per_run.append([ms for _, ms in native.kernel_profile()])
+    workers = [worker for worker, _ in native.kernel_profile()]
     rows = []
-    for worker, ms in native.kernel_profile():
+    for worker, samples in zip(workers, zip(*per_run, strict=True), strict=True):
+        ms = statistics.median(samples)
         traffic = sum(node_traffic(graph, worker.node))
         macs = node_macs(graph, worker.node)
         span = worker.node.span
         rows.append(KernelRow(worker.name, worker.role, worker.node.name, span.line,
-                              ms / runs, macs * batch, traffic * batch))  # fmt: skip
+                              ms, macs * batch, traffic * batch))  # fmt: skip
     return tuple(rows)
 
 
@@ -376,7 +381,7 @@ def report_lines(result: BenchResult) -> list[str]:
 
 
 def profile_lines(kernels: Sequence[KernelRow]) -> list[str]:
-    """The llvm kernels, slowest first: mean ms per run, share, GFLOP/s, GB/s, what and where."""
+    """The llvm kernels, slowest first: median ms per run, share, GFLOP/s, GB/s, what and where."""
     from convdsl.cli import format_table
 
     total = sum(k.ms for k in kernels) or 1.0
@@ -388,7 +393,7 @@ def profile_lines(kernels: Sequence[KernelRow]) -> list[str]:
     header = ("ms", "share", "GFLOP/s", "GB/s", "kernel", "layer", "function")
     return [
         "",
-        f"llvm kernels, mean of the timed runs (sum {total:.3f} ms; GB/s counts activations "
+        f"llvm kernels, median of the timed runs (sum {total:.3f} ms; GB/s counts activations "
         "read and written once):",
         *format_table(header, rows, (True, True, True, True, False, False, False)),
     ]
