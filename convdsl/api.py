@@ -195,10 +195,8 @@ def check_backend(graph: Graph, backend: str, threads: int = 2) -> None:
     if backend == "llvm":
         from convdsl.backends.llvm.jit import Build
         from convdsl.backends.llvm.lower import lower_graph
-        from convdsl.backends.llvm.parallel import load_libgomp
         from convdsl.backends.llvm.target import host_target
 
-        load_libgomp()
         target = host_target()
         build = Build(target)
         try:

@@ -31,7 +31,6 @@ from convdsl.backends.llvm.emit_transpose_phase import pack_transposed
 from convdsl.backends.llvm.jit import Build, Jit
 from convdsl.backends.llvm.kernel import pack_weight
 from convdsl.backends.llvm.lower import ENTRY, PROFILE, Worker, lower_graph
-from convdsl.backends.llvm.parallel import load_libgomp
 from convdsl.backends.llvm.target import host_target
 from convdsl.ir.graph import Graph
 from convdsl.ir.types import bind_shape
@@ -58,7 +57,6 @@ class LlvmExecutable:
     ) -> None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, found {threads}")
-        load_libgomp()
         self.graph = graph
         self.threads = threads
         self.target = host_target()
