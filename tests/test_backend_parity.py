@@ -140,13 +140,18 @@ def test_bad_thread_count_is_a_user_error() -> None:
         convdsl.compile_string("input x: f32[N, 1, 4]\noutput y = relu(x)\n", threads=0)
 
 
-def test_f64_on_llvm_is_the_backends_error() -> None:
-    src = "input x: f64[N, 2, 4]\noutput y = relu(x)\n"
-    assert convdsl.compile_string(src)(x=np.ones((1, 2, 4)))["y"].dtype == np.float64
-    with pytest.raises(convdsl.ConvdslError) as caught:
-        convdsl.compile_string(src, "f.conv", backend="llvm")
-    rendered = caught.value.render()
-    assert rendered.startswith("f.conv:1:7: error: llvm backend supports only f32 tensors yet")
+def test_f64_on_llvm_agrees_with_numpy_in_double() -> None:
+    src = (
+        "input x: f64[N, 2, 9]\n"
+        "output y = softmax(conv1d(x, 5, kernel=3, padding=same, activation=gelu))\n"
+    )
+    reference = convdsl.compile_string(src)
+    reference.set_weights(random_weights(reference, seed=1))
+    native = convdsl.compile_string(src, "f.conv", backend="llvm", weights=reference.weights)
+    inputs = reference.random_inputs(seed=1, batch=3)
+    got, want = native(inputs)["y"], reference(inputs)["y"]
+    assert got.dtype == want.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
 def test_cli_check_compiles_for_llvm(capsys: pytest.CaptureFixture[str]) -> None:
@@ -155,17 +160,21 @@ def test_cli_check_compiles_for_llvm(capsys: pytest.CaptureFixture[str]) -> None
     assert capsys.readouterr().out.startswith("network quickstart\n")
 
 
-def test_cli_check_llvm_fails_where_numpy_passes(
+def test_cli_checks_and_runs_f64_on_llvm_as_on_numpy(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "f64.conv"
-    path.write_text("input x: f64[N, 2, 4]\noutput y = relu(x)\n")
+    path.write_text("input x: f64[N, 2, 4]\noutput y = relu(conv1d(x, 3, kernel=3))\n")
     assert cli.main(["check", str(path)]) == 0
-    capsys.readouterr()
-    assert cli.main(["check", str(path), "--backend", "llvm"]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert "error: llvm backend supports only f32 tensors yet" in captured.err
+    numpy_check = capsys.readouterr()
+    assert cli.main(["check", str(path), "--backend", "llvm"]) == 0
+    assert capsys.readouterr() == numpy_check
+    for backend in ("numpy", "llvm"):
+        args = ["--batch", "2", "--backend", backend, "--output", str(tmp_path / f"{backend}.npz")]
+        assert cli.main(["run", str(path), *args]) == 0
+    with np.load(tmp_path / "llvm.npz") as got, np.load(tmp_path / "numpy.npz") as ref:
+        assert got["y"].dtype == ref["y"].dtype == np.float64
+        np.testing.assert_allclose(got["y"], ref["y"], rtol=1e-10, atol=1e-12)
 
 
 def test_cli_run_llvm_output_equals_numpy(tmp_path: Path) -> None:

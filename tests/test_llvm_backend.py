@@ -546,12 +546,14 @@ def test_unlowerable_op_is_a_compile_error_naming_op_and_line(
     )
 
 
-def test_f64_tensors_are_a_compile_error() -> None:
-    with pytest.raises(
-        ConvdslError,
-        match=r"^d.conv:1:7: error: llvm backend supports only f32 tensors yet; %x is f64",
-    ):
-        compile_both("input x: f64[N, 3, 8]\noutput y = relu(x)\n", name="d.conv")
+def test_f64_tensors_run_in_double_and_agree_with_the_interpreter() -> None:
+    """(Once a compile error.) Every op family in f64: ``test_llvm_f64``."""
+    src = "input x: f64[N, 3, 8]\noutput y = tanh(conv1d(x, 3, kernel=3, padding=same)) + x\n"
+    net, native = compile_both(src, name="d.conv")
+    x = np.random.default_rng(0).standard_normal((2, 3, 8))
+    got, want = run_native(net, native, {"x": x})["y"], net(x=x)["y"]
+    assert got.dtype == want.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
 
 
 def test_emitter_crash_names_the_op_and_its_line(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -123,10 +123,11 @@ def conv_setup(k: KernelBuilder, node: Node, point: Point, prefix: str) -> ConvS
     group_in = x_type.channels // groups
     per_group = node.attrs["out_channels"] // groups
     accumulators = [
-        entry_alloca(b, vec_type(point.lanes), f"{prefix}{j}") for j in range(point.block)
+        entry_alloca(b, vec_type(point.lanes, k.element), f"{prefix}{j}")
+        for j in range(point.block)
     ]
     for acc in accumulators:
-        b.store(fsplat(0.0, point.lanes), acc)
+        b.store(fsplat(0.0, point.lanes, k.element), acc)
     group = b.udiv(point.c, i64(per_group))
     return ConvSetup(
         sizes=spatial_of(x_type),

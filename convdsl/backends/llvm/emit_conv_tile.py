@@ -131,12 +131,12 @@ def emit_conv_tile(
             masks[tap, v] = wide_mask(b, start, lanes, sizes[-1])
 
     accumulators = [
-        [entry_alloca(b, vec_type(lanes), f"acc{j}_{v}") for v in range(vectors)]
+        [entry_alloca(b, vec_type(lanes, k.element), f"acc{j}_{v}") for v in range(vectors)]
         for j in range(block)
     ]
     for row in accumulators:
         for acc in row:
-            b.store(fsplat(0.0, lanes), acc)
+            b.store(fsplat(0.0, lanes, k.element), acc)
     if resume is not None:
         flag, partial = resume
         with b.if_then(flag):

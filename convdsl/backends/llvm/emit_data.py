@@ -3,7 +3,8 @@
 One channel per point. Each output lane's source position is an index map evaluated per axis:
 a scalar on the outer axes, an ``i64`` vector on the last (``lane_index``). Contiguous maps
 (crop, concat, zero pad) load rows directly; the others gather lane by lane. Linear upscaling
-computes source coordinates in double precision, as the interpreter does.
+computes source coordinates in double precision, as the interpreter does, and rounds the
+weights to the kernel's dtype.
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from convdsl.backends.llvm.emit_elementwise import vexp
+from convdsl.backends.llvm.emit_elementwise import exp
 from convdsl.backends.llvm.kernel import KernelBuilder, Point, spatial_of, strides_of
 from convdsl.backends.llvm.loops import (
-    F32,
+    F64,
     I1,
     I32,
     all_true,
     binary_intrinsic,
+    element_of,
     entry_alloca,
+    fconst,
     fma,
     for_range,
     fsplat,
@@ -42,8 +45,6 @@ from convdsl.backends.llvm.loops import (
 )
 from convdsl.backends.llvm.parallel import thread_share
 from convdsl.ir.graph import Node
-
-F64 = ir.DoubleType()
 
 
 def lane_index(k: KernelBuilder, point: Point) -> ir.Value:
@@ -89,7 +90,7 @@ def emit_crop(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
 
 def emit_concat(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
     b = k.builder
-    result = entry_alloca(b, vec_type(point.lanes), "concat")
+    result = entry_alloca(b, vec_type(point.lanes, k.element), "concat")
     start = 0
     for value in node.inputs:
         channels = k.type_of(value).channels
@@ -154,7 +155,7 @@ def _zero_pad(k: KernelBuilder, x: int, point: Point, pads, sizes, value: float)
         offset = b.add(offset, b.mul(index, i64(stride)))
     row = gep(b, k.entry(x, point.n), offset)
     loaded = masked_load(b, gep(b, row, first), mask, point.lanes, value)
-    return b.select(inside, loaded, fsplat(value, point.lanes))
+    return b.select(inside, loaded, fsplat(value, point.lanes, k.element))
 
 
 def emit_pixel_shuffle(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
@@ -193,7 +194,7 @@ def emit_upscale(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
         return [_upscale_gathered(k, node, point)]
     if not patterns:
         return [_upscale_gathered(k, node, point)]
-    result = entry_alloca(b, vec_type(point.lanes), "upscaled")
+    result = entry_alloca(b, vec_type(point.lanes, k.element), "upscaled")
     done = b.append_basic_block("upscaled")
     for (first, end), pattern in patterns:
         inside = b.and_(
@@ -243,7 +244,7 @@ def row_patterns(
         src = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) / factor - 0.5, 0.0)
         lo = np.floor(src).astype(np.int64)
         hi = np.minimum(lo + 1, size - 1)
-        weight = (src - lo).astype(np.float32)
+        weight = (src - lo).astype(k.dtype.numpy)
     groups: list[tuple[tuple[int, int], RowPattern]] = []
     for w in range(0, out_size, lanes):
         span = slice(w, min(w + lanes, out_size))
@@ -290,10 +291,10 @@ def _upscale_row(k: KernelBuilder, node: Node, point: Point, pattern: RowPattern
         rows = [(None, [b.udiv(index, i64(f)) for index, f in outer])]
     else:
         axes = [
-            _linear_axis(b, index, size, f, False)
+            _linear_axis(b, index, size, f, False, k.element)
             for index, size, f in zip(point.outer, sizes, a["factors"], strict=False)
         ]
-        one = ir.Constant(F32, 1.0)
+        one = fconst(1.0, k.element)
         rows = []
         for corner in itertools.product((0, 1), repeat=len(axes)):
             weight: ir.Value = one
@@ -319,8 +320,11 @@ def _upscale_row(k: KernelBuilder, node: Node, point: Point, pattern: RowPattern
 
     if pattern.hi is None or pattern.weight is None:
         return pick(pattern.lo)
-    weight_hi = ir.Constant(vec_type(lanes), list(pattern.weight))
-    weight_lo = ir.Constant(vec_type(lanes), [float(1 - np.float32(v)) for v in pattern.weight])
+    numpy = k.dtype.numpy.type  # 1 - weight rounded as the interpreter rounds it
+    weight_hi = ir.Constant(vec_type(lanes, k.element), list(pattern.weight))
+    weight_lo = ir.Constant(
+        vec_type(lanes, k.element), [float(1 - numpy(v)) for v in pattern.weight]
+    )
     return fma(b, pick(pattern.hi), weight_hi, b.fmul(pick(pattern.lo), weight_lo))
 
 
@@ -337,12 +341,12 @@ def _upscale_gathered(k: KernelBuilder, node: Node, point: Point) -> ir.Value:
         ]
         return gather(k, x, point.n, point.c, sources, point.lanes)
     axes = [
-        _linear_axis(b, index, size, f, a["align_corners"])
+        _linear_axis(b, index, size, f, a["align_corners"], k.element)
         for index, size, f in zip(indices, sizes, a["factors"], strict=True)
     ]
-    total: ir.Value = fsplat(0.0, point.lanes)
+    total: ir.Value = fsplat(0.0, point.lanes, k.element)
     for corner in itertools.product((0, 1), repeat=len(axes)):
-        weight: ir.Value = fsplat(1.0, point.lanes)
+        weight: ir.Value = fsplat(1.0, point.lanes, k.element)
         chosen = []
         for side, (lo, hi, frac) in zip(corner, axes, strict=True):
             factor = frac if side else b.fsub(_fconst(frac, 1.0), frac)
@@ -357,14 +361,15 @@ def _upscale_gathered(k: KernelBuilder, node: Node, point: Point) -> ir.Value:
 
 def _fconst(like: ir.Value, value: float) -> ir.Value:
     if isinstance(like.type, ir.VectorType):
-        return fsplat(value, like.type.count)
-    return ir.Constant(F32, value)
+        return fsplat(value, like.type.count, like.type.element)
+    return fconst(value, like.type)
 
 
 def _linear_axis(
-    b: ir.IRBuilder, index: ir.Value, size: int, factor: int, align: bool
+    b: ir.IRBuilder, index: ir.Value, size: int, factor: int, align: bool, element: ir.Type
 ) -> tuple[ir.Value, ir.Value, ir.Value]:
-    """Source ``(lo, hi, weight of hi)`` of output ``index`` (scalar or vector) on one axis."""
+    """Source ``(lo, hi, weight of hi)`` of output ``index`` (scalar or vector) on one axis,
+    the weight rounded to ``element``."""
     lanes = index.type.count if isinstance(index.type, ir.VectorType) else 0
     dtype = ir.VectorType(F64, lanes) if lanes else F64
 
@@ -385,7 +390,9 @@ def _linear_axis(
     hi = b.add(lo, _const(b, lo, 1))
     last = _const(b, hi, size - 1)
     hi = b.select(b.icmp_signed(">", hi, last), last, hi)
-    frac = b.fptrunc(b.fsub(src, floor), vec_type(lanes) if lanes else F32)
+    frac = b.fsub(src, floor)
+    if element_of(dtype) != element:  # computed in double: rounded as the interpreter does
+        frac = b.fptrunc(frac, vec_type(lanes, element) if lanes else element)
     return lo, hi, frac
 
 
@@ -395,10 +402,10 @@ def emit_softmax(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
     x = node.inputs[0]
     channels = k.type_of(x).channels
     lanes = point.lanes
-    top = entry_alloca(b, vec_type(lanes), "max")
-    total = entry_alloca(b, vec_type(lanes), "sum")
-    b.store(fsplat(float("-inf"), lanes), top)
-    b.store(fsplat(0.0, lanes), total)
+    top = entry_alloca(b, vec_type(lanes, k.element), "max")
+    total = entry_alloca(b, vec_type(lanes, k.element), "sum")
+    b.store(fsplat(float("-inf"), lanes, k.element), top)
+    b.store(fsplat(0.0, lanes, k.element), total)
 
     def at(channel: ir.Value) -> ir.Value:
         moved = Point(point.n, channel, 1, point.outer, point.w, lanes)
@@ -408,8 +415,8 @@ def emit_softmax(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
         b.store(binary_intrinsic(b, "maxnum", b.load(top), at(channel)), top)
     peak = b.load(top)
     with for_range(b, 0, channels, name="se") as channel:
-        b.store(b.fadd(b.load(total), vexp(b, b.fsub(at(channel), peak))), total)
-    mine = vexp(b, b.fsub(at(point.c), peak))
+        b.store(b.fadd(b.load(total), exp(b, b.fsub(at(channel), peak))), total)
+    mine = exp(b, b.fsub(at(point.c), peak))
     return [b.fdiv(mine, b.load(total))]
 
 
@@ -482,11 +489,11 @@ def _softmax_columns(
     """Softmax over the channels at every vector of ``points``, side by side."""
     b = k.builder
     lanes = points[0].lanes
-    tops = [entry_alloca(b, vec_type(lanes), "max") for _ in points]
-    totals = [entry_alloca(b, vec_type(lanes), "sum") for _ in points]
+    tops = [entry_alloca(b, vec_type(lanes, k.element), "max") for _ in points]
+    totals = [entry_alloca(b, vec_type(lanes, k.element), "sum") for _ in points]
     for top, total in zip(tops, totals, strict=True):
-        b.store(fsplat(float("-inf"), lanes), top)
-        b.store(fsplat(0.0, lanes), total)
+        b.store(fsplat(float("-inf"), lanes, k.element), top)
+        b.store(fsplat(0.0, lanes, k.element), total)
 
     def at(point: Point, channel: ir.Value) -> Point:
         return dataclasses.replace(point, c=channel)
@@ -498,10 +505,10 @@ def _softmax_columns(
     peaks = [b.load(top) for top in tops]
     with for_range(b, 0, channels, name="sexp") as c:
         for point, peak, total in zip(points, peaks, totals, strict=True):
-            e = vexp(b, b.fsub(k.operand_at(x, at(point, c))[0], peak))
+            e = exp(b, b.fsub(k.operand_at(x, at(point, c))[0], peak))
             k.store(out, at(point, c), [e])
             b.store(b.fadd(b.load(total), e), total)
-    scales = [b.fdiv(fsplat(1.0, lanes), b.load(total)) for total in totals]
+    scales = [b.fdiv(fsplat(1.0, lanes, k.element), b.load(total)) for total in totals]
     with for_range(b, 0, channels, name="sdiv") as c:
         for point, scale in zip(points, scales, strict=True):
             value = k.operand_at(out, at(point, c))[0]

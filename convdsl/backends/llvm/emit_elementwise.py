@@ -1,9 +1,11 @@
 """Elementwise ops on vectors: activations (also used as conv epilogues), add/mul, batch norm.
 
 ``ACTIVATIONS`` maps an activation name to a function ``(builder, x, attrs) -> y`` over
-``<lanes x float>``; the op emitters apply it to each channel vector of a point. Functions
-without an LLVM instruction: ``exp`` and ``tanh`` are inline polynomials (``vexp``); expm1 and
-erf (elu, exact gelu) call libm per lane: correct first, fast later.
+``<lanes x float>`` or ``<lanes x double>``; the op emitters apply it to each channel vector of
+a point. Functions without an LLVM instruction: for float, ``exp`` and ``tanh`` are inline
+polynomials (``vexp``) tuned to float32 accuracy; for double, they are libm's ``exp`` (through
+``llvm.exp``) and ``tanh``, since precision is what f64 is for. expm1 and erf (elu, exact gelu)
+call libm per lane in both: correct first, fast later.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from llvmlite import ir
 
 from convdsl.backends.llvm.kernel import KernelBuilder, Point
 from convdsl.backends.llvm.loops import (
-    F32,
     I32,
-    f32,
+    element_of,
+    fconst,
     fma,
     fsplat,
     intrinsic,
     splat,
+    suffix,
     unary_intrinsic,
 )
 from convdsl.ir.graph import Node
@@ -34,21 +37,24 @@ def _lanes(x: ir.Value) -> int:
     return x.type.count if isinstance(x.type, ir.VectorType) else 1
 
 
-def _suffix(x: ir.Value) -> str:
-    return f"v{x.type.count}f32" if isinstance(x.type, ir.VectorType) else "f32"
+def _double(x: ir.Value) -> bool:
+    return isinstance(element_of(x.type), ir.DoubleType)
 
 
 def _const(x: ir.Value, value: float) -> ir.Constant:
-    return fsplat(value, _lanes(x))
+    return fsplat(value, _lanes(x), element_of(x.type))
 
 
 def libm(builder: ir.IRBuilder, name: str, x: ir.Value) -> ir.Value:
-    """``name(x[l])`` for each lane, calling the C library's float function ``name``."""
+    """``name(x[l])`` for each lane, calling the C library's function ``name`` (``tanh``,
+    ``erf``...): its float version (``tanhf``) on float lanes, the double one on double."""
+    element = element_of(x.type)
+    name = name if _double(x) else f"{name}f"
     module = builder.module
     try:
         function = module.get_global(name)
     except KeyError:
-        function = ir.Function(module, ir.FunctionType(F32, [F32]), name)
+        function = ir.Function(module, ir.FunctionType(element, [element]), name)
     result = x
     for lane in range(_lanes(x)):
         at = ir.Constant(I32, lane)
@@ -105,6 +111,12 @@ def vexp(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     return b.fmul(y, scale)
 
 
+def exp(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
+    """``exp(x)``: ``vexp`` on float vectors; libm's ``exp`` (``llvm.exp``, which LLVM expands
+    to one call per lane) on double, whose precision no short polynomial keeps."""
+    return unary_intrinsic(b, "exp", x) if _double(x) else vexp(b, x)
+
+
 def _iconst(ty: ir.Type, value: int) -> ir.Constant:
     if isinstance(ty, ir.VectorType):
         return ir.Constant(ty, [value] * ty.count)
@@ -125,27 +137,29 @@ def leaky_relu(b: ir.IRBuilder, x: ir.Value, attrs: Mapping[str, Any]) -> ir.Val
 
 
 def elu(b: ir.IRBuilder, x: ir.Value, attrs: Mapping[str, Any]) -> ir.Value:
-    negative = b.fmul(_const(x, attrs["alpha"]), libm(b, "expm1f", _min(b, x, 0.0)))
+    negative = b.fmul(_const(x, attrs["alpha"]), libm(b, "expm1", _min(b, x, 0.0)))
     return b.select(b.fcmp_ordered(">", x, _const(x, 0.0)), x, negative)
 
 
 def sigmoid(b: ir.IRBuilder, x: ir.Value, attrs: Mapping[str, Any]) -> ir.Value:
     """``1 / (1 + exp(-x))`` through ``e = exp(-|x|)``, which never overflows."""
-    e = vexp(b, b.fneg(unary_intrinsic(b, "fabs", x)))
+    e = exp(b, b.fneg(unary_intrinsic(b, "fabs", x)))
     top = b.select(b.fcmp_ordered(">=", x, _const(x, 0.0)), _const(x, 1.0), e)
     return b.fdiv(top, b.fadd(_const(x, 1.0), e))
 
 
 def tanh(b: ir.IRBuilder, x: ir.Value, attrs: Mapping[str, Any]) -> ir.Value:
     """Cephes ``tanhf``: an odd polynomial below |x| = 0.625 (keeps relative precision near 0),
-    ``1 - 2 / (exp(2|x|) + 1)`` with the sign of x above."""
+    ``1 - 2 / (exp(2|x|) + 1)`` with the sign of x above; libm's ``tanh`` on double."""
+    if _double(x):
+        return libm(b, "tanh", x)
     z = b.fmul(x, x)
     coefficients = (-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1)
     small = fma(b, b.fmul(_poly(b, z, (*coefficients, -3.33332819422e-1)), z), x, x)
     magnitude = unary_intrinsic(b, "fabs", x)
     e = vexp(b, b.fadd(magnitude, magnitude))
     large = b.fsub(_const(x, 1.0), b.fdiv(_const(x, 2.0), b.fadd(e, _const(x, 1.0))))
-    signed = intrinsic(b, f"llvm.copysign.{_suffix(x)}", x.type, [large, x])
+    signed = intrinsic(b, f"llvm.copysign.{suffix(x.type)}", x.type, [large, x])
     return b.select(b.fcmp_ordered("<", magnitude, _const(x, 0.625)), small, signed)
 
 
@@ -155,8 +169,8 @@ def gelu(b: ir.IRBuilder, x: ir.Value, attrs: Mapping[str, Any]) -> ir.Value:
         inner = b.fmul(
             _const(x, math.sqrt(2 / math.pi)), b.fadd(x, b.fmul(_const(x, 0.044715), cube))
         )
-        return b.fmul(b.fmul(_const(x, 0.5), x), b.fadd(_const(x, 1.0), libm(b, "tanhf", inner)))
-    phi = b.fadd(_const(x, 1.0), libm(b, "erff", b.fmul(x, _const(x, math.sqrt(0.5)))))
+        return b.fmul(b.fmul(_const(x, 0.5), x), b.fadd(_const(x, 1.0), libm(b, "tanh", inner)))
+    phi = b.fadd(_const(x, 1.0), libm(b, "erf", b.fmul(x, _const(x, math.sqrt(0.5)))))
     return b.fmul(b.fmul(_const(x, 0.5), x), phi)
 
 
@@ -216,7 +230,7 @@ def emit_batch_norm(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value
     for j, x in enumerate(k.operand(node.inputs[0], point)):
         channel = b.add(point.c, ir.Constant(ir.IntType(64), j))
         g, be, m, v = (b.load(b.gep(p, [channel])) for p in (gamma, beta, mean, var))
-        std = b.call(_sqrt(b), [b.fadd(v, f32(node.attrs["eps"]))])
+        std = b.call(_sqrt(b, k.element), [b.fadd(v, fconst(node.attrs["eps"], k.element))])
         scale = b.fdiv(g, std)
         shift = b.fsub(be, b.fmul(m, scale))
         results.append(
@@ -225,11 +239,12 @@ def emit_batch_norm(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value
     return results
 
 
-def _sqrt(b: ir.IRBuilder) -> ir.Function:
+def _sqrt(b: ir.IRBuilder, element: ir.Type) -> ir.Function:
+    name = f"llvm.sqrt.{suffix(element)}"
     try:
-        return b.module.get_global("llvm.sqrt.f32")
+        return b.module.get_global(name)
     except KeyError:
-        return ir.Function(b.module, ir.FunctionType(F32, [F32]), "llvm.sqrt.f32")
+        return ir.Function(b.module, ir.FunctionType(element, [element]), name)
 
 
 EMITTERS = {

@@ -14,10 +14,10 @@ from llvmlite import ir
 from convdsl.backends.llvm.emit_conv import lane_mask, load_row, maybe, outer_taps
 from convdsl.backends.llvm.kernel import KernelBuilder, Point, spatial_of, strides_of
 from convdsl.backends.llvm.loops import (
-    F32,
     binary_intrinsic,
     concat,
     entry_alloca,
+    fconst,
     for_range,
     fsplat,
     gep,
@@ -45,8 +45,8 @@ def _window(k: KernelBuilder, node: Node, point: Point, fill: float, combine: st
     x = node.inputs[0]
     sizes, strides = spatial_of(k.type_of(x)), strides_of(k.type_of(x))
     lanes = point.lanes
-    acc = entry_alloca(b, vec_type(lanes), "window")
-    b.store(fsplat(fill, lanes), acc)
+    acc = entry_alloca(b, vec_type(lanes, k.element), "window")
+    b.store(fsplat(fill, lanes, k.element), acc)
     base = gep(b, k.entry(x, point.n), b.mul(point.c, i64(strides[0])))
     kernel = a["kernel"]
     last = len(kernel) - 1
@@ -118,7 +118,7 @@ def emit_avg_pool(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
     last = len(sizes) - 1
     lanes_index = b.add(isplat(b, point.w, point.lanes), lane_ids(point.lanes))
     per_lane = b.mul(isplat(b, count, point.lanes), _count(b, lanes_index, last, a, sizes[last]))
-    return [b.fdiv(total, b.sitofp(per_lane, vec_type(point.lanes)))]
+    return [b.fdiv(total, b.sitofp(per_lane, vec_type(point.lanes, k.element)))]
 
 
 def _count(b: ir.IRBuilder, out_index: ir.Value, axis: int, attrs, size: int) -> ir.Value:  # type: ignore[no-untyped-def]
@@ -146,10 +146,10 @@ def _global(k: KernelBuilder, node: Node, point: Point, kind: str) -> list[ir.Va
     plane = strides_of(x_type)[0]
     lanes = k.lanes
     fill = NEG_INF if kind == "max" else 0.0
-    acc = entry_alloca(b, vec_type(lanes), "global")
-    b.store(fsplat(fill, lanes), acc)
-    tail = entry_alloca(b, F32, "tail")
-    b.store(ir.Constant(F32, fill), tail)
+    acc = entry_alloca(b, vec_type(lanes, k.element), "global")
+    b.store(fsplat(fill, lanes, k.element), acc)
+    tail = entry_alloca(b, k.element, "tail")
+    b.store(fconst(fill, k.element), tail)
     base = gep(b, k.entry(x, point.n), b.mul(point.c, i64(plane)))
     main = plane - plane % lanes
 
@@ -165,7 +165,7 @@ def _global(k: KernelBuilder, node: Node, point: Point, kind: str) -> list[ir.Va
     for lane in range(lanes):
         result = combine(result, b.extract_element(vector, ir.Constant(ir.IntType(32), lane)))
     if kind == "avg":
-        result = b.fdiv(result, ir.Constant(F32, float(plane)))
+        result = b.fdiv(result, fconst(float(plane), k.element))
     return [splat(b, result, point.lanes)]
 
 

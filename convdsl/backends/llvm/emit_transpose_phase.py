@@ -91,12 +91,12 @@ def transpose_block(per_group: int, stride: int) -> int:
     return next(b for b in range(limit, 0, -1) if per_group % b == 0)
 
 
-def pack_transposed(weight: np.ndarray, block: int) -> np.ndarray:
-    """``[C, O/groups, *K]`` -> ``[O/groups/block, taps, C, block]`` (contiguous float32): for
-    one tap, a group's input channels times a block of outputs are adjacent."""
+def pack_transposed(weight: np.ndarray, block: int, dtype: np.dtype) -> np.ndarray:
+    """``[C, O/groups, *K]`` -> ``[O/groups/block, taps, C, block]`` (contiguous, of ``dtype``):
+    for one tap, a group's input channels times a block of outputs are adjacent."""
     channels, per_group = weight.shape[:2]
     blocks = weight.reshape(channels, per_group // block, block, -1)
-    return np.ascontiguousarray(blocks.transpose(1, 3, 0, 2), dtype=np.float32)
+    return np.ascontiguousarray(blocks.transpose(1, 3, 0, 2), dtype=dtype)
 
 
 def packed_transposed(k: KernelBuilder, name: str, block: int) -> ir.Value:
@@ -157,7 +157,8 @@ def conv_transpose_kernel(k: KernelBuilder, node: Node) -> None:
     bias = k.param(node.param("bias")) if a["bias"] else None
     activation = ACTIVATIONS[a["activation"]]
     accumulators = [
-        entry_alloca(b, vec_type(lanes), f"pacc{j}") for j in range(block * a["stride"][-1])
+        entry_alloca(b, vec_type(lanes, k.element), f"pacc{j}")
+        for j in range(block * a["stride"][-1])
     ]
     tables = []
     for axis in range(rank - 1):
@@ -196,7 +197,7 @@ def conv_transpose_kernel(k: KernelBuilder, node: Node) -> None:
         biases = [
             splat(b, b.load(gep(b, bias, b.add(channel, i64(j)))), lanes)
             if bias is not None
-            else fsplat(0.0, lanes)
+            else fsplat(0.0, lanes, k.element)
             for j in range(block)
         ]
         context = _Context(
@@ -285,7 +286,7 @@ class _Context:
         b = self.k.builder
         lanes = self.lanes
         for acc in self.accumulators:
-            b.store(fsplat(0.0, lanes), acc)
+            b.store(fsplat(0.0, lanes, self.k.element), acc)
         self._outer_taps(0, i64(0), i64(0), q, interior)
         stride = self.node.attrs["stride"][-1]
         out = gep(b, self.y_row, b.mul(q, i64(stride)))

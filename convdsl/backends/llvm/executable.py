@@ -2,12 +2,14 @@
 
 Same interface as ``NumpyExecutable``: ``run({value id: array}) -> {value id: array}``. At
 construction the graph is lowered (``lower``), JIT-compiled for the host (``jit``) and the
-weights (declared and derived, ``convdsl.ir.derived.materialize``) are made contiguous float32
-once, plus the repacked conv weights the kernels asked for (``kernel.pack_weight``). Each run
-allocates only the outputs and, when the batch grows, the arena (64-byte aligned); it makes ONE
-native call, through ctypes, which releases the GIL. The generated code copies each output from
-its arena slot into the caller's array at the end of that call.
-Inputs are passed as they are (C-contiguous float32): the kernels never assume alignment.
+weights (declared and derived, ``convdsl.ir.derived.materialize``) are made contiguous arrays of
+their parameter's dtype once, plus the repacked conv weights the kernels asked for
+(``kernel.pack_weight``). Each run allocates only the outputs and, when the batch grows, the
+arena (64-byte aligned); it makes ONE native call, through ctypes, which releases the GIL. The
+generated code copies each output from its arena slot into the caller's array at the end of that
+call.
+Inputs are passed as they are (C-contiguous, of their value's dtype, element-aligned): the
+kernels assume no more alignment than one element's.
 
 >>> import numpy as np, convdsl
 >>> from convdsl.ir.derived import materialize
@@ -29,7 +31,7 @@ import numpy as np
 from convdsl.backends.llvm import lowering_cache
 from convdsl.backends.llvm.emit_transpose_phase import pack_transposed
 from convdsl.backends.llvm.jit import Build, Jit
-from convdsl.backends.llvm.kernel import pack_weight
+from convdsl.backends.llvm.kernel import pack_weight, param_dtype
 from convdsl.backends.llvm.lower import ENTRY, PROFILE, Worker, lower_graph
 from convdsl.backends.llvm.target import host_target
 from convdsl.ir.graph import Graph
@@ -90,12 +92,11 @@ class LlvmExecutable:
         """Use new parameter arrays (same names and shapes) without recompiling: the generated
         code reads parameters through a pointer table, so only the packing is redone."""
         arrays = dict(params)
+        dtypes = {name: param_dtype(self.graph, name).numpy for name in self._lowered.params}
         for name, (source, block) in self._lowered.packings.items():
             packer = pack_transposed if name.endswith(f"@tpack{block}") else pack_weight
-            arrays[name] = packer(arrays[source], block)
-        self._params = [
-            np.ascontiguousarray(arrays[n], dtype=np.float32) for n in self._lowered.params
-        ]
+            arrays[name] = packer(arrays[source], block, dtypes[name])
+        self._params = [_aligned(arrays[n], dtypes[n]) for n in self._lowered.params]
         self._param_table = _pointer_table(self._params)
 
     def kernel_profile(self) -> list[tuple[Worker, float]]:
@@ -117,17 +118,15 @@ class LlvmExecutable:
 
     def run(self, inputs: Mapping[int, Array]) -> dict[int, Array]:
         """Value id -> array for the graph inputs; returns value id -> array for the outputs."""
-        arrays = [np.ascontiguousarray(inputs[v], dtype=np.float32) for v in self.graph.inputs]
+        arrays = [_aligned(inputs[v], self.graph.type_of(v).dtype.numpy) for v in self.graph.inputs]
         bindings: dict[str, int] = {}
         for value, array in zip(self.graph.inputs, arrays, strict=True):
             for dim, size in zip(self.graph.type_of(value).shape, array.shape, strict=True):
                 if isinstance(dim, str):
                     bindings[dim] = size
         batch = max((a.shape[0] for a in arrays), default=1)
-        outputs = [
-            np.empty(bind_shape(self.graph.type_of(v).shape, bindings), np.float32)
-            for _, v in self.graph.outputs
-        ]
+        types = [self.graph.type_of(v) for _, v in self.graph.outputs]
+        outputs = [np.empty(bind_shape(t.shape, bindings), t.dtype.numpy) for t in types]
         needed = self._arena_per_entry * batch
         if self._arena.nbytes < needed:
             self._arena = aligned_empty(needed)
@@ -141,6 +140,12 @@ class LlvmExecutable:
             batch,
         )
         return {v: out for (_, v), out in zip(self.graph.outputs, outputs, strict=True)}
+
+
+def _aligned(array: Array, dtype: np.dtype) -> Array:
+    """``array`` as C-contiguous ``dtype`` at an address aligned to its element (copied only
+    if it is not already)."""
+    return np.require(array, dtype=dtype, requirements=["C", "A", "E"])
 
 
 def _pointer_table(arrays: list[Array]) -> Array:

@@ -7,12 +7,16 @@ consecutive channels starting at ``c``, indices ``outer`` on every spatial axis 
 operands at the same point (from registers if a previous part made them, else from memory), so
 an epilogue is computed in registers before the single store.
 
+A kernel computes in its output's dtype (``KernelBuilder.dtype``), which every value and
+parameter it reads shares (no op mixes dtypes): ``<lanes x double>`` in an f64 kernel, whose
+``lanes`` are half the target's float lanes, so a vector still fills one register.
+
 Scratch values (internal values of a fused kernel that runs part by part) live after the
 planned arena: batch entry ``n`` at ``offset * B + n * size``. Addressing otherwise follows the
 memory plan (``convdsl.ir.memory_plan``): batch entry ``n`` of a planned
 value ``v`` whose root buffer is ``R`` starts at byte ``R.offset * B + n * R.size + (v.offset -
 R.offset)`` of the arena; within an entry a value is dense ``[C, *spatial]``. Graph inputs are
-dense ``[B, C, *spatial]`` caller arrays; parameters are dense float32 arrays. The entry
+dense ``[B, C, *spatial]`` caller arrays; parameters are dense arrays of their dtype. The entry
 function computes those addresses (``ArenaAddresses``) and hands each kernel a table of them
 (``BoundAddresses``): kernel code holds no address, only shapes.
 """
@@ -26,7 +30,8 @@ import numpy as np
 from llvmlite import ir
 
 from convdsl.backends.llvm.loops import (
-    F32P,
+    F32,
+    F64,
     I1,
     I64,
     gep,
@@ -38,7 +43,7 @@ from convdsl.backends.llvm.loops import (
 )
 from convdsl.diagnostics import InternalError
 from convdsl.ir.graph import Graph, Node
-from convdsl.ir.types import TensorType
+from convdsl.ir.types import DType, TensorType
 from convdsl.passes.memory import root_of
 
 # The entry function's arguments, as the entry reads them (``ArenaAddresses``).
@@ -58,6 +63,31 @@ class Point:
     # A tail point: only lanes < valid exist (loads/stores masked). For a register tile's
     # point (several vectors from ``w``), the partial vector is the tile's last.
     valid: int | None = None
+
+
+ELEMENTS = {DType.F32: F32, DType.F64: F64}
+
+
+def kernel_lanes(f32_lanes: int, dtype: DType) -> int:
+    """Lanes of one vector register for ``dtype``, given the target's ``float`` lanes."""
+    return f32_lanes * 4 // dtype.numpy.itemsize
+
+
+def param_dtype(graph: Graph, name: str) -> DType:
+    """The dtype of parameter ``name``: declared, derived, or a packed copy of one of those
+    (``{source}@pack{block}``, ``{source}@tpack{block}``)."""
+    base = name
+    while base not in graph.params and base not in graph.derived:
+        if "@" not in base:
+            raise InternalError(f"no parameter named {name}")
+        base = base.rsplit("@", 1)[0]
+    found = graph.params.get(base) or graph.derived[base]
+    return found.dtype
+
+
+def value_element(graph: Graph, value: int) -> ir.Type:
+    """``float`` or ``double``: the element type of ``value``."""
+    return ELEMENTS[graph.type_of(value).dtype]
 
 
 def spatial_of(t: TensorType) -> tuple[int, ...]:
@@ -99,27 +129,32 @@ class ArenaAddresses:
         return self.fields["batch"]
 
     def value(self, value: int) -> tuple[ir.Value, ir.Value]:
-        """``float*`` to batch entry 0 of ``value``, and the elements from one entry to the next."""
+        """``float*`` (``double*``) to batch entry 0 of ``value``, and the elements from one
+        entry to the next."""
         b = self.builder
+        pointer = value_element(self.graph, value).as_pointer()
+        size = itemsize(self.graph, value)
         if value in self.graph.inputs:
             slot = self.graph.inputs.index(value)
-            table = b.bitcast(self.fields["inputs"], F32P.as_pointer())
+            table = b.bitcast(self.fields["inputs"], pointer.as_pointer())
             return b.load(b.gep(table, [i64(slot)])), i64(entry_elements(self.graph.type_of(value)))
         if value in self.scratch:
-            offset, size = self.scratch[value]
+            offset, entry_bytes = self.scratch[value]
             start = b.mul(self.batch, i64(offset))
-            return b.bitcast(b.gep(self.fields["arena"], [start]), F32P), i64(size // 4)
+            at = b.bitcast(b.gep(self.fields["arena"], [start]), pointer)
+            return at, i64(entry_bytes // size)
         plan = self.graph.memory
         if plan is None or value not in plan.buffers:
             raise InternalError(f"value %{self.graph.values[value].name} has no arena slot")
         buffer = plan.buffers[value]
         root = root_of(plan, buffer.value)
         start = b.add(b.mul(self.batch, i64(root.offset)), i64(buffer.offset - root.offset))
-        return b.bitcast(b.gep(self.fields["arena"], [start]), F32P), i64(root.size // 4)
+        return b.bitcast(b.gep(self.fields["arena"], [start]), pointer), i64(root.size // size)
 
     def param(self, name: str) -> ir.Value:
         b = self.builder
-        table = b.bitcast(self.fields["params"], F32P.as_pointer())
+        pointer = ELEMENTS[param_dtype(self.graph, name)].as_pointer()
+        table = b.bitcast(self.fields["params"], pointer.as_pointer())
         return b.load(b.gep(table, [i64(self.param_index[name])]))
 
 
@@ -132,8 +167,10 @@ class BoundAddresses:
     put its values or which parameter it reads: kernels of the same shape print the same and
     share one function (``lower``), each call with its own table."""
 
-    def __init__(self, builder: ir.IRBuilder, table: ir.Value, prologue: ir.Block) -> None:
-        self.builder = builder
+    def __init__(
+        self, graph: Graph, builder: ir.IRBuilder, table: ir.Value, prologue: ir.Block
+    ) -> None:
+        self.graph, self.builder = graph, builder
         self.prologue = prologue  # where the words are loaded: it dominates the whole kernel
         with builder.goto_block(prologue):
             self.table = builder.bitcast(table, I64.as_pointer())
@@ -142,31 +179,35 @@ class BoundAddresses:
         self.loaded: dict[tuple[str, int | str], tuple[ir.Value, ...]] = {}
         self.words = 1
 
-    def _bind(self, key: tuple[str, int | str], words: int) -> tuple[ir.Value, ...]:
+    def _bind(
+        self, key: tuple[str, int | str], words: int, element: ir.Type
+    ) -> tuple[ir.Value, ...]:
         if key not in self.loaded:
             b = self.builder
             with b.goto_block(self.prologue):
                 loaded = [b.load(b.gep(self.table, [i64(self.words + i)])) for i in range(words)]
-                loaded[0] = b.inttoptr(loaded[0], F32P)
+                loaded[0] = b.inttoptr(loaded[0], element.as_pointer())
             self.words += words
             self.bindings.append(key)
             self.loaded[key] = tuple(loaded)
         return self.loaded[key]
 
     def value(self, value: int) -> tuple[ir.Value, ir.Value]:
-        base, per_entry = self._bind(("value", value), 2)
+        base, per_entry = self._bind(("value", value), 2, value_element(self.graph, value))
         return base, per_entry
 
     def param(self, name: str) -> ir.Value:
-        return self._bind(("param", name), 1)[0]
+        return self._bind(("param", name), 1, ELEMENTS[param_dtype(self.graph, name)])[0]
 
 
 @dataclass
 class KernelBuilder:
-    """Emits one kernel worker: the builder, and where the kernel finds its data."""
+    """Emits one kernel worker: the builder, and where the kernel finds its data. ``dtype``
+    is the kernel's (its output's); ``lanes`` fill one vector register of it."""
 
     graph: Graph
     builder: ir.IRBuilder
+    dtype: DType
     lanes: int
     addresses: ArenaAddresses | BoundAddresses
     param_index: dict[str, int]  # shared with the module builder: packings add entries
@@ -177,6 +218,11 @@ class KernelBuilder:
     @property
     def batch(self) -> ir.Value:
         return self.addresses.batch
+
+    @property
+    def element(self) -> ir.Type:
+        """``float`` or ``double``: what the kernel computes in."""
+        return ELEMENTS[self.dtype]
 
     def type_of(self, value: int) -> TensorType:
         return self.graph.type_of(value)
@@ -194,7 +240,7 @@ class KernelBuilder:
     # ---- addresses --------------------------------------------------------------------------
 
     def entry(self, value: int, n: ir.Value) -> ir.Value:
-        """``float*`` to batch entry ``n`` of ``value``."""
+        """``float*`` (``double*``) to batch entry ``n`` of ``value``."""
         base, per_entry = self.addresses.value(value)
         return gep(self.builder, base, self.builder.mul(n, per_entry))
 
@@ -271,8 +317,13 @@ def node_output_type(graph: Graph, node: Node) -> TensorType:
     return graph.type_of(node.output)
 
 
-def pack_weight(weight: np.ndarray, block: int) -> np.ndarray:
-    """``[O, Cg, *K]`` -> ``[O/block, Cg, taps, block]`` (contiguous float32)."""
+def itemsize(graph: Graph, value: int) -> int:
+    """Bytes of one element of ``value``."""
+    return graph.type_of(value).dtype.numpy.itemsize
+
+
+def pack_weight(weight: np.ndarray, block: int, dtype: np.dtype) -> np.ndarray:
+    """``[O, Cg, *K]`` -> ``[O/block, Cg, taps, block]`` (contiguous, of ``dtype``)."""
     out_channels, group_in = weight.shape[:2]
     blocks = weight.reshape(out_channels // block, block, group_in, -1)
-    return np.ascontiguousarray(blocks.transpose(0, 2, 3, 1), dtype=np.float32)
+    return np.ascontiguousarray(blocks.transpose(0, 2, 3, 1), dtype=dtype)

@@ -2,9 +2,11 @@
 
 Loops are context managers (``for_range``, ``loop_nest``) whose index is an ``i64`` phi; the
 body is whatever the ``with`` block emits. Vector helpers are generic over the lane count, so a
-kernel written for ``<8 x float>`` works unchanged with 16 or 4 lanes (and 1, for remainders).
-All loads and stores here are unaligned unless asked otherwise: the arena is 64-byte aligned
-but a kernel's vector may start at any element.
+kernel written for ``<8 x float>`` works unchanged with 16 or 4 lanes (and 1, for remainders),
+and over the element type (``float`` or ``double``): taken from the operand where there is one
+(a pointer's pointee, a vector's element), passed explicitly where there is none (``vec_type``,
+``fsplat``). All loads and stores here assume only element alignment unless asked otherwise:
+the arena is 64-byte aligned but a kernel's vector may start at any element.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ I8 = ir.IntType(8)
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 F32 = ir.FloatType()
+F64 = ir.DoubleType()
 PTR = I8.as_pointer()
 F32P = F32.as_pointer()
 VOID = ir.VoidType()
@@ -30,34 +33,49 @@ def i64(value: int) -> ir.Constant:
     return ir.Constant(I64, value)
 
 
-def f32(value: float) -> ir.Constant:
-    return ir.Constant(F32, value)
+def element_of(ty: ir.Type) -> ir.Type:
+    """The floating-point element of a vector, scalar or pointer type."""
+    if isinstance(ty, ir.PointerType):
+        ty = ty.pointee
+    return ty.element if isinstance(ty, ir.VectorType) else ty
 
 
-def vec_type(lanes: int) -> ir.VectorType:
-    return ir.VectorType(F32, lanes)
+def element_size(element: ir.Type) -> int:
+    """Bytes of one ``float`` (4) or ``double`` (8)."""
+    return 8 if isinstance(element, ir.DoubleType) else 4
+
+
+def fconst(value: float, element: ir.Type) -> ir.Constant:
+    """A scalar ``float`` or ``double`` constant."""
+    return ir.Constant(element, value)
+
+
+def vec_type(lanes: int, element: ir.Type) -> ir.VectorType:
+    return ir.VectorType(element, lanes)
 
 
 def splat(builder: ir.IRBuilder, scalar: ir.Value, lanes: int) -> ir.Value:
     """``scalar`` broadcast to every lane (a constant vector if ``scalar`` is constant)."""
+    vt = vec_type(lanes, scalar.type)
     if isinstance(scalar, ir.Constant):
-        return ir.Constant(vec_type(lanes), [scalar.constant] * lanes)
-    one = builder.insert_element(
-        ir.Constant(vec_type(lanes), ir.Undefined), scalar, ir.Constant(I32, 0)
-    )
+        return ir.Constant(vt, [scalar.constant] * lanes)
+    one = builder.insert_element(ir.Constant(vt, ir.Undefined), scalar, ir.Constant(I32, 0))
     return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
 
 
-def fsplat(value: float, lanes: int) -> ir.Constant:
-    """``value`` in every lane. One shared object per (bits, lanes): llvmlite builds and
-    prints a vector constant slowly and caches its text per object."""
-    return _fsplat(struct.pack("<f", value), lanes)
+def fsplat(value: float, lanes: int, element: ir.Type) -> ir.Constant:
+    """``value`` (rounded to ``element``) in every lane. One shared object per (bits, lanes,
+    element): llvmlite builds and prints a vector constant slowly and caches its text per
+    object."""
+    code = "<d" if isinstance(element, ir.DoubleType) else "<f"
+    return _fsplat(struct.pack(code, value), lanes, code)
 
 
 @cache
-def _fsplat(bits: bytes, lanes: int) -> ir.Constant:
-    (value,) = struct.unpack("<f", bits)
-    return ir.Constant(vec_type(lanes), [value] * lanes)
+def _fsplat(bits: bytes, lanes: int, code: str) -> ir.Constant:
+    (value,) = struct.unpack(code, bits)
+    element = F64 if code == "<d" else F32
+    return ir.Constant(vec_type(lanes, element), [value] * lanes)
 
 
 def all_true(lanes: int) -> ir.Constant:
@@ -153,19 +171,32 @@ def entry_alloca(builder: ir.IRBuilder, ty: ir.Type, name: str = "") -> ir.Value
 
 
 def gep(builder: ir.IRBuilder, base: ir.Value, index: ir.Value | int) -> ir.Value:
-    """``&base[index]`` for a ``float*`` base."""
+    """``&base[index]`` for a ``float*`` (or ``double*``) base."""
     return builder.gep(base, [i64(index) if isinstance(index, int) else index])
 
 
-def load_vec(builder: ir.IRBuilder, ptr: ir.Value, lanes: int, align: int = 4) -> ir.Value:
-    """``lanes`` consecutive floats at the ``float*`` ``ptr`` (``align=64`` if known aligned)."""
-    cast = builder.bitcast(ptr, vec_type(lanes).as_pointer())
-    return builder.load(cast, align=align)
+def cast_pointer(builder: ir.IRBuilder, ptr: ir.Value, element: ir.Type) -> ir.Value:
+    """``ptr`` as an ``element*``: a bitcast only where its type differs."""
+    if ptr.type == element.as_pointer():
+        return ptr
+    return builder.bitcast(ptr, element.as_pointer())
 
 
-def store_vec(builder: ir.IRBuilder, value: ir.Value, ptr: ir.Value, align: int = 4) -> None:
+def load_vec(
+    builder: ir.IRBuilder, ptr: ir.Value, lanes: int, align: int | None = None
+) -> ir.Value:
+    """``lanes`` consecutive elements at the ``float*`` (``double*``) ``ptr`` (``align=64``
+    if known aligned; one element's size by default)."""
+    element = element_of(ptr.type)
+    cast = builder.bitcast(ptr, vec_type(lanes, element).as_pointer())
+    return builder.load(cast, align=align or element_size(element))
+
+
+def store_vec(
+    builder: ir.IRBuilder, value: ir.Value, ptr: ir.Value, align: int | None = None
+) -> None:
     cast = builder.bitcast(ptr, value.type.as_pointer())
-    builder.store(value, cast, align=align)
+    builder.store(value, cast, align=align or element_size(element_of(value.type)))
 
 
 def intrinsic(builder: ir.IRBuilder, name: str, ret: ir.Type, args: Sequence[ir.Value]) -> ir.Value:
@@ -178,26 +209,28 @@ def intrinsic(builder: ir.IRBuilder, name: str, ret: ir.Type, args: Sequence[ir.
     return builder.call(function, list(args))
 
 
-def _suffix(ty: ir.Type) -> str:
+def suffix(ty: ir.Type) -> str:
+    """An intrinsic's type suffix: ``f32``, ``f64``, ``v8f32``, ``v4f64``..."""
+    scalar = "f64" if isinstance(element_of(ty), ir.DoubleType) else "f32"
     if isinstance(ty, ir.VectorType):
-        return f"v{ty.count}f32"
-    return "f32"
+        return f"v{ty.count}{scalar}"
+    return scalar
 
 
 def fma(builder: ir.IRBuilder, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
     """``a * b + c`` in one rounding (``llvm.fma.v8f32`` etc.)."""
-    return intrinsic(builder, f"llvm.fma.{_suffix(a.type)}", a.type, [a, b, c])
+    return intrinsic(builder, f"llvm.fma.{suffix(a.type)}", a.type, [a, b, c])
 
 
 def unary_intrinsic(builder: ir.IRBuilder, name: str, x: ir.Value) -> ir.Value:
     """``llvm.{name}.v8f32(x)``: exp, fabs, ... (LLVM expands vector forms lane by lane
     where the CPU has no instruction)."""
-    return intrinsic(builder, f"llvm.{name}.{_suffix(x.type)}", x.type, [x])
+    return intrinsic(builder, f"llvm.{name}.{suffix(x.type)}", x.type, [x])
 
 
 def binary_intrinsic(builder: ir.IRBuilder, name: str, a: ir.Value, b: ir.Value) -> ir.Value:
     """``llvm.maxnum`` / ``llvm.minnum`` and friends."""
-    return intrinsic(builder, f"llvm.{name}.{_suffix(a.type)}", a.type, [a, b])
+    return intrinsic(builder, f"llvm.{name}.{suffix(a.type)}", a.type, [a, b])
 
 
 def masked_load(
@@ -205,22 +238,23 @@ def masked_load(
 ) -> ir.Value:
     """Lanes of ``ptr[0:lanes]`` where ``mask`` is set, ``fill`` elsewhere; masked-off lanes
     are never touched, so ``ptr`` may point before or past the array."""
-    vt = vec_type(lanes)
+    element = element_of(ptr.type)
+    vt = vec_type(lanes, element)
     cast = builder.bitcast(ptr, vt.as_pointer())
     return intrinsic(
         builder,
-        f"llvm.masked.load.v{lanes}f32.p0",
+        f"llvm.masked.load.{suffix(vt)}.p0",
         vt,
-        [cast, ir.Constant(I32, 4), mask, fsplat(fill, lanes)],
+        [cast, ir.Constant(I32, element_size(element)), mask, fsplat(fill, lanes, element)],
     )
 
 
 def masked_store(builder: ir.IRBuilder, value: ir.Value, ptr: ir.Value, mask: ir.Value) -> None:
     """Store the lanes of ``value`` where ``mask`` is set; other addresses are not touched."""
-    lanes = value.type.count
     cast = builder.bitcast(ptr, value.type.as_pointer())
+    align = ir.Constant(I32, element_size(element_of(value.type)))
     intrinsic(
-        builder, f"llvm.masked.store.v{lanes}f32.p0", VOID, [value, cast, ir.Constant(I32, 4), mask]
+        builder, f"llvm.masked.store.{suffix(value.type)}.p0", VOID, [value, cast, align, mask]
     )
 
 
@@ -236,22 +270,23 @@ def masked_gather(
 
     Built lane by lane from scalar loads at clamped addresses (llvmlite's ``gep`` takes no
     vector indices); LLVM may turn it into a hardware gather."""
+    element = element_of(base.type)
     safe = builder.select(mask, offsets, ir.Constant(offsets.type, [0] * lanes))
-    result: ir.Value = fsplat(0.0, lanes)
+    result: ir.Value = fsplat(0.0, lanes, element)
     for lane in range(lanes):
         at = ir.Constant(I32, lane)
         value = builder.load(gep(builder, base, builder.extract_element(safe, at)))
         result = builder.insert_element(result, value, at)
-    return builder.select(mask, result, fsplat(fill, lanes))
+    return builder.select(mask, result, fsplat(fill, lanes, element))
 
 
 def concat(b: ir.IRBuilder, vectors: Sequence[ir.Value], fill: float = 0.0) -> ir.Value:
-    """One vector of ``vectors`` (each ``<lanes x float>``) end to end, padded with ``fill``
-    vectors to a power-of-two count: a tree of shuffles."""
-    lanes = vectors[0].type.count
+    """One vector of ``vectors`` (each ``<lanes x float>`` or ``double``) end to end, padded
+    with ``fill`` vectors to a power-of-two count: a tree of shuffles."""
+    lanes, element = vectors[0].type.count, vectors[0].type.element
     parts = list(vectors)
     while len(parts) & (len(parts) - 1):
-        parts.append(fsplat(fill, lanes))
+        parts.append(fsplat(fill, lanes, element))
     while len(parts) > 1:
         width = parts[0].type.count
         order = ir.Constant(ir.VectorType(I32, 2 * width), list(range(2 * width)))
@@ -260,7 +295,7 @@ def concat(b: ir.IRBuilder, vectors: Sequence[ir.Value], fill: float = 0.0) -> i
 
 
 def pick(b: ir.IRBuilder, wide: ir.Value, indices: Sequence[int]) -> ir.Value:
-    """``<len(indices) x float>`` of ``wide``'s elements at ``indices``."""
+    """``<len(indices) x float>`` (or ``double``) of ``wide``'s elements at ``indices``."""
     return b.shuffle_vector(wide, wide, ir.Constant(ir.VectorType(I32, len(indices)), indices))
 
 

@@ -7,6 +7,7 @@ The module has one entry function::
 that runs every kernel of ``graph.nodes`` in order, each as an outlined worker called through
 ``GOMP_parallel`` (``parallel``), over the arena laid out by ``graph.memory``; at the end it copies
 each graph output from its arena slot into the caller's ``outputs[i]`` (dense ``[B, C, ...]``).
+The tables' pointers are typed ``float*``; an f64 value's or parameter's is cast to ``double*``.
 A kernel (a node, or a fused node's parts) is a loop over output points (``kernel.Point``): the
 flat range of (batch, channel block, outer spatial index) work items is split between threads,
 and the last spatial axis is walked one vector at a time, then the tail. A kernel anchored by a
@@ -15,6 +16,9 @@ convolution walks its rows in register tiles of several vectors (``TILE_EMITTERS
 fused parts after the anchor then run once per vector of the tile. A fused kernel
 that does not fit the point model (an anchor followed by pixel_shuffle or crop) runs part by
 part, its internal values in scratch slots after the planned arena.
+
+A kernel computes in its output's dtype (``KernelBuilder.dtype``): f32 and f64 kernels are
+the same code over ``<lanes x float>`` or ``<lanes/2 x double>`` (one register either way).
 
 Every part's op must have an emitter here; anything else is a ``ConvdslError`` naming the op and
 its line. A crash while emitting one op is an ``InternalError`` naming that op and line.
@@ -50,6 +54,8 @@ from convdsl.backends.llvm.kernel import (
     KernelBuilder,
     Point,
     entry_elements,
+    itemsize,
+    kernel_lanes,
     spatial_of,
 )
 from convdsl.backends.llvm.loops import (
@@ -58,6 +64,7 @@ from convdsl.backends.llvm.loops import (
     I64,
     PTR,
     VOID,
+    cast_pointer,
     entry_alloca,
     fma,
     for_range,
@@ -111,12 +118,6 @@ def check_lowerable(graph: Graph) -> None:
     """Raise a ``ConvdslError`` for the first op this backend cannot lower."""
     if graph.memory is None:
         raise InternalError("the llvm backend needs a memory plan (compile at -O2)")
-    for value in graph.values.values():
-        if value.type is not None and value.type.dtype is not DType.F32:
-            raise error(
-                f"llvm backend supports only f32 tensors yet; %{value.name} is {value.type}",
-                value.span,
-            )
     for node in graph.nodes:
         for part in parts(node):
             if part.op not in EMITTERS and part.op not in TILE_EMITTERS and part.op != RELAYOUT:
@@ -157,7 +158,7 @@ class ModuleBuilder:
         check_lowerable(graph)
         self.graph = graph
         self.on_module = on_module
-        self.lanes = lanes
+        self.lanes = lanes  # the target's float lanes; a kernel's follow its dtype
         self.threads = threads
         self.profile = profile
         self.workers: list[Worker] = []
@@ -198,7 +199,7 @@ class ModuleBuilder:
         return all(_shares_into(plan, v, node.output) for v in node.inputs)
 
     def _add_scratch(self, value: int) -> None:
-        size = entry_elements(self.graph.type_of(value)) * 4
+        size = entry_elements(self.graph.type_of(value)) * itemsize(self.graph, value)
         size += -size % 64
         self.scratch[value] = (self.arena_bytes, size)
         self.arena_bytes += size
@@ -213,9 +214,9 @@ class ModuleBuilder:
         _frame_pointer(worker)
         prologue = worker.append_basic_block("prologue")
         builder = ir.IRBuilder(worker.append_basic_block("body"))
-        addresses = BoundAddresses(builder, worker.args[0], prologue)
+        addresses = BoundAddresses(self.graph, builder, worker.args[0], prologue)
         ir.IRBuilder(prologue).branch(builder.block)
-        k = self._kernel_builder(builder, addresses)
+        k = self._kernel_builder(builder, addresses, self.graph.type_of(node.output).dtype)
         try:
             if node.op in KERNELS:
                 KERNELS[node.op](k, node)
@@ -242,10 +243,12 @@ class ModuleBuilder:
         self.workers.append(Worker(function, node, _describe(node), bindings, name, position))
 
     def _kernel_builder(
-        self, builder: ir.IRBuilder, addresses: ArenaAddresses | BoundAddresses
+        self, builder: ir.IRBuilder, addresses: ArenaAddresses | BoundAddresses, dtype: DType
     ) -> KernelBuilder:
+        """A kernel computing in ``dtype``, with as many lanes as fill one register of it."""
+        lanes = kernel_lanes(self.lanes, dtype)
         return KernelBuilder(
-            self.graph, builder, self.lanes, addresses, self.param_index, self.packings
+            self.graph, builder, dtype, lanes, addresses, self.param_index, self.packings
         )
 
     def _points(self, k: KernelBuilder, node: Node) -> None:
@@ -272,10 +275,10 @@ class ModuleBuilder:
         b = k.builder
         width = spatial_of(self.graph.type_of(node.output))[-1]
         masked_tail = all(p.op in MASKED_TAIL for p in parts(node))
-        for start, stop, lanes in lane_steps(width, (self.lanes, 1)):
+        for start, stop, lanes in lane_steps(width, (k.lanes, 1)):
             if lanes == 1 and masked_tail:
                 # One vector with the lanes past the row's end masked off, not a scalar loop.
-                point = dataclasses.replace(row, w=i64(start), lanes=self.lanes)
+                point = dataclasses.replace(row, w=i64(start), lanes=k.lanes)
                 self._point(k, node, dataclasses.replace(point, valid=stop - start))
                 continue
             with for_range(b, start, stop, lanes, name=f"w{lanes}") as w:
@@ -293,20 +296,20 @@ class ModuleBuilder:
             self._channel_vector_kernel(k, node, anchor)
             return
         phase_rows = self.graph.type_of(anchor.inputs[0]).layout is not None
-        flat = None if phase_rows else flat_pointwise(self.graph, anchor, self.lanes)
+        flat = None if phase_rows else flat_pointwise(self.graph, anchor, k.lanes)
         if flat is not None:
             anchor, k.flat = flat, True
         out_type = self.graph.type_of(node.output)
         sizes = k.spatial(node.output)
         width = sizes[-1]
-        plan = conv_schedule(self.graph, anchor, sizes, self.lanes, self.threads)
+        plan = conv_schedule(self.graph, anchor, sizes, k.lanes, self.threads)
         groups = out_type.channels // plan.block // plan.group
         per_batch = groups * math.prod(sizes[:-1])
         group_in = self.graph.type_of(anchor.inputs[0]).channels // anchor.attrs["groups"]
         chunks = -(-group_in // plan.chunk)
         in_size = k.spatial(anchor.inputs[0])[-1]
-        lo, hi = (0, width) if phase_rows else interior_range(anchor, in_size, self.lanes)
-        segments = row_segments(width, lo, hi, plan.vectors, self.lanes)
+        lo, hi = (0, width) if phase_rows else interior_range(anchor, in_size, k.lanes)
+        segments = row_segments(width, lo, hi, plan.vectors, k.lanes)
         masked_tail = all(p.op in MASKED_TAIL for p in parts(node))
         first, last = thread_share(b, b.mul(k.batch, i64(per_batch)))
         with (
@@ -320,7 +323,7 @@ class ModuleBuilder:
             resume = (b.icmp_signed(">", chunk, i64(0)), node.output) if chunks > 1 else None
             finished = b.icmp_signed("==", chunk, i64(chunks - 1))
             for segment in segments:
-                lanes, masked, stop = self.lanes, segment.masked, segment.stop
+                lanes, masked, stop = k.lanes, segment.masked, segment.stop
                 if segment.valid is not None and not masked_tail:
                     # a tail some part cannot mask: one element at a time
                     lanes, masked, stop = 1, (True,), width
@@ -347,18 +350,18 @@ class ModuleBuilder:
         b = k.builder
         channels = self.graph.type_of(anchor.inputs[0]).channels
         out_channels = anchor.attrs["out_channels"]
-        block = next(d for d in range(self.lanes, 0, -1) if out_channels % d == 0)
+        block = next(d for d in range(k.lanes, 0, -1) if out_channels % d == 0)
         blocks = out_channels // block
         weight = k.packed_param(anchor.param("weight"), block)
         rank = len(self.graph.type_of(node.output).spatial)
-        accumulators = [entry_alloca(b, vec_type(block), f"gemv{u}") for u in range(4)]
+        accumulators = [entry_alloca(b, vec_type(block, k.element), f"gemv{u}") for u in range(4)]
         first, last = thread_share(b, b.mul(k.batch, i64(blocks)))
         with for_range(b, first, last, name="item") as item:
             n, out_block = unflatten(b, item, (blocks,))
             x = k.entry(anchor.inputs[0], n)  # one position: channel ci is element ci
             rows = gep(b, weight, b.mul(out_block, i64(channels * block)))
             for acc in accumulators:
-                b.store(fsplat(0.0, block), acc)
+                b.store(fsplat(0.0, block, k.element), acc)
 
             def step(ci: ir.Value, acc: ir.Value) -> None:
                 xs = splat(b, b.load(gep(b, x, ci)), block)
@@ -427,7 +430,8 @@ class ModuleBuilder:
         b = k.builder
         full = len(sums) - (point.valid is not None)
         runs = [(0, full, None), (full, len(sums), point.valid)]
-        stash = entry_alloca(b, ir.ArrayType(vec_type(point.lanes), len(sums) * point.block))
+        vectors = ir.ArrayType(vec_type(point.lanes, k.element), len(sums) * point.block)
+        stash = entry_alloca(b, vectors)
         for v, row in enumerate(sums):
             for j, value in enumerate(row):
                 b.store(
@@ -518,12 +522,14 @@ class ModuleBuilder:
     def _copy_outputs(
         self, b: ir.IRBuilder, arena: ArenaAddresses, outputs: ir.Value, batch: ir.Value
     ) -> None:
-        k = self._kernel_builder(b, arena)
         for slot, (_, value) in enumerate(self.graph.outputs):
-            entry_bytes = entry_elements(self.graph.type_of(value)) * 4
-            target = b.load(b.gep(outputs, [i64(slot)]))
+            k = self._kernel_builder(b, arena, self.graph.type_of(value).dtype)
+            elements = entry_elements(self.graph.type_of(value))
+            entry_bytes = elements * itemsize(self.graph, value)
+            # the outputs table is float**: an f64 output's pointer is cast
+            target = cast_pointer(b, b.load(b.gep(outputs, [i64(slot)])), k.element)
             with for_range(b, 0, batch, name="copy") as n:
-                dst = b.bitcast(gep(b, target, b.mul(n, i64(entry_bytes // 4))), PTR)
+                dst = b.bitcast(gep(b, target, b.mul(n, i64(elements))), PTR)
                 src = b.bitcast(k.entry(value, n), PTR)
                 intrinsic(
                     b,
