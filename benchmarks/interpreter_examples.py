@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def time_network(path: Path, runs: int, batch: int) -> tuple[float, int]:
-    net = convdsl.compile_file(path)
+    net = convdsl.compile_file(path, backend="numpy")
     inputs = net.random_inputs(seed=0, batch=batch)
     net(inputs)  # warm-up: first-touch allocation, BLAS thread start
     times = []

@@ -64,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     variants = args.variant or [""]
     os.environ["CONVDSL_CACHE_DIR"] = "off"  # every variant compiled as it is set
-    net = convdsl.compile_file(args.file)
+    net = convdsl.compile_file(args.file, backend="numpy")  # graph and weights only
     params = materialize(net.graph, net.weights)
     built = [build(net, params, text, args.threads) for text in variants]
     ids = {net.graph.values[v].name: v for v in net.graph.inputs}

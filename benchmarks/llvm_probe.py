@@ -46,7 +46,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
     os.environ["CONVDSL_CACHE_DIR"] = "off"  # time the compile, not the cache
-    net = convdsl.compile_file(args.file) if args.file else convdsl.compile_string(L1, "l1")
+    net = (  # the graph and weights only
+        convdsl.compile_file(args.file, backend="numpy")
+        if args.file
+        else convdsl.compile_string(L1, "l1", backend="numpy")
+    )
     params = materialize(net.graph, net.weights)
     start = time.perf_counter()
     one = LlvmExecutable(net.graph, params, threads=1)

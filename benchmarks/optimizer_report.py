@@ -59,8 +59,8 @@ def measure(path: Path, runs: int, batch: int) -> Row:
     report = build_report(trace, opt_level=2)
     plain = trace.steps[0].after
     assert report.fusion_plan is not None and report.memory is not None
-    reference = Network(plain)
-    fast = Network(optimized, weights=reference.weights)
+    reference = Network(plain, backend="numpy")
+    fast = Network(optimized, backend="numpy", weights=reference.weights)
     seconds_o0, seconds_o2 = time_side_by_side(reference, fast, runs, batch)
     return Row(
         name=path.stem,

@@ -10,10 +10,11 @@
 >>> net(x=np.ones((2, 3, 8, 8), np.float32))["y"].shape
 (2, 4, 8, 8)
 
-Two backends (``BACKENDS``): ``"numpy"``, the reference interpreter and the default, and
-``"llvm"``, the whole graph JIT-compiled to one native function over a memory-planned arena
-(``convdsl.backends.llvm``). The llvm backend always runs on a memory plan, so a graph compiled
-below -O2 (whose pipeline did not plan memory) is planned here before lowering.
+Two backends (``BACKENDS``): ``"llvm"``, the default, the whole graph JIT-compiled to one
+native function over a memory-planned arena (``convdsl.backends.llvm``), and ``"numpy"``, the
+reference interpreter (no compile step: quicker for a single run of a network not yet
+cached). The llvm backend always runs on a memory plan, so a graph compiled below -O2 (whose
+pipeline did not plan memory) is planned here before lowering.
 
 Every user mistake raises ``convdsl.ConvdslError`` carrying diagnostics with file, line and
 column; anything else escaping is a bug in convdsl.
@@ -41,7 +42,8 @@ from convdsl.passes.pipeline import compile_source
 if TYPE_CHECKING:
     from convdsl.backends.llvm.executable import LlvmExecutable
 
-BACKENDS = ("numpy", "llvm")
+BACKENDS = ("llvm", "numpy")
+DEFAULT_BACKEND = "llvm"
 
 
 class Network:
@@ -50,7 +52,7 @@ class Network:
     def __init__(
         self,
         graph: Graph,
-        backend: str = "numpy",
+        backend: str = DEFAULT_BACKEND,
         weights: Mapping[str, np.ndarray] | None = None,
         seed: int = 0,
         weights_origin: str = "weights",
@@ -250,7 +252,7 @@ def compile_string(
     text: str,
     name: str = "<string>",
     *,
-    backend: str = "numpy",
+    backend: str = DEFAULT_BACKEND,
     opt_level: int = 2,
     weights: str | Path | Mapping[str, np.ndarray] | None = None,
     seed: int = 0,
@@ -259,7 +261,7 @@ def compile_string(
 ) -> Network:
     """Compile ``.conv`` source text; ``name`` is the file name used in diagnostics.
 
-    ``backend`` is ``"numpy"`` (default) or ``"llvm"``; ``threads`` is the llvm backend's
+    ``backend`` is ``"llvm"`` (default) or ``"numpy"``; ``threads`` is the llvm backend's
     thread count (the numpy backend ignores it).
     """
     if backend not in BACKENDS:  # before compiling: a typo should not cost a compile
@@ -275,7 +277,7 @@ def compile_string(
 def compile_file(
     path: str | Path,
     *,
-    backend: str = "numpy",
+    backend: str = DEFAULT_BACKEND,
     opt_level: int = 2,
     weights: str | Path | Mapping[str, np.ndarray] | None = None,
     seed: int = 0,

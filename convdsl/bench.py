@@ -154,7 +154,7 @@ def bench_file(
     kernel call, run ``runs`` times after the warm-ups)."""
     if runs < 1 or warmup < 0 or threads < 1 or batch < 1:
         raise error("--runs, --threads and --batch must be >= 1, --warmup >= 0")
-    net = compile_file(path, seed=seed)
+    net = compile_file(path, seed=seed, backend="numpy")  # the reference row
     inputs = net.random_inputs(seed=seed, batch=batch)
     reference = net(inputs)
     macs = graph_macs(net.graph)
@@ -268,7 +268,7 @@ def _torch_module(path: str | Path, net: Network) -> TorchNetwork:
     """The -O0 graph (ops as written) as a PyTorch module with the network's weights."""
     from convdsl.bench_torch import TorchNetwork
 
-    graph = compile_file(path, opt_level=0, weights=net.weights).graph
+    graph = compile_file(path, backend="numpy", opt_level=0, weights=net.weights).graph
     return TorchNetwork(graph, net.weights).eval()
 
 

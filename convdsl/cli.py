@@ -25,6 +25,7 @@ import convdsl
 from convdsl import weights as weights_io
 from convdsl.api import (
     BACKENDS,
+    DEFAULT_BACKEND,
     Network,
     backend_graph,
     check_backend,
@@ -229,9 +230,10 @@ def cmd_check(args: argparse.Namespace) -> None:
     Parse, lower, shape-check and optimize FILE, then print one row per layer as written
     (output shape, parameter count, multiply-accumulates per batch entry), the totals, and the
     inputs and outputs. --report adds what each optimizer pass did: fused kernels, what blocked
-    fusion, activation traffic and the planned activation memory. --backend llvm also lowers
-    and JIT-compiles FILE for the llvm backend, without running it, so that what the backend
-    cannot compile is reported too.
+    fusion, activation traffic and the planned activation memory. With the llvm backend (the
+    default) check also lowers and JIT-compiles FILE, without running it, so that what the
+    backend cannot compile is reported too (and the machine code is cached for the next run);
+    --backend numpy skips that.
 
     convdsl check net.conv --verify --report
     """
@@ -251,8 +253,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     Compile FILE and run it. Inputs not given with --input are seeded standard-normal arrays,
     their symbolic batch bound to --batch (default: the batch of the given inputs, else 1).
-    Prints the shape, dtype, min, max and mean of each output. --backend llvm runs it as
-    native code on --threads threads.
+    Prints the shape, dtype, min, max and mean of each output. The llvm backend (the default)
+    runs it as native code on --threads threads; --backend numpy runs the reference
+    interpreter.
 
     convdsl run net.conv --input image=image.npy --weights w.npz --output out.npz
     """
@@ -389,8 +392,10 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
 def _add_backend_options(parser: argparse.ArgumentParser) -> None:
     """--backend NAME and --threads N, shared by check and run."""
     backends = " or ".join(BACKENDS)
-    parser.add_argument("--backend", choices=BACKENDS, default=BACKENDS[0],
-                        help=f"where to run: {backends} (default {BACKENDS[0]}); llvm "
+    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                        help=f"where to run: {backends} (default {DEFAULT_BACKEND}: compiled, "
+                        "fast from the second run on; numpy needs no compile, so it is "
+                        "quicker for one run of a network not compiled before); llvm "
                         "caches its machine code in $CONVDSL_CACHE_DIR or ~/.cache/convdsl "
                         "(CONVDSL_CACHE_DIR=off disables; at most $CONVDSL_CACHE_MAX_MB, "
                         "default 1024)")  # fmt: skip

@@ -49,7 +49,7 @@ def random_weights(net: Network, seed: int = 0) -> dict[str, np.ndarray]:
 
 def compile_net(src: str, seed: int = 0) -> Network:
     """Compile with verification on and bind random weights (see ``random_weights``)."""
-    net = convdsl.compile_string(src, verify=True)
+    net = convdsl.compile_string(src, verify=True, backend="numpy")
     net.set_weights(random_weights(net, seed))
     return net
 
@@ -145,7 +145,7 @@ def assert_rejected(src: str, line: int, *words: str) -> str:
     """``src`` fails to compile with a user error on ``line`` whose message mentions every word
     (argument names and keywords: the prose itself is free to change)."""
     with pytest.raises(convdsl.ConvdslError) as info:
-        convdsl.compile_string(src)
+        convdsl.compile_string(src, backend="numpy")
     text = str(info.value)
     assert text.startswith(f"<string>:{line}:"), text
     first = text.splitlines()[0]

@@ -54,7 +54,7 @@ def example_weights(net: Network, seed: int) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module", params=EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def pair(request: pytest.FixtureRequest) -> tuple[Network, Network]:
     """(llvm, numpy) networks of one example, bound to the same random weights."""
-    numpy_net = convdsl.compile_file(request.param, seed=3)
+    numpy_net = convdsl.compile_file(request.param, seed=3, backend="numpy")
     weights = example_weights(numpy_net, seed=3)
     numpy_net.set_weights(weights)
     return convdsl.compile_file(request.param, backend="llvm", weights=weights), numpy_net
@@ -72,7 +72,7 @@ def test_every_example_agrees_with_the_interpreter(pair: tuple[Network, Network]
 @pytest.mark.parametrize("opt_level", [0, 1])
 def test_llvm_below_o2_chooses_layouts_and_plans_memory_itself(opt_level: int) -> None:
     path = REPO / "examples" / "quickstart.conv"
-    reference = convdsl.compile_file(path, opt_level=opt_level)
+    reference = convdsl.compile_file(path, opt_level=opt_level, backend="numpy")
     assert reference.graph.memory is None  # the pipeline did not plan it at this level
     weights = random_weights(reference, seed=1)
     reference.set_weights(weights)
@@ -92,7 +92,7 @@ def test_batch_norm_at_o0_on_llvm_runs_unfolded() -> None:
     c = conv2d(x, 4, kernel=3, stride=2, bias=false)
     output y = relu(batch_norm(c))
     """
-    reference = convdsl.compile_string(src, opt_level=0)
+    reference = convdsl.compile_string(src, opt_level=0, backend="numpy")
     weights = random_weights(reference, seed=2)
     native = convdsl.compile_string(src, backend="llvm", opt_level=0, weights=weights)
     assert "batch_norm" in [n.op for n in native.graph.nodes]
@@ -115,7 +115,7 @@ def test_one_thread_equals_two_threads_bit_for_bit() -> None:
 def test_set_weights_rebinds_the_llvm_network() -> None:
     src = "input x: f32[N, 2, 12]\noutput y = conv1d(x, 3, kernel=3, padding=same)\n"
     native = convdsl.compile_string(src, backend="llvm")
-    reference = convdsl.compile_string(src)
+    reference = convdsl.compile_string(src, backend="numpy")
     inputs = reference.random_inputs(seed=1, batch=2)
     before = native(inputs)["y"]
     weights = random_weights(reference, seed=9)
@@ -130,9 +130,17 @@ def test_unknown_backend_lists_the_backends() -> None:
     with pytest.raises(convdsl.ConvdslError) as caught:
         convdsl.compile_string("input x: f32[N, 1, 4]\noutput y = relu(x)\n", backend="cuda")
     assert str(caught.value.diagnostics[0].message) == (
-        "unknown backend 'cuda'; expected one of numpy, llvm"
+        "unknown backend 'cuda'; expected one of llvm, numpy"
     )
-    assert BACKENDS == ("numpy", "llvm")
+    assert BACKENDS == ("llvm", "numpy")
+
+
+def test_llvm_is_the_default_backend(capsys: pytest.CaptureFixture[str]) -> None:
+    net = convdsl.compile_string("input x: f32[N, 1, 4]\noutput y = relu(x)\n")
+    assert (net.backend, net.threads) == ("llvm", 2)
+    assert type(net._executable).__name__ == "LlvmExecutable"
+    assert cli.main(["run", "--help"]) == 0
+    assert "(default llvm:" in " ".join(capsys.readouterr().out.split())
 
 
 def test_bad_thread_count_is_a_user_error() -> None:
@@ -145,7 +153,7 @@ def test_f64_on_llvm_agrees_with_numpy_in_double() -> None:
         "input x: f64[N, 2, 9]\n"
         "output y = softmax(conv1d(x, 5, kernel=3, padding=same, activation=gelu))\n"
     )
-    reference = convdsl.compile_string(src)
+    reference = convdsl.compile_string(src, backend="numpy")
     reference.set_weights(random_weights(reference, seed=1))
     native = convdsl.compile_string(src, "f.conv", backend="llvm", weights=reference.weights)
     inputs = reference.random_inputs(seed=1, batch=3)
@@ -198,7 +206,7 @@ def test_cli_run_llvm_output_equals_numpy(tmp_path: Path) -> None:
     ]
     (llvm_out, _), _, (_, bad_err) = (p.communicate(timeout=120) for p in procs)
     assert [p.returncode for p in procs] == [0, 0, 2]
-    assert "invalid choice: 'tpu' (choose from 'numpy', 'llvm')" in bad_err
+    assert "invalid choice: 'tpu' (choose from 'llvm', 'numpy')" in bad_err
     assert llvm_out.endswith("wrote 1 output(s) to llvm.npz\n")
     with np.load(tmp_path / "llvm.npz") as got, np.load(tmp_path / "numpy.npz") as ref:
         assert_agrees(dict(got), dict(ref))

@@ -16,6 +16,7 @@ import torch
 
 import convdsl
 from convdsl import bench
+from convdsl.backends.numpy.interpreter import NumpyExecutable
 from convdsl.bench_torch import TorchNetwork
 from convdsl.cli import main
 
@@ -25,7 +26,7 @@ TINY = "input x: f32[N, 3, 10, 10]\noutput y = relu(conv2d(x, 4, kernel=3, paddi
 
 
 def converted_matches_interpreter(source: str, name: str, batch: int = 1) -> None:
-    net = convdsl.compile_string(source, name, opt_level=0)
+    net = convdsl.compile_string(source, name, opt_level=0, backend="numpy")
     inputs = net.random_inputs(seed=3, batch=batch)
     want = net(inputs)
     module = TorchNetwork(net.graph, net.weights)
@@ -110,6 +111,19 @@ def test_bench_returns_rows_for_numpy_and_llvm(tiny: Path) -> None:
     assert numpy_ms is not None and llvm.ms is not None
     assert llvm.speedup == pytest.approx(numpy_ms / llvm.ms)
     assert result.machine.lanes in (4, 8, 16) and result.machine.cores >= 1
+
+
+def test_the_numpy_row_times_the_interpreter(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = []
+    interpreter_run = NumpyExecutable.run
+
+    def counted(self: NumpyExecutable, inputs: dict) -> dict:  # type: ignore[type-arg]
+        runs.append(self)
+        return interpreter_run(self, inputs)
+
+    monkeypatch.setattr(NumpyExecutable, "run", counted)
+    bench.bench_file(tiny, runs=3, warmup=2, backends=("numpy",))
+    assert len(runs) == 1 + 2 + 3  # the reference outputs, the warm-ups, the timed runs
 
 
 def test_profile_times_every_kernel_in_run_order(tmp_path: Path) -> None:
@@ -226,8 +240,10 @@ def test_suite_files_compile_to_the_issue_shapes() -> None:
         "N5",
     ]
     for workload in suite.WORKLOADS:  # type: ignore[attr-defined]
-        convdsl.compile_file(workload.file, opt_level=0)
-    l2 = convdsl.compile_file(ROOT / "benchmarks/suite/l2_conv3x3_s2.conv", opt_level=0)
+        convdsl.compile_file(workload.file, opt_level=0, backend="numpy")
+    l2 = convdsl.compile_file(
+        ROOT / "benchmarks/suite/l2_conv3x3_s2.conv", opt_level=0, backend="numpy"
+    )
     assert l2.outputs["y"].shape == ("N", 256, 28, 28)
 
 

@@ -32,7 +32,7 @@ def source_of(text: str) -> str:
 
 def compile_error(text: str, name: str = "net.conv") -> ConvdslError:
     with pytest.raises(ConvdslError) as info:
-        convdsl.compile_string(source_of(text), name)
+        convdsl.compile_string(source_of(text), name, backend="numpy")
     return info.value
 
 
@@ -1211,7 +1211,7 @@ def test_compile_file_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "model.conv"
     path.write_text("input x: f32[N, 3, 8, 8]\noutput y = conv2d(x, 4, kernel=9)\n")
     with pytest.raises(ConvdslError) as info:
-        convdsl.compile_file(path)
+        convdsl.compile_file(path, backend="numpy")
     assert str(info.value).split("\n")[0] == (
         f"{path}:2:32: error: conv2d: kernel 9 is larger than the padded input on axis H: "
         "8 + padding 0+0 = 8"
@@ -1256,7 +1256,7 @@ def test_compile_file_names_the_file(tmp_path: Path) -> None:
     ids=["annotation-names", "keyword-through-block", "bounded-recursion", "reassignment"],
 )
 def test_valid_programs_compile(text: str) -> None:
-    convdsl.compile_string(source_of(text), "ok.conv")
+    convdsl.compile_string(source_of(text), "ok.conv", backend="numpy")
 
 
 # ---- never another exception type ----------------------------------------------------------
@@ -1321,7 +1321,7 @@ ODD_CALLS = [
 def test_odd_arguments_are_user_errors_on_their_line(call: str) -> None:
     text = f"input x: f32[N, 4, 16, 16]\ninput s: f32[N, 4, 16]\noutput y = {call}\n"
     try:
-        convdsl.compile_string(text, "odd.conv")
+        convdsl.compile_string(text, "odd.conv", backend="numpy")
     except ConvdslError as err:
         (diag,) = err.diagnostics
         assert diag.span is not None and diag.span.source.name == "odd.conv"

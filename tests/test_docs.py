@@ -147,7 +147,7 @@ def test_links_resolve() -> None:
 
 @pytest.mark.parametrize("block", blocks_of("conv"))
 def test_conv_block_compiles_and_runs(block: CodeBlock) -> None:
-    net = convdsl.compile_string(block.text, block.where, verify=True)
+    net = convdsl.compile_string(block.text, block.where, verify=True, backend="numpy")
     outputs = net(net.random_inputs(seed=0, batch=2))
     assert set(outputs) == set(net.outputs)
     for name, t in net.outputs.items():

@@ -50,7 +50,7 @@ def test_the_glob_finds_every_example() -> None:
 
 @functools.cache
 def compiled(name: str) -> Network:
-    return convdsl.compile_file(EXAMPLES_DIR / f"{name}.conv", verify=True, seed=0)
+    return convdsl.compile_file(EXAMPLES_DIR / f"{name}.conv", verify=True, seed=0, backend="numpy")
 
 
 @functools.cache
@@ -90,13 +90,13 @@ def test_runs_to_finite_outputs_of_the_declared_shape(name: str) -> None:
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_same_seed_gives_identical_weights_and_outputs(name: str) -> None:
     inputs, outputs = first_run(name)
-    again = convdsl.compile_file(EXAMPLES_DIR / f"{name}.conv", seed=0)
+    again = convdsl.compile_file(EXAMPLES_DIR / f"{name}.conv", seed=0, backend="numpy")
     assert again.weights.keys() == compiled(name).weights.keys()
     for param, array in compiled(name).weights.items():
         np.testing.assert_array_equal(again.weights[param], array, err_msg=param)
     for out_name, array in again(inputs).items():
         np.testing.assert_array_equal(array, outputs[out_name], err_msg=out_name)
-    other = Network(compiled(name).graph, seed=1)
+    other = Network(compiled(name).graph, seed=1, backend="numpy")
     conv_weights = [p for p in other.weights if p.endswith(".weight") and other.weights[p].ndim > 1]
     assert conv_weights
     assert not np.array_equal(other.weights[conv_weights[0]], again.weights[conv_weights[0]])
@@ -158,7 +158,9 @@ def wavenet_short() -> Network:
     """The wavenet example over 1100 samples instead of 16000, for the slower checks."""
     text = (EXAMPLES_DIR / "wavenet.conv").read_text(encoding="utf-8")
     assert text.count("16000") >= 2
-    return convdsl.compile_string(text.replace("16000", "1100"), "wavenet_1100.conv", verify=True)
+    return convdsl.compile_string(
+        text.replace("16000", "1100"), "wavenet_1100.conv", verify=True, backend="numpy"
+    )
 
 
 # ---- PyTorch oracles ------------------------------------------------------------------------
@@ -219,7 +221,7 @@ def randomized_batch_norms(net: Network, seed: int = 7) -> Network:
         weights[f"{layer}.running_mean"] = rng.normal(0, 0.5, channels).astype(np.float32)
         weights[f"{layer}.weight"] = rng.uniform(0.5, 1.5, channels).astype(np.float32)
         weights[f"{layer}.bias"] = rng.normal(0, 0.5, channels).astype(np.float32)
-    return Network(net.graph, weights=weights)
+    return Network(net.graph, weights=weights, backend="numpy")
 
 
 def quickstart_torch(p: Params, image: torch.Tensor) -> dict[str, torch.Tensor]:

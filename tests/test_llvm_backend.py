@@ -38,7 +38,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 def compile_both(
     src: str, threads: int = 2, name: str = "t.conv"
 ) -> tuple[convdsl.Network, LlvmExecutable]:
-    net = convdsl.compile_string(src, name)
+    net = convdsl.compile_string(src, name, backend="numpy")
     return net, LlvmExecutable(net.graph, materialize(net.graph, net.weights), threads=threads)
 
 
@@ -408,7 +408,7 @@ FUSED = {
 
 @pytest.mark.parametrize("src", FUSED.values(), ids=FUSED.keys())
 def test_fused_kernels_match_interpreter(src: str) -> None:
-    net = convdsl.compile_string(src)
+    net = convdsl.compile_string(src, backend="numpy")
     if "concat" not in src:
         assert any(node.is_fused for node in net.graph.nodes), "the pattern must actually fuse"
     assert_matches(src)
@@ -656,7 +656,7 @@ def test_row_segments_cover_the_row_with_even_tiles(
 def test_pointwise_convs_flatten_only_narrow_rows() -> None:
     def flattened(shape: str, kernel: int = 1) -> bool:
         src = f"input x: f32[N, 8, {shape}]\noutput y = conv2d(x, 8, kernel={kernel})"
-        graph = convdsl.compile_string(src).graph
+        graph = convdsl.compile_string(src, backend="numpy").graph
         return flat_pointwise(graph, graph.nodes[0], lanes=8) is not None
 
     assert flattened("14, 14") and flattened("7, 7") and flattened("28, 28")
@@ -719,7 +719,7 @@ def test_transposed_conv_phases_match_interpreter(src: str) -> None:
 
 def test_upscore8_runs_phase_split_with_packed_weights() -> None:
     src = "input x: f32[N, 21, 28, 28]\noutput y = conv_transpose2d(x, 21, kernel=16, stride=8)"
-    net = convdsl.compile_string(src, "u.conv")
+    net = convdsl.compile_string(src, "u.conv", backend="numpy")
     lowered = lower.lower_graph(net.graph, host_target().lanes, threads=2)
     # stride 8: eight phase accumulators per output channel, so one channel per block
     assert lowered.packings == {"y.weight@tpack1": ("y.weight", 1)}
@@ -727,7 +727,7 @@ def test_upscore8_runs_phase_split_with_packed_weights() -> None:
 
 
 def test_one_position_convs_are_matrix_vector_products() -> None:
-    net = convdsl.compile_string(CONVS["one_position"])
+    net = convdsl.compile_string(CONVS["one_position"], backend="numpy")
     lowered = lower.lower_graph(net.graph, host_target().lanes, threads=2)
     by_vector = {w.node.name for w in lowered.workers if "gemv" in _module_of(lowered, w)}
     assert by_vector == {"a", "b.add.lhs", "b.add.rhs", "c"}  # not the grouped d
@@ -749,7 +749,7 @@ def test_costly_epilogues_are_looped_over_the_tile_and_agree() -> None:
         "output z = tanh(f) * sigmoid(g)\n"
         "output w = conv2d(v, 7, kernel=3, padding=same, activation=silu)"
     )
-    net = convdsl.compile_string(src, "gated.conv")
+    net = convdsl.compile_string(src, "gated.conv", backend="numpy")
     lowered = lower.lower_graph(net.graph, host_target().lanes, threads=2)
     looped = [m.name for m in lowered.kernels if "epilogue" in str(m)]
     assert len(looped) == 3  # tanh, sigmoid * tanh, conv2d + silu
@@ -763,7 +763,7 @@ def test_kernels_of_the_same_shape_share_one_function_with_their_own_addresses()
         "b = relu(conv2d(a, 8, kernel=3, padding=same))\n"
         "output y = relu(conv2d(b, 8, kernel=3, padding=same))"
     )
-    net = convdsl.compile_string(src, "same.conv")
+    net = convdsl.compile_string(src, "same.conv", backend="numpy")
     lowered = lower.lower_graph(net.graph, host_target().lanes, threads=2)
     labels = ["kernel0_a_conv2d", "kernel1_b_conv2d", "kernel2_y_conv2d"]
     assert [w.label for w in lowered.workers] == labels
@@ -784,7 +784,7 @@ SEVERAL_KERNELS = (
 
 
 def _module_texts(src: str) -> list[str]:
-    net = convdsl.compile_string(src)
+    net = convdsl.compile_string(src, backend="numpy")
     target = host_target()
     modules = lower.lower_graph(net.graph, target.lanes, threads=2).modules
     for module in modules:
@@ -851,7 +851,7 @@ CACHED = (
 def cached_network(cache: str, monkeypatch: pytest.MonkeyPatch) -> tuple[convdsl.Network, dict]:
     """``CACHED`` compiled with the code cache at ``cache``, and its materialized params."""
     monkeypatch.setenv("CONVDSL_CACHE_DIR", cache)
-    net = convdsl.compile_string(CACHED)
+    net = convdsl.compile_string(CACHED, backend="numpy")
     return net, materialize(net.graph, net.weights)
 
 
@@ -954,7 +954,7 @@ def test_editing_one_layer_recompiles_only_its_kernel_and_the_entry(
 
 
 def _graph_and_params(source: str) -> tuple[Graph, dict]:
-    net = convdsl.compile_string(source)
+    net = convdsl.compile_string(source, backend="numpy")
     return net.graph, materialize(net.graph, net.weights)
 
 
@@ -1014,5 +1014,5 @@ def test_no_home_directory_means_no_cache(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setattr(Path, "home", staticmethod(no_home))
     assert object_cache.cache_dir() is None
-    net = convdsl.compile_string(CACHED)
+    net = convdsl.compile_string(CACHED, backend="numpy")
     assert not LlvmExecutable(net.graph, materialize(net.graph, net.weights)).jit.cached

@@ -57,7 +57,7 @@ def f64(src: str) -> str:
 def compile_double(src: str, seed: int = 0) -> tuple[convdsl.Network, LlvmExecutable]:
     """The interpreter's network with random weights (non-trivial biases and batch norms), and
     the same network compiled by the llvm backend."""
-    net = convdsl.compile_string(src)
+    net = convdsl.compile_string(src, backend="numpy")
     net.set_weights(random_weights(net, seed))
     return net, LlvmExecutable(net.graph, materialize(net.graph, net.weights), threads=2)
 
@@ -114,7 +114,7 @@ def test_op_f64_matches_interpreter(src: str) -> None:
 
 @pytest.mark.parametrize("src", FUSED.values(), ids=FUSED)
 def test_fused_f64_kernels_match_interpreter(src: str) -> None:
-    net = convdsl.compile_string(f64(src))
+    net = convdsl.compile_string(f64(src), backend="numpy")
     if "concat" not in src:
         assert any(node.is_fused for node in net.graph.nodes), "the pattern must actually fuse"
     assert_double_matches(f64(src))
@@ -203,7 +203,10 @@ def test_f64_is_computed_in_double_not_in_float() -> None:
     reference to 1e-12, the f32 one (same data) only to ~1e-7. So the tolerance of this module
     tells the two apart, and f64 is not float in disguise."""
     src = "input x: f32[N, 256, 4, 19]\noutput y = conv2d(x, 8, kernel=3, padding=same)"
-    single, double = convdsl.compile_string(src), convdsl.compile_string(f64(src))
+    single, double = (
+        convdsl.compile_string(src, backend="numpy"),
+        convdsl.compile_string(f64(src), backend="numpy"),
+    )
     weights = {k: v.astype(np.float32) for k, v in random_weights(double, seed=1).items()}
     single.set_weights(weights)
     double.set_weights({k: v.astype(np.float64) for k, v in weights.items()})
@@ -303,7 +306,7 @@ def test_f64_through_the_api_below_o2(opt_level: int) -> None:
         "u = upscale(max_pool2d(a, 2, ceil_mode=true), 2)\n"
         "output y = relu(a) + crop(u, size=[5, 9], offset=[0, 0])"
     )
-    reference = convdsl.compile_string(src, opt_level=opt_level)
+    reference = convdsl.compile_string(src, opt_level=opt_level, backend="numpy")
     reference.set_weights(random_weights(reference, seed=4))
     native = convdsl.compile_string(
         src, backend="llvm", opt_level=opt_level, weights=dict(reference.weights)

@@ -60,9 +60,11 @@ def assert_same_outputs(reference: Network, optimized: Network, batch: int, seed
 
 def compile_both(text: str, name: str, seed: int = 0) -> tuple[Network, Network]:
     """The network at -O0 and at -O2 with the same declared weights."""
-    reference = convdsl.compile_string(text, name, opt_level=0, verify=True)
+    reference = convdsl.compile_string(text, name, opt_level=0, verify=True, backend="numpy")
     weights = random_weights(reference, seed)
-    optimized = convdsl.compile_string(text, name, opt_level=2, verify=True, weights=weights)
+    optimized = convdsl.compile_string(
+        text, name, opt_level=2, verify=True, weights=weights, backend="numpy"
+    )
     reference.set_weights(weights)
     return reference, optimized
 

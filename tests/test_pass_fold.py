@@ -35,7 +35,7 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 def typed(src: str, seed: int = 3) -> Network:
     """``src`` at -O0 (shapes only), bound to random weights: batch-norm gamma, beta and mean
     ~ N(0, 0.5), variance in [0.5, 2], so no batch norm is the identity."""
-    net = convdsl.compile_string(src, opt_level=0, verify=True)
+    net = convdsl.compile_string(src, opt_level=0, verify=True, backend="numpy")
     net.set_weights(random_weights(net, seed=seed))
     return net
 
@@ -60,7 +60,7 @@ def assert_same_outputs(net: Network, graph: Graph, after_pass: str) -> None:
     verify(graph, after_pass=after_pass)
     inputs = net.random_inputs(seed=1, batch=2)
     want = net(inputs)
-    got = Network(graph, weights=net.weights)(inputs)
+    got = Network(graph, weights=net.weights, backend="numpy")(inputs)
     assert got.keys() == want.keys()
     for name, ref in want.items():
         assert_close(got[name], ref, name)
@@ -237,6 +237,7 @@ def test_folded_conv_equals_torch_conv_then_batch_norm_in_eval_mode(case) -> Non
     net = convdsl.compile_string(
         f"input x: f32[N, 4, 9, 9]\nc = {conv_call}\noutput y = batch_norm(c, eps=0.001)",
         opt_level=0,
+        backend="numpy",
     )
     arrays = {f"c.{k}": v for k, v in conv.state_dict().items()}
     arrays |= {f"y.{k}": v for k, v in bn.state_dict().items() if k != "num_batches_tracked"}
@@ -245,7 +246,7 @@ def test_folded_conv_equals_torch_conv_then_batch_norm_in_eval_mode(case) -> Non
     assert ops(folded) == [net.graph.nodes[0].op]
     verify(folded, after_pass="fold-batch-norm")
     x = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)
-    got = Network(folded, weights=weights)(x=x)["y"]
+    got = Network(folded, weights=weights, backend="numpy")(x=x)["y"]
     with torch.no_grad():
         # The reference runs in float64 on exactly the float32 arrays convdsl was given.
         for module in (conv, bn):
@@ -367,7 +368,9 @@ def test_pad_then_conv_then_batch_norm_fold_to_one_conv() -> None:
 def test_the_O1_pipeline_loads_the_O0_weights() -> None:
     src = "input x: f32[N, 3, 8, 8]\nc = conv2d(x, 4, kernel=3)\noutput y = relu(batch_norm(c))"
     reference = typed(src)
-    o1 = convdsl.compile_string(src, opt_level=1, weights=reference.weights, verify=True)
+    o1 = convdsl.compile_string(
+        src, opt_level=1, weights=reference.weights, verify=True, backend="numpy"
+    )
     assert "batch_norm" not in ops(o1.graph)
     assert o1.params == reference.params
     inputs = reference.random_inputs(seed=2, batch=3)
@@ -396,14 +399,14 @@ def with_random_batch_norm_stats(net: Network, seed: int) -> dict[str, np.ndarra
 
 @pytest.mark.parametrize("name, extra", [("mobilenet", "logits"), ("unet3d", None)])
 def test_examples_fold_every_batch_norm(name: str, extra: str | None) -> None:
-    net = convdsl.compile_file(EXAMPLES_DIR / f"{name}.conv", opt_level=0)
+    net = convdsl.compile_file(EXAMPLES_DIR / f"{name}.conv", opt_level=0, backend="numpy")
     net.set_weights(with_random_batch_norm_stats(net, seed=5))
     graph = net.graph
     if extra is not None:
         # Compare what goes into the softmax too: a softmax over 1000 classes is ~1e-3.
         (value,) = [v for v in graph.values.values() if v.name == extra]
         graph = replace(graph, outputs=(*graph.outputs, (extra, value.id)))
-        net = Network(graph, weights=net.weights)
+        net = Network(graph, weights=net.weights, backend="numpy")
     batch_norms = ops(graph).count("batch_norm")
     assert batch_norms >= 10
     after = optimized(graph)

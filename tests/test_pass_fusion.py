@@ -35,13 +35,13 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 def typed(src: str) -> Graph:
     """The -O0 graph: shapes inferred, nothing optimized."""
-    return convdsl.compile_string(src, opt_level=0).graph
+    return convdsl.compile_string(src, opt_level=0, backend="numpy").graph
 
 
 def assert_same_outputs(before: Graph, after: Graph, seed: int = 0) -> None:
-    weights = random_weights(Network(before), seed)
-    unfused = Network(before, weights=weights)
-    fused = Network(after, weights=weights)
+    weights = random_weights(Network(before, backend="numpy"), seed)
+    unfused = Network(before, weights=weights, backend="numpy")
+    fused = Network(after, weights=weights, backend="numpy")
     inputs = unfused.random_inputs(seed=seed, batch=2)
     want, got = unfused(inputs), fused(inputs)
     assert want.keys() == got.keys()
@@ -406,7 +406,7 @@ def test_every_example_has_a_kernel_count() -> None:
 
 @pytest.mark.parametrize("name", sorted(KERNELS))
 def test_example_outputs_are_unchanged_by_fusion(name: str) -> None:
-    graph = convdsl.compile_file(EXAMPLES / f"{name}.conv", opt_level=0).graph
+    graph = convdsl.compile_file(EXAMPLES / f"{name}.conv", opt_level=0, backend="numpy").graph
     plan = plan_fusion(graph)
     after = fuse(graph)
     verify(after, after_pass="fuse")
@@ -417,7 +417,9 @@ def test_example_outputs_are_unchanged_by_fusion(name: str) -> None:
 
 
 def example_plan(name: str):
-    return plan_fusion(convdsl.compile_file(EXAMPLES / f"{name}.conv", opt_level=0).graph)
+    return plan_fusion(
+        convdsl.compile_file(EXAMPLES / f"{name}.conv", opt_level=0, backend="numpy").graph
+    )
 
 
 def test_fcn8s_score_convs_are_read_from_memory() -> None:
@@ -472,7 +474,10 @@ def test_fuse_runs_at_O2_after_the_O1_passes() -> None:
     assert fuse_pass.run is fuse and fuse_pass.min_opt_level == 2
     assert all(names.index(p.name) < names.index("fuse") for p in PASSES if p.min_opt_level < 2)
     ops = {
-        level: [node.op for node in convdsl.compile_string(GATED, opt_level=level).graph.nodes]
+        level: [
+            node.op
+            for node in convdsl.compile_string(GATED, opt_level=level, backend="numpy").graph.nodes
+        ]
         for level in (1, 2)
     }
     assert "fused" not in ops[1]

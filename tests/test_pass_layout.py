@@ -33,7 +33,7 @@ output w = d
 
 
 def typed(src: str) -> Graph:
-    return convdsl.compile_string(src, opt_level=0, verify=True).graph
+    return convdsl.compile_string(src, opt_level=0, verify=True, backend="numpy").graph
 
 
 def golden(text: str) -> str:
@@ -101,7 +101,9 @@ def test_fused_kernels_read_the_conversion_and_keep_their_other_inputs() -> None
         "input x: f32[N, 4, 8, 16]\ninput s: f32[N, 4, 4, 8]\n"
         "output y = relu(conv2d(x, 4, kernel=3, stride=2, padding=same) + s)"
     )
-    graph = convdsl.compile_string(src, verify=True).graph  # -O2: fused, then layouts
+    graph = convdsl.compile_string(
+        src, verify=True, backend="numpy"
+    ).graph  # -O2: fused, then layouts
     relayout, kernel = graph.nodes
     assert relayout.op == "relayout" and kernel.is_fused
     assert kernel.parts[0].inputs[0] == relayout.output
@@ -129,7 +131,7 @@ def test_the_verifier_rejects_a_relayout_that_changes_the_shape() -> None:
 
 @pytest.mark.parametrize("backend", ["numpy", "llvm"])
 def test_outputs_are_those_of_the_unconverted_graph(backend: str) -> None:
-    reference = convdsl.compile_string(TWO_READERS, opt_level=0)
+    reference = convdsl.compile_string(TWO_READERS, opt_level=0, backend="numpy")
     net = convdsl.compile_string(TWO_READERS, backend=backend, weights=reference.weights)
     assert any(node.op == "relayout" for node in net.graph.nodes)
     inputs = reference.random_inputs(seed=4, batch=2)

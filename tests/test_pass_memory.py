@@ -31,9 +31,9 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.con
 
 def planned(src: str, opt_level: int = 2) -> Network:
     """Compile (verifying between passes); below -O2, plan the unfused schedule by hand."""
-    net = convdsl.compile_string(src, opt_level=opt_level, verify=True)
+    net = convdsl.compile_string(src, opt_level=opt_level, verify=True, backend="numpy")
     if net.graph.memory is None:
-        net = Network(plan_memory(net.graph), weights=net.weights)
+        net = Network(plan_memory(net.graph), weights=net.weights, backend="numpy")
         verify(net.graph, after_pass="plan-memory")
     return net
 
@@ -144,7 +144,7 @@ def test_values_read_elsewhere_or_output_are_not_sliced_or_overwritten() -> None
     assert graph.memory is not None
     assert all(b.shares is None for b in graph.memory.buffers.values())
     for batch in (1, 3):
-        assert_arena_matches(Network(graph), batch)
+        assert_arena_matches(Network(graph, backend="numpy"), batch)
 
 
 def test_two_batch_names_and_a_static_batch_share_one_arena() -> None:
@@ -171,8 +171,11 @@ def test_two_batch_names_and_a_static_batch_share_one_arena() -> None:
 
 def test_plan_memory_is_the_last_pass_and_runs_at_o2_only() -> None:
     assert PASSES[-1].name == "plan-memory" and PASSES[-1].min_opt_level == 2
-    assert convdsl.compile_string(INPLACE_AND_SLICES, opt_level=1).graph.memory is None
-    assert convdsl.compile_string(INPLACE_AND_SLICES).graph.memory is not None
+    assert (
+        convdsl.compile_string(INPLACE_AND_SLICES, opt_level=1, backend="numpy").graph.memory
+        is None
+    )
+    assert convdsl.compile_string(INPLACE_AND_SLICES, backend="numpy").graph.memory is not None
 
 
 # ---- the examples ---------------------------------------------------------------------------
@@ -184,7 +187,7 @@ at once), so no plan for their schedule is 2x smaller than naive."""
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_plans_meet_the_targets(path: Path) -> None:
-    graph = convdsl.compile_file(path, verify=True).graph
+    graph = convdsl.compile_file(path, verify=True, backend="numpy").graph
     check_plan(graph)
     memory = graph.memory
     assert memory is not None
@@ -197,7 +200,7 @@ def test_example_plans_meet_the_targets(path: Path) -> None:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_plans_run_in_the_arena(path: Path) -> None:
-    net = convdsl.compile_file(path)
+    net = convdsl.compile_file(path, backend="numpy")
     inputs = net.random_inputs(seed=1, batch=3)
     want = net(inputs)
     got3 = arena_run(net, inputs)
@@ -273,7 +276,9 @@ def test_random_network_plans_are_sound_and_run_in_the_arena(src: str, opt_level
 
 
 def test_overlapping_live_buffers_are_rejected_and_compute_wrong_results() -> None:
-    net = convdsl.compile_file(EXAMPLES[[p.stem for p in EXAMPLES].index("quickstart")])
+    net = convdsl.compile_file(
+        EXAMPLES[[p.stem for p in EXAMPLES].index("quickstart")], backend="numpy"
+    )
     graph, memory = net.graph, net.graph.memory
     assert memory is not None
     # stem is still read after down is written: put down on top of stem.

@@ -30,7 +30,7 @@ from convdsl.passes.simplify import (
 
 def typed(src: str) -> Network:
     """``src`` at -O0 (shapes only), bound to random weights (batch norms not the identity)."""
-    net = convdsl.compile_string(src, opt_level=0, verify=True)
+    net = convdsl.compile_string(src, opt_level=0, verify=True, backend="numpy")
     net.set_weights(random_weights(net, seed=3))
     return net
 
@@ -49,7 +49,7 @@ def assert_same_outputs(net: Network, graph: Graph, after_pass: str) -> None:
     verify(graph, after_pass=after_pass)
     inputs = net.random_inputs(seed=1, batch=2)
     want = net(inputs)
-    got = Network(graph, weights=net.weights)(inputs)
+    got = Network(graph, weights=net.weights, backend="numpy")(inputs)
     assert got.keys() == want.keys()
     for name, ref in want.items():
         scale = float(np.abs(ref).max())
@@ -147,7 +147,7 @@ def test_each_identity_is_exact(op: str) -> None:
     verify(after, after_pass="remove-identities")
     inputs = net.random_inputs(seed=0, batch=2)
     np.testing.assert_array_equal(
-        Network(after, weights=net.weights)(inputs)["y"], net(inputs)["y"]
+        Network(after, weights=net.weights, backend="numpy")(inputs)["y"], net(inputs)["y"]
     )
 
 

@@ -31,7 +31,7 @@ CONV_CARET = "     |     ^" + "~" * 48
 
 @pytest.fixture
 def net() -> Network:
-    return convdsl.compile_string(SOURCE, "net.conv")
+    return convdsl.compile_string(SOURCE, "net.conv", backend="numpy")
 
 
 def weights_of(net: Network, seed: int = 1) -> dict[str, np.ndarray]:
@@ -154,7 +154,7 @@ def test_pickled_object_array_is_refused_without_unpickling(net: Network, tmp_pa
     ]
     assert not tripwire.exists()
     with pytest.raises(ConvdslError):
-        convdsl.compile_string(SOURCE, "net.conv", weights=path)
+        convdsl.compile_string(SOURCE, "net.conv", weights=path, backend="numpy")
     assert not tripwire.exists()
 
 
@@ -194,12 +194,12 @@ def test_missing_file_and_directory(net: Network, tmp_path: Path) -> None:
 
 
 def test_compile_with_a_bad_weights_path_names_the_parameter(tmp_path: Path) -> None:
-    net = convdsl.compile_string(SOURCE, "net.conv")
+    net = convdsl.compile_string(SOURCE, "net.conv", backend="numpy")
     arrays = weights_of(net)
     del arrays["b.bias"]
     path = savez(tmp_path / "w.npz", arrays)
     with pytest.raises(ConvdslError) as info:
-        convdsl.compile_string(SOURCE, "net.conv", weights=path)
+        convdsl.compile_string(SOURCE, "net.conv", weights=path, backend="numpy")
     assert str(info.value).split("\n") == [
         f"net.conv:4:5: error: {path}: missing parameter 'b.bias' (expected f32[4])",
         "   4 | b = batch_norm(c)",
@@ -209,7 +209,7 @@ def test_compile_with_a_bad_weights_path_names_the_parameter(tmp_path: Path) -> 
 
 def test_weights_that_are_not_a_mapping(tmp_path: Path) -> None:
     with pytest.raises(ConvdslError) as info:
-        convdsl.compile_string(SOURCE, "net.conv", weights=[1, 2])  # type: ignore[arg-type]
+        convdsl.compile_string(SOURCE, "net.conv", weights=[1, 2], backend="numpy")  # type: ignore[arg-type]
     assert str(info.value) == (
         "error: weights: expected a mapping from parameter names to "
         "arrays (or the path of an .npz file), found list"
@@ -233,11 +233,11 @@ def test_save_then_load_gives_identical_outputs(net: Network, tmp_path: Path) ->
     expected = net(inputs())["y"]
     path = tmp_path / "w.npz"
     net.save_weights(path)
-    fresh = convdsl.compile_string(SOURCE, "net.conv", seed=99)
+    fresh = convdsl.compile_string(SOURCE, "net.conv", seed=99, backend="numpy")
     assert not np.array_equal(fresh(inputs())["y"], expected)
     fresh.load_weights(path)
     np.testing.assert_array_equal(fresh(inputs())["y"], expected)
-    again = convdsl.compile_string(SOURCE, "net.conv", weights=path)
+    again = convdsl.compile_string(SOURCE, "net.conv", weights=path, backend="numpy")
     np.testing.assert_array_equal(again(inputs())["y"], expected)
     for name, array in net.weights.items():
         np.testing.assert_array_equal(again.weights[name], array)
