@@ -1,4 +1,5 @@
-"""LLVM IR text to machine code: LLVM's O3 pipeline, then the code generator for one CPU.
+"""LLVM IR text to machine code: LLVM's O3 pipeline (less its loop vectorizers and unroller),
+then the code generator for one CPU.
 
 This module needs only llvmlite and the standard library, because it is also the program of
 the *helper processes* that compile in parallel (``Compiler``): a helper is ``python -c``
@@ -29,6 +30,13 @@ import llvmlite.binding as llvm
 PARALLEL_LINES = 6000
 # Building a line of IR in Python takes about a quarter of the time LLVM takes to compile it.
 LOWERING_WEIGHT = 0.25
+# LLVM's own loop vectorizer, SLP vectorizer and unroller: off, since the kernels are built
+# vectorized and unrolled. Off, every suite layer and example ran as fast (A/B with
+# benchmarks/llvm_ab.py, outputs bit-identical) and LLVM took a third less time (FCN-8s: 2.96
+# -> 2.03 s of CPU).
+LOOP_VECTORIZATION = False
+SLP_VECTORIZATION = False
+LOOP_UNROLLING = False
 
 
 @cache
@@ -47,10 +55,12 @@ def target_machine(triple: str, cpu: str, features: str) -> llvm.TargetMachine:
 
 
 def optimize(module: llvm.ModuleRef, machine: llvm.TargetMachine) -> None:
-    """Run LLVM's O3 module pipeline (new pass manager) over ``module`` in place."""
+    """Run LLVM's O3 module pipeline (new pass manager) over ``module`` in place, its loop
+    transformations as the constants above say."""
     options = llvm.create_pipeline_tuning_options(speed_level=3)
-    options.loop_vectorization = True
-    options.slp_vectorization = True
+    options.loop_vectorization = LOOP_VECTORIZATION
+    options.slp_vectorization = SLP_VECTORIZATION
+    options.loop_unrolling = LOOP_UNROLLING
     builder = llvm.create_pass_builder(machine, options)
     builder.getModulePassManager().run(module, builder)
 
