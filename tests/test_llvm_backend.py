@@ -23,6 +23,7 @@ from llvmlite import ir
 import convdsl
 from convdsl.backends.llvm import codegen, executable, lower
 from convdsl.backends.llvm.conv_schedule import flat_pointwise, row_segments
+from convdsl.backends.llvm.entry import Worker
 from convdsl.backends.llvm.executable import LlvmExecutable, aligned_empty
 from convdsl.backends.llvm.jit import Jit
 from convdsl.backends.llvm.loops import F32P, I64, VOID, for_range, gep, loop_nest
@@ -733,7 +734,7 @@ def test_one_position_convs_are_matrix_vector_products() -> None:
     assert by_vector == {"a", "b.add.lhs", "b.add.rhs", "c"}  # not the grouped d
 
 
-def _module_of(lowered: lower.Lowered, worker: lower.Worker) -> str:
+def _module_of(lowered: lower.Lowered, worker: Worker) -> str:
     return next(str(m) for m in lowered.kernels if m.name == worker.name)
 
 

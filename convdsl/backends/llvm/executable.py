@@ -30,9 +30,10 @@ import numpy as np
 
 from convdsl.backends.llvm import lowering_cache
 from convdsl.backends.llvm.emit_transpose_phase import pack_transposed
+from convdsl.backends.llvm.entry import ENTRY, PROFILE, Worker
 from convdsl.backends.llvm.jit import Build, Jit
 from convdsl.backends.llvm.kernel import pack_weight, param_dtype
-from convdsl.backends.llvm.lower import ENTRY, PROFILE, Worker, lower_graph
+from convdsl.backends.llvm.lower import lower_graph
 from convdsl.backends.llvm.target import host_target
 from convdsl.ir.graph import Graph
 from convdsl.ir.types import bind_shape

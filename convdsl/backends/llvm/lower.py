@@ -1,13 +1,6 @@
-"""Lower a typed, optimized, memory-planned graph to one LLVM module.
+"""Lower a typed, optimized, memory-planned graph to LLVM modules: one per distinct kernel,
+and the entry module whose ``run`` calls them in order (``entry``).
 
-The module has one entry function::
-
-    void run(float** inputs, float** outputs, i8* arena, float** params, i64 batch)
-
-that runs every kernel of ``graph.nodes`` in order, each as an outlined worker called through
-``GOMP_parallel`` (``parallel``), over the arena laid out by ``graph.memory``; at the end it copies
-each graph output from its arena slot into the caller's ``outputs[i]`` (dense ``[B, C, ...]``).
-The tables' pointers are typed ``float*``; an f64 value's or parameter's is cast to ``double*``.
 A kernel (a node, or a fused node's parts) is a loop over output points (``kernel.Point``): the
 flat range of (batch, channel block, outer spatial index) work items is split between threads,
 and the last spatial axis is walked one vector at a time, then the tail. A kernel anchored by a
@@ -47,8 +40,8 @@ from convdsl.backends.llvm.conv_schedule import (
     interior_range,
     row_segments,
 )
+from convdsl.backends.llvm.entry import Worker, build_entry, frame_pointer
 from convdsl.backends.llvm.kernel import (
-    RUN_FIELDS,
     ArenaAddresses,
     BoundAddresses,
     KernelBuilder,
@@ -59,25 +52,19 @@ from convdsl.backends.llvm.kernel import (
     spatial_of,
 )
 from convdsl.backends.llvm.loops import (
-    F32P,
     I32,
-    I64,
-    PTR,
-    VOID,
-    cast_pointer,
     entry_alloca,
     fma,
     for_range,
     fsplat,
     gep,
     i64,
-    intrinsic,
     load_vec,
     splat,
     unflatten,
     vec_type,
 )
-from convdsl.backends.llvm.parallel import WORKER_TYPE, call_parallel, thread_share
+from convdsl.backends.llvm.parallel import WORKER_TYPE, thread_share
 from convdsl.diagnostics import ConvdslError, InternalError, error
 from convdsl.ir.graph import RELAYOUT, Graph, Node
 from convdsl.ir.ops import OPS, FusionClass
@@ -104,10 +91,6 @@ KERNELS: dict[str, Callable[[KernelBuilder, Node], None]] = {
 # Ops computed as a register tile of several vectors, rows walked by ``row_segments``.
 TILE_EMITTERS = emit_conv_tile.TILE_EMITTERS
 MASKED_TAIL = {*emit_conv_tile.TILE_EMITTERS, *emit_transpose.EMITTERS, *emit_elementwise.EMITTERS}
-ENTRY = "run"
-RUN_TYPE = ir.FunctionType(
-    VOID, [F32P.as_pointer(), F32P.as_pointer(), PTR, F32P.as_pointer(), I64]
-)
 
 
 def parts(node: Node) -> tuple[Node, ...]:
@@ -183,7 +166,15 @@ class ModuleBuilder:
                     self._kernel(part, f"{index}_{step}", (index, step))
             else:
                 self._kernel(node, str(index), (index, None))
-        self._entry()
+        build_entry(
+            self.module,
+            self.graph,
+            self.workers,
+            self.param_index,
+            self.scratch,
+            self.threads,
+            self.profile,
+        )
         if self.on_module:
             self.on_module(str(self.module))
         return self.module
@@ -211,7 +202,7 @@ class ModuleBuilder:
         module = ir.Module(name=name)
         worker = ir.Function(module, WORKER_TYPE, name)
         worker.attributes.add("nounwind")
-        _frame_pointer(worker)
+        frame_pointer(worker)
         prologue = worker.append_basic_block("prologue")
         builder = ir.IRBuilder(worker.append_basic_block("body"))
         addresses = BoundAddresses(self.graph, builder, worker.args[0], prologue)
@@ -477,97 +468,6 @@ class ModuleBuilder:
         k.store(node.output, point, k.local[node.output])
         k.local = {}
 
-    # ---- entry ------------------------------------------------------------------------------
-
-    def _entry(self) -> None:
-        run = ir.Function(self.module, RUN_TYPE, ENTRY)
-        _frame_pointer(run)
-        b = ir.IRBuilder(run.append_basic_block("entry"))
-        fields = dict(zip(RUN_FIELDS, run.args, strict=True))
-        arena = ArenaAddresses(self.graph, b, fields, self.param_index, self.scratch)
-        functions = {
-            name: ir.Function(self.module, WORKER_TYPE, name)
-            for name in dict.fromkeys(worker.name for worker in self.workers)
-        }
-        tables = [self._table(b, arena, worker) for worker in self.workers]
-        clock = _Clock(b, len(self.workers)) if self.profile else None
-        for index, (worker, table) in enumerate(zip(self.workers, tables, strict=True)):
-            started = clock.now() if clock else None
-            function = functions[worker.name]
-            if self.threads == 1:
-                b.call(function, [table])
-            else:
-                call_parallel(b, function, table, ir.Constant(I32, self.threads))
-            if clock and started is not None:
-                clock.add(index, started)
-        self._copy_outputs(b, arena, run.args[1], run.args[4])
-        b.ret_void()
-
-    def _table(self, b: ir.IRBuilder, arena: ArenaAddresses, worker: Worker) -> ir.Value:
-        """The words ``worker`` reads its addresses from (``BoundAddresses``)."""
-        words = [arena.batch]
-        for kind, key in worker.bindings:
-            if kind == "value":
-                assert isinstance(key, int)
-                base, per_entry = arena.value(key)
-                words += [b.ptrtoint(base, I64), per_entry]
-            else:
-                assert isinstance(key, str)
-                words.append(b.ptrtoint(arena.param(key), I64))
-        table = b.alloca(ir.ArrayType(I64, len(words)), name=f"{worker.name}.table")
-        for index, word in enumerate(words):
-            b.store(word, b.gep(table, [ir.Constant(I32, 0), ir.Constant(I32, index)]))
-        return b.bitcast(table, PTR)
-
-    def _copy_outputs(
-        self, b: ir.IRBuilder, arena: ArenaAddresses, outputs: ir.Value, batch: ir.Value
-    ) -> None:
-        for slot, (_, value) in enumerate(self.graph.outputs):
-            k = self._kernel_builder(b, arena, self.graph.type_of(value).dtype)
-            elements = entry_elements(self.graph.type_of(value))
-            entry_bytes = elements * itemsize(self.graph, value)
-            # the outputs table is float**: an f64 output's pointer is cast
-            target = cast_pointer(b, b.load(b.gep(outputs, [i64(slot)])), k.element)
-            with for_range(b, 0, batch, name="copy") as n:
-                dst = b.bitcast(gep(b, target, b.mul(n, i64(elements))), PTR)
-                src = b.bitcast(k.entry(value, n), PTR)
-                intrinsic(
-                    b,
-                    "llvm.memcpy.p0.p0.i64",
-                    VOID,
-                    [dst, src, i64(entry_bytes), ir.Constant(ir.IntType(1), 0)],
-                )
-
-
-PROFILE = "kernel_ns"  # with profiling: i64 nanoseconds spent in each worker, summed over runs
-
-
-class _Clock:
-    """Wall-clock time of every worker call (``clock_gettime(CLOCK_MONOTONIC)``), added up
-    in the global ``PROFILE`` array that the caller reads and resets."""
-
-    def __init__(self, b: ir.IRBuilder, count: int) -> None:
-        self.b = b
-        timespec = ir.LiteralStructType([I64, I64])
-        self.gettime = ir.Function(
-            b.module, ir.FunctionType(I32, [I32, timespec.as_pointer()]), "clock_gettime"
-        )
-        self.spec = b.alloca(timespec, name="timespec")
-        self.totals = ir.GlobalVariable(b.module, ir.ArrayType(I64, count), PROFILE)
-        self.totals.initializer = ir.Constant(self.totals.value_type, [0] * count)
-
-    def now(self) -> ir.Value:
-        b = self.b
-        b.call(self.gettime, [ir.Constant(I32, 1), self.spec])
-        seconds = b.load(b.gep(self.spec, [ir.Constant(I32, 0), ir.Constant(I32, 0)]))
-        nanos = b.load(b.gep(self.spec, [ir.Constant(I32, 0), ir.Constant(I32, 1)]))
-        return b.add(b.mul(seconds, i64(1_000_000_000)), nanos)
-
-    def add(self, index: int, started: ir.Value) -> None:
-        b = self.b
-        slot = b.gep(self.totals, [ir.Constant(I32, 0), ir.Constant(I32, index)])
-        b.store(b.add(b.load(slot), b.sub(self.now(), started)), slot)
-
 
 def one_position(graph: Graph, node: Node) -> bool:
     """A convolution that ``_channel_vector_kernel`` computes: pointwise, ungrouped, with an
@@ -612,31 +512,12 @@ def _shares_into(plan, value: int, container: int) -> bool:  # type: ignore[no-u
     return False
 
 
-def _frame_pointer(function: ir.Function) -> None:
-    """Keep a frame pointer: spills then go to slots addressed off an aligned frame (see the
-    LLVM backend issue: misaligned 512-bit spills made one kernel 1.9x slower)."""
-    # llvmlite only accepts enum attributes by name; this string attribute is printed verbatim.
-    set.add(function.attributes, '"frame-pointer"="all"')
-
-
 def _describe(node: Node) -> str:
     return "+".join(part.op for part in parts(node))
 
 
 def _ident(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name)
-
-
-@dataclass(frozen=True)
-class Worker:
-    """One call of an outlined kernel function, in the order the entry makes them."""
-
-    name: str  # the function: shared by kernels that print the same
-    node: Node  # the node (or part of a fused node) it computes
-    role: str  # its ops: "conv2d+relu", "relayout"
-    bindings: tuple[tuple[str, int | str], ...] = ()  # its table (``BoundAddresses``)
-    label: str = ""  # the call's own name, ``kernel{index}_{layer}`` (``name`` if it is first)
-    position: tuple[int, int | None] = (0, None)  # graph.nodes index, part index if a part
 
 
 @dataclass(frozen=True)

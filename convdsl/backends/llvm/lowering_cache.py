@@ -23,7 +23,8 @@ import llvmlite
 
 import convdsl
 from convdsl.backends.llvm import object_cache
-from convdsl.backends.llvm.lower import Lowered, Worker
+from convdsl.backends.llvm.entry import Worker
+from convdsl.backends.llvm.lower import Lowered
 from convdsl.backends.llvm.target import Target
 from convdsl.ir.graph import Graph
 
