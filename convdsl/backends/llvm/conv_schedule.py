@@ -120,18 +120,18 @@ def row_segments(width: int, lo: int, hi: int, vectors: int, lanes: int) -> list
     count = -(-width // lanes)  # vectors in the row, the last maybe partial
     tiles = -(-count // vectors)
     sizes = [count // tiles + (t < count % tiles) for t in range(tiles)]
-    segments: list[Segment] = []
+    runs: list[list] = []  # [start, stop, masked, valid]; a WaveNet row has ~700 tiles
     start = 0
     for size in sizes:
         end = start + size * lanes
         masked = tuple(not lo <= start + v * lanes < hi for v in range(size))
         valid = width - (end - lanes) if end > width else None
-        last = segments[-1] if segments else None
         if valid is not None:
             masked = (*masked[:-1], True)
-        if last and valid is None and last.valid is None and last.masked == masked:
-            segments[-1] = dataclasses.replace(last, stop=end)
+        last = runs[-1] if runs else None
+        if last and valid is None and last[3] is None and last[2] == masked:
+            last[1] = end
         else:
-            segments.append(Segment(start, end, masked, valid))
+            runs.append([start, end, masked, valid])
         start = end
-    return segments
+    return [Segment(*run) for run in runs]

@@ -20,8 +20,10 @@ its line. A crash while emitting one op is an ``InternalError`` naming that op a
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from llvmlite import ir
@@ -512,6 +514,21 @@ def _shares_into(plan, value: int, container: int) -> bool:  # type: ignore[no-u
     return False
 
 
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Python's cycle collector paused: llvmlite builds many small objects that refer to each
+    other, and the collector scanning them again and again as modules grow took 20-30% of
+    lowering time (FCN-8s 0.53-0.60 -> 0.40-0.44 s, WaveNet 1.15-1.19 -> 0.85-0.99). Their
+    cycles are collected once it runs again."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _describe(node: Node) -> str:
     return "+".join(part.op for part in parts(node))
 
@@ -555,7 +572,8 @@ def lower_graph(
     gets the text of each module as soon as it is built (``jit.Build.add``: compiling starts
     while the next is built): every distinct kernel, then the entry."""
     builder = ModuleBuilder(graph, lanes, threads, profile, on_module)
-    entry = builder.build()
+    with _no_cyclic_gc():
+        entry = builder.build()
     names = sorted(builder.param_index, key=builder.param_index.__getitem__)
     return Lowered(
         entry,
