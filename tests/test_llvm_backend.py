@@ -773,6 +773,36 @@ def test_kernels_of_the_same_shape_share_one_function_with_their_own_addresses()
     assert_matches(src, batches=(1, 2))
 
 
+def test_convs_differing_only_in_dilation_share_one_function() -> None:
+    """WaveNet's stack: the dilation and padding of the last axis are read at run time, and
+    the border tiles found at run time, so dilations 2..32 are one kernel; dilation 1 keeps
+    its own (constant offsets). Rows of 101 (interior tiles, borders of 1-4 tiles on either
+    side, a partial last vector) and a 2-D conv too short for any interior tile must match
+    the interpreter."""
+    layers = "".join(
+        f"h{d} = tanh(conv1d(h{d // 2}, 6, kernel=2, dilation={d}, padding=causal))\n"
+        for d in (2, 4, 8, 16, 32)
+    )
+    src = (
+        "input x: f32[N, 6, 101]\n"
+        "input x2: f32[N, 3, 5, 11]\n"
+        "h1 = tanh(conv1d(x, 6, kernel=2, padding=causal))\n"
+        f"{layers}"
+        "output y = h32\n"
+        "output s5 = conv1d(x, 4, kernel=3, dilation=5, padding=same)\n"
+        "output s17 = conv1d(x, 4, kernel=3, dilation=17, padding=same)\n"
+        "output z = conv2d(x2, 5, kernel=3, dilation=[2, 7], padding=same)"
+    )
+    net = convdsl.compile_string(src, "dilated.conv", backend="numpy")
+    lowered = lower.lower_graph(net.graph, host_target().lanes, threads=2)
+    names = {w.node.name: w.name for w in lowered.workers}  # fused conv1d+tanh nodes
+    stack = {names[f"h{d}.conv1d"] for d in (2, 4, 8, 16, 32)}
+    assert len(stack) == 1 and names["h1.conv1d"] not in stack
+    assert names["s5"] == names["s17"]  # borders on both sides: right ones found at run time
+    assert len(lowered.kernels) == 4  # h1, the stack, s5 and s17, z
+    assert_matches(src, batches=(1, 2))
+
+
 # ---- compiling on every core (codegen) --------------------------------------------------------
 
 SEVERAL_KERNELS = (

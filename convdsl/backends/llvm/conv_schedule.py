@@ -23,6 +23,8 @@ ACCUMULATORS = 12  # of 16 vector registers on AVX2: leaves room for inputs and 
 MAX_VECTORS = 3  # per tile along the row
 CHUNK_ROWS = 96  # input rows (channels x outer taps) per chunk: ~ 96 x 3 lines, well inside L1
 ITEMS_PER_THREAD = 4  # work items per thread at least, for balance
+SHARE_DILATIONS = True  # see ``dilation_stacks``
+CONV_OPS = frozenset(f"{kind}{rank}d" for kind in ("conv", "depthwise") for rank in (1, 2, 3))
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,39 @@ def conv_schedule(
         1,
     )
     return ConvSchedule(block, vectors, chunk, group)
+
+
+def dilation_stacks(graph: Graph) -> frozenset[int]:
+    """The convolution anchors (by output) whose last-axis dilation and left padding their
+    kernel reads at run time, finding its border tiles at run time too: dilated convolutions
+    over dense rows whose kernels differ from another's only there (WaveNet's dilations 2, 4,
+    ..., 512: one kernel each for the filter and the gate instead of nine; as fast). A lone
+    dilated convolution keeps them as constants: read at run time they made L6 3-5% and L5
+    20-25% slower (a register per tap; whole border tiles masked, where constants mask only
+    the vectors that cross, and L5's 64-wide rows are mostly border)."""
+    kernels: dict[tuple, list[tuple[int, tuple[int, int]]]] = {}
+    for node in graph.nodes:
+        parts = node.parts if node.is_fused else (node,)
+        anchor = parts[0]
+        a = anchor.attrs
+        if anchor.op not in CONV_OPS or graph.type_of(anchor.inputs[0]).layout is not None:
+            continue
+        if a["kernel"][-1] < 2 or a["dilation"][-1] < 2:
+            continue
+        geometry = (a["dilation"][-1], a["pads"][-1][0])
+        rest = {**a, "dilation": a["dilation"][:-1], "pads": a["pads"][:-1]}
+        shape = tuple(
+            (part.op, repr(sorted(part.attrs.items())) if part is not anchor else repr(rest))
+            for part in parts
+        )
+        types = tuple(repr(graph.type_of(v)) for v in (*anchor.inputs, node.output))
+        kernels.setdefault((shape, types), []).append((anchor.output, geometry))
+    return frozenset(
+        output
+        for members in kernels.values()
+        if SHARE_DILATIONS and len({geometry for _, geometry in members}) > 1
+        for output, _ in members
+    )
 
 
 def flat_pointwise(graph: Graph, node: Node, lanes: int) -> Node | None:

@@ -100,8 +100,13 @@ def emit_conv_tile(
         assert a["stride"][last] == 1, "strided convolutions read phase rows (choose-layouts)"
         strides = k.strides(node.inputs[0])
         channel_stride, outer_strides = strides[0], strides[1:-1]
-        first = b.sub(point.w, i64(before))
-        reach = [tap * dilation for tap in range(kernel[-1])]
+        if k.runtime_dilation:  # conv_schedule.dilation_stacks
+            spacing = k.integer("dilation", dilation)
+            first = b.sub(point.w, k.integer("pad", before))
+            reach: list[int | ir.Value] = [b.mul(spacing, i64(t)) for t in range(kernel[-1])]
+        else:
+            first = b.sub(point.w, i64(before))
+            reach = [tap * dilation for tap in range(kernel[-1])]
     else:
         row_elements = layout.stride * layout.length
         channel_stride = math.prod(sizes[:-1]) * row_elements
@@ -127,7 +132,7 @@ def emit_conv_tile(
     masks: dict[tuple[int, int], ir.Value] = {}
     for v in range(vectors):
         for tap in range(kernel[-1] if masked[v] and layout is None else 0):
-            start = b.add(first, i64(reach[tap] + v * lanes))
+            start = b.add(first, _offset(b, reach[tap], v * lanes))
             masks[tap, v] = wide_mask(b, start, lanes, sizes[-1])
 
     accumulators = [
@@ -171,7 +176,7 @@ def emit_conv_tile(
                 xs = [
                     [
                         load_row(
-                            b, gep(b, x_row, reach[tap] + v * lanes), lanes, masks.get((tap, v))
+                            b, _at(b, x_row, reach[tap], v * lanes), lanes, masks.get((tap, v))
                         )
                         for v in range(vectors)
                     ]
@@ -189,6 +194,32 @@ def emit_conv_tile(
     outer_taps(0, i64(0), i64(0))
 
     return [[b.load(accumulators[j][v]) for j in range(block)] for v in range(vectors)]
+
+
+def runtime_interior(
+    k: KernelBuilder, node: Node, in_size: int, lanes: int
+) -> tuple[ir.Value, ir.Value]:
+    """``conv_schedule.interior_range`` computed from the dilation and padding read at run
+    time (``conv_schedule.dilation_stacks``)."""
+    b = k.builder
+    a = node.attrs
+    before = k.integer("pad", a["pads"][-1][0])
+    reach = b.mul(k.integer("dilation", a["dilation"][-1]), i64(a["kernel"][-1] - 1))
+    hi = b.add(b.sub(b.add(i64(in_size), before), reach), i64(1 - lanes))
+    return before, b.select(b.icmp_signed("<", hi, before), before, hi)
+
+
+def _offset(b: ir.IRBuilder, reach: int | ir.Value, offset: int) -> ir.Value:
+    return i64(reach + offset) if isinstance(reach, int) else b.add(reach, i64(offset))
+
+
+def _at(b: ir.IRBuilder, row: ir.Value, reach: int | ir.Value, offset: int) -> ir.Value:
+    """``&row[reach + offset]``: one constant offset when ``reach`` is known."""
+    return (
+        gep(b, row, reach + offset)
+        if isinstance(reach, int)
+        else gep(b, gep(b, row, reach), offset)
+    )
 
 
 def tile_vectors(b: ir.IRBuilder, point: Point, count: int) -> list[Point]:

@@ -109,6 +109,9 @@ def _table(b: ir.IRBuilder, arena: ArenaAddresses, worker: Worker) -> ir.Value:
             assert isinstance(key, int)
             base, per_entry = arena.value(key)
             words += [b.ptrtoint(base, I64), per_entry]
+        elif kind == "int":
+            assert isinstance(key, str)
+            words.append(i64(int(key.partition("=")[2])))
         else:
             assert isinstance(key, str)
             words.append(b.ptrtoint(arena.param(key), I64))

@@ -161,7 +161,8 @@ class ArenaAddresses:
 class BoundAddresses:
     """A kernel's addresses, read from the table of ``i64`` words its caller passes: word 0 is
     the batch size, then, in the order the kernel first uses them, two words per value (its
-    entry 0 as an address, elements per entry) and one per parameter (its address).
+    entry 0 as an address, elements per entry), one per parameter (its address) and one per
+    integer attribute read at run time (``integer``).
 
     So a kernel's code depends only on shapes and attributes, never on where the memory plan
     put its values or which parameter it reads: kernels of the same shape print the same and
@@ -175,18 +176,21 @@ class BoundAddresses:
         with builder.goto_block(prologue):
             self.table = builder.bitcast(table, I64.as_pointer())
             self.batch = builder.load(self.table, name="batch")
-        self.bindings: list[tuple[str, int | str]] = []  # ("value", id) or ("param", name)
+        # ("value", id), ("param", name) or ("int", "name=value")
+        self.bindings: list[tuple[str, int | str]] = []
         self.loaded: dict[tuple[str, int | str], tuple[ir.Value, ...]] = {}
         self.words = 1
 
     def _bind(
-        self, key: tuple[str, int | str], words: int, element: ir.Type
+        self, key: tuple[str, int | str], words: int, element: ir.Type | None
     ) -> tuple[ir.Value, ...]:
+        """The ``words`` words of ``key``, the first as an ``element*`` (None: an integer)."""
         if key not in self.loaded:
             b = self.builder
             with b.goto_block(self.prologue):
                 loaded = [b.load(b.gep(self.table, [i64(self.words + i)])) for i in range(words)]
-                loaded[0] = b.inttoptr(loaded[0], element.as_pointer())
+                if element is not None:
+                    loaded[0] = b.inttoptr(loaded[0], element.as_pointer())
             self.words += words
             self.bindings.append(key)
             self.loaded[key] = tuple(loaded)
@@ -198,6 +202,11 @@ class BoundAddresses:
 
     def param(self, name: str) -> ir.Value:
         return self._bind(("param", name), 1, ELEMENTS[param_dtype(self.graph, name)])[0]
+
+    def integer(self, name: str, value: int) -> ir.Value:
+        """``value`` (an ``i64``) read from the table, not written into the code: kernels that
+        differ only in it share one function. Bound as ``("int", "name=value")``."""
+        return self._bind(("int", f"{name}={value}"), 1, None)[0]
 
 
 @dataclass
@@ -213,6 +222,8 @@ class KernelBuilder:
     param_index: dict[str, int]  # shared with the module builder: packings add entries
     packings: dict[str, tuple[str, int]] = field(default_factory=dict)  # shared too
     flat: bool = False  # every value seen as one row [C, prod(spatial)] (``flat_pointwise``)
+    # the conv anchor's last-axis dilation and padding read at run time (``dilation_stacks``)
+    runtime_dilation: bool = False
     local: dict[int, list[ir.Value]] = field(default_factory=dict)
 
     @property
@@ -243,6 +254,12 @@ class KernelBuilder:
         """``float*`` (``double*``) to batch entry ``n`` of ``value``."""
         base, per_entry = self.addresses.value(value)
         return gep(self.builder, base, self.builder.mul(n, per_entry))
+
+    def integer(self, name: str, value: int) -> ir.Value:
+        """``value`` as an ``i64`` the code reads at run time (``BoundAddresses.integer``)."""
+        if isinstance(self.addresses, BoundAddresses):
+            return self.addresses.integer(name, value)
+        return i64(value)
 
     def param(self, name: str) -> ir.Value:
         """``float*`` to the parameter ``name`` (declared, derived or packed)."""

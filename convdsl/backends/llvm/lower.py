@@ -38,10 +38,12 @@ from convdsl.backends.llvm import (
 )
 from convdsl.backends.llvm.conv_schedule import (
     conv_schedule,
+    dilation_stacks,
     flat_pointwise,
     interior_range,
     row_segments,
 )
+from convdsl.backends.llvm.emit_conv_tile import runtime_interior
 from convdsl.backends.llvm.entry import Worker, build_entry, frame_pointer
 from convdsl.backends.llvm.kernel import (
     ArenaAddresses,
@@ -156,6 +158,7 @@ class ModuleBuilder:
         self.scratch: dict[int, tuple[int, int]] = {}  # value -> (offset, size) per batch entry
         assert graph.memory is not None
         self.arena_bytes = graph.memory.arena_bytes  # planned arena plus scratch, per entry
+        self.dilation_stacks = dilation_stacks(graph)
 
     def build(self) -> ir.Module:
         for index, node in enumerate(self.graph.nodes):
@@ -301,7 +304,12 @@ class ModuleBuilder:
         group_in = self.graph.type_of(anchor.inputs[0]).channels // anchor.attrs["groups"]
         chunks = -(-group_in // plan.chunk)
         in_size = k.spatial(anchor.inputs[0])[-1]
-        lo, hi = (0, width) if phase_rows else interior_range(anchor, in_size, k.lanes)
+        runtime = k.runtime_dilation = anchor.output in self.dilation_stacks
+        if runtime:  # the border tiles are found at run time: the grid of tiles only
+            lo, hi = 0, width
+            inside = runtime_interior(k, anchor, in_size, k.lanes)
+        else:
+            lo, hi = (0, width) if phase_rows else interior_range(anchor, in_size, k.lanes)
         segments = row_segments(width, lo, hi, plan.vectors, k.lanes)
         masked_tail = all(p.op in MASKED_TAIL for p in parts(node))
         first, last = thread_share(b, b.mul(k.batch, i64(per_batch)))
@@ -321,18 +329,42 @@ class ModuleBuilder:
                     # a tail some part cannot mask: one element at a time
                     lanes, masked, stop = 1, (True,), width
                 step = len(masked) * lanes
-                with (
-                    for_range(b, segment.start, stop, step, name="w") as w,
-                    for_range(b, 0, plan.group, name="block") as block,
-                ):
-                    channel = b.mul(b.add(b.mul(group, i64(plan.group)), block), i64(plan.block))
-                    valid = segment.valid if lanes > 1 else None
-                    point = Point(n, channel, plan.block, tuple(outer), w, lanes, valid=valid)
-                    masked = (False,) * len(masked) if phase_rows else masked
-                    sums = TILE_EMITTERS[anchor.op](
-                        k, anchor, point, masked, (ci_lo, ci_hi), resume
-                    )
-                    self._finish_tile(k, node, anchor, point, sums, finished, chunks > 1)
+                valid = segment.valid if lanes > 1 else None
+
+                def tiles(
+                    w: ir.Value, masked: tuple[bool, ...], lanes: int, valid: int | None
+                ) -> None:
+                    with for_range(b, 0, plan.group, name="block") as block:
+                        channel = b.mul(
+                            b.add(b.mul(group, i64(plan.group)), block), i64(plan.block)
+                        )
+                        point = Point(n, channel, plan.block, tuple(outer), w, lanes, valid=valid)
+                        masked = (False,) * len(masked) if phase_rows else masked
+                        sums = TILE_EMITTERS[anchor.op](
+                            k, anchor, point, masked, (ci_lo, ci_hi), resume
+                        )
+                        self._finish_tile(k, node, anchor, point, sums, finished, chunks > 1)
+
+                if not runtime:
+                    with for_range(b, segment.start, stop, step, name="w") as w:
+                        tiles(w, masked, lanes, valid)
+                elif valid is not None or lanes == 1 or stop - segment.start == step:
+                    with for_range(b, segment.start, stop, step, name="w") as w:
+                        tiles(w, (True,) * len(masked), lanes, valid)
+                else:
+                    # The interior tiles (the most: no masks), then the border tiles of both
+                    # ends in one loop: with a loop per end, the bigger function made LLVM
+                    # rematerialize the epilogue's constants every iteration (10-30% slower).
+                    first, end = _interior_tiles(b, segment.start, stop, step, lanes, inside)
+                    with for_range(b, first, end, step, name="w") as w:
+                        tiles(w, (False,) * len(masked), lanes, valid)
+                    left = b.sub(first, i64(segment.start))
+                    border = b.add(left, b.sub(i64(stop), end))
+                    with for_range(b, 0, border, step, name="border") as offset:
+                        after = b.add(end, b.sub(offset, left))
+                        before = b.add(i64(segment.start), offset)
+                        w = b.select(b.icmp_signed("<", offset, left), before, after)
+                        tiles(w, (True,) * len(masked), lanes, valid)
 
     def _channel_vector_kernel(self, k: KernelBuilder, node: Node, anchor: Node) -> None:
         """A pointwise convolution of a single position (a classifier head after global
@@ -469,6 +501,33 @@ class ModuleBuilder:
                 ) from exc
         k.store(node.output, point, k.local[node.output])
         k.local = {}
+
+
+def _interior_tiles(
+    b: ir.IRBuilder,
+    start: int,
+    stop: int,
+    step: int,
+    lanes: int,
+    inside: tuple[ir.Value, ir.Value],
+) -> tuple[ir.Value, ir.Value]:
+    """The run of tiles ``range(start, stop, step)`` whose every vector starts in ``inside``
+    (``[lo, hi)``, known at run time), as two tile starts ``[first, end)``."""
+    lo, hi = inside
+    count = (stop - start) // step
+
+    def tile_start(index: ir.Value) -> ir.Value:
+        index = b.select(b.icmp_signed("<", index, i64(0)), i64(0), index)
+        index = b.select(b.icmp_signed(">", index, i64(count)), i64(count), index)
+        return b.add(i64(start), b.mul(index, i64(step)))
+
+    # first: the first tile with start >= lo; end: past the last whose last vector is < hi
+    first = tile_start(b.sdiv(b.add(b.sub(lo, i64(start)), i64(step - 1)), i64(step)))
+    room = b.sub(hi, i64(start + step - lanes))  # tiles i with i * step < room
+    room = b.select(b.icmp_signed("<", room, i64(0)), i64(0), room)
+    end = tile_start(b.sdiv(b.add(room, i64(step - 1)), i64(step)))
+    end = b.select(b.icmp_signed("<", end, first), first, end)
+    return first, end
 
 
 def one_position(graph: Graph, node: Node) -> bool:
