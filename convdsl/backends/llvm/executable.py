@@ -113,8 +113,7 @@ class LlvmExecutable:
     def llvm_ir(self) -> str:
         """The LLVM IR of every module (built again if the lowering came from the cache)."""
         if not self.jit.llvm_ir:
-            lowered = lower_graph(self.graph, self.target.lanes, self.threads, self.profile)
-            return "\n".join(str(module) for module in lowered.modules)
+            return lower_graph(self.graph, self.target.lanes, self.threads, self.profile).llvm_ir
         return self.jit.llvm_ir
 
     def run(self, inputs: Mapping[int, Array]) -> dict[int, Array]:

@@ -18,9 +18,7 @@ from convdsl.ir.graph import Graph, Node
 
 
 def llvm_ir(graph: Graph, threads: int) -> str:
-    target = host_target()
-    lowered = lower_graph(graph, target.lanes, threads)
-    return "\n".join(str(module) for module in lowered.modules)
+    return lower_graph(graph, host_target().lanes, threads).llvm_ir
 
 
 def kernel_assembly(graph: Graph, threads: int, kernel: str) -> str:

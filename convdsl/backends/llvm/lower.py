@@ -618,6 +618,11 @@ class Lowered:
         assert self.entry is not None, "a lowering read from the cache has no modules"
         return (*self.kernels, self.entry)
 
+    @property
+    def llvm_ir(self) -> str:
+        """Every module's text, in that order."""
+        return "\n".join(str(module) for module in self.modules)
+
 
 def lower_graph(
     graph: Graph,
