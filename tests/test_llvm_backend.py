@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from llvmlite import ir
 
 import convdsl
-from convdsl.backends.llvm import codegen, executable, lower
+from convdsl.backends.llvm import codegen, executable, lower, object_cache
 from convdsl.backends.llvm.conv_schedule import flat_pointwise, row_segments
 from convdsl.backends.llvm.entry import Worker
 from convdsl.backends.llvm.executable import LlvmExecutable, aligned_empty
@@ -1047,3 +1047,22 @@ def test_no_home_directory_means_no_cache(monkeypatch: pytest.MonkeyPatch) -> No
     assert object_cache.cache_dir() is None
     net = convdsl.compile_string(CACHED, backend="numpy")
     assert not LlvmExecutable(net.graph, materialize(net.graph, net.weights)).jit.cached
+
+
+def test_object_cache_key_follows_how_code_is_generated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change to codegen.py (its passes, its code model) must not be served objects that the
+    old one compiled: its text is part of every key."""
+    text = "define void @f() {\n  ret void\n}\n"
+    target = host_target()
+    before = object_cache.cache_key(text, target)
+    assert object_cache.cache_key(text, target) == before  # deterministic
+    edited = tmp_path / "codegen.py"
+    edited.write_text(Path(codegen.__file__).read_text() + "\n# another pipeline\n")
+    monkeypatch.setattr(codegen, "__file__", str(edited))
+    object_cache._codegen_digest.cache_clear()
+    try:
+        assert object_cache.cache_key(text, target) != before
+    finally:
+        object_cache._codegen_digest.cache_clear()

@@ -2,11 +2,12 @@
 
 LLVM's optimizer and code generator are most of the time it takes to build an llvm network
 (FCN-8s: about 4 of 5 s). The object code they make depends only on the LLVM module text, the
-target (triple, CPU, features) and the LLVM that compiled it, so those, hashed, name a cache
-entry: a hit loads the object file instead of compiling, a miss compiles and stores it (after
-a SHA-256 of the object, so a damaged file reads as a miss). A hit
-can never be stale: any change to the network, the weights' layout, the backend's code
-generation or the machine changes the module text or the target, hence the key. Weights are not
+target (triple, CPU, features), the LLVM that compiled it and how it was asked to
+(``codegen.py``: its pass pipeline and code generator settings), so those, hashed, name a
+cache entry: a hit loads the object file instead of compiling, a miss compiles and stores it
+(after a SHA-256 of the object, so a damaged file reads as a miss). A hit can never be stale:
+any change to the network, the weights' layout, the backend's lowering or code generation or
+the machine changes the module text, ``codegen.py`` or the target, hence the key. Weights are not
 part of the code (the entry function reads them through a pointer table).
 
 The cache lives in ``$CONVDSL_CACHE_DIR`` if set (empty or ``off`` turns it off), else
@@ -24,10 +25,13 @@ import hashlib
 import os
 import tempfile
 import warnings
+from functools import cache
 from pathlib import Path
 
 import llvmlite
 
+import convdsl
+from convdsl.backends.llvm import codegen
 from convdsl.backends.llvm.target import Target
 
 CACHE_ENV = "CONVDSL_CACHE_DIR"
@@ -53,10 +57,21 @@ def cache_dir() -> Path | None:
 
 def cache_key(llvm_ir: str, target: Target) -> str:
     digest = hashlib.sha256()
-    for part in (llvmlite.__version__, target.triple, target.cpu, target.features, llvm_ir):
+    parts = (llvmlite.__version__, _codegen_digest(), target.triple, target.cpu, target.features)
+    for part in (*parts, llvm_ir):
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+@cache
+def _codegen_digest() -> str:
+    """SHA-256 of ``codegen.py``, which turns module text into machine code (convdsl's version
+    where the source cannot be read, as in a zipped install)."""
+    try:
+        return hashlib.sha256(Path(codegen.__file__).read_bytes()).hexdigest()
+    except OSError:
+        return convdsl.__version__
 
 
 def load(key: str, suffix: str = ".o") -> bytes | None:
