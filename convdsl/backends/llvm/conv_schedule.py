@@ -104,6 +104,32 @@ def dilation_stacks(graph: Graph) -> frozenset[int]:
     )
 
 
+def one_position(graph: Graph, node: Node) -> bool:
+    """A convolution that ``lower`` computes as a matrix-vector product: pointwise,
+    ungrouped, with an output (and so an input) of one position."""
+    a = node.attrs
+    return (
+        math.prod(graph.type_of(node.output).spatial or (1,)) == 1
+        and a["groups"] == 1
+        and all(k == 1 for k in a["kernel"])
+        and all(p == (0, 0) for p in a["pads"])
+        and graph.type_of(node.inputs[0]).layout is None
+        and math.prod(graph.type_of(node.inputs[0]).spatial or (1,)) == 1
+    )
+
+
+def lane_steps(width: int, steps: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """Cover ``range(width)`` with ``(start, stop, step)`` runs, widest steps first."""
+    runs = []
+    start = 0
+    for step in dict.fromkeys(steps):
+        stop = start + (width - start) // step * step
+        if stop > start:
+            runs.append((start, stop, step))
+        start = stop
+    return runs
+
+
 def flat_pointwise(graph: Graph, node: Node, lanes: int) -> Node | None:
     """A pointwise convolution (kernel 1, stride 1, no padding) reads and writes every spatial
     position once, so its whole plane can be one row. The anchor as a 1-D convolution over the

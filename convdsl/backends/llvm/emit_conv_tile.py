@@ -209,6 +209,33 @@ def runtime_interior(
     return before, b.select(b.icmp_signed("<", hi, before), before, hi)
 
 
+def interior_tiles(
+    b: ir.IRBuilder,
+    start: int,
+    stop: int,
+    step: int,
+    lanes: int,
+    inside: tuple[ir.Value, ir.Value],
+) -> tuple[ir.Value, ir.Value]:
+    """The run of tiles ``range(start, stop, step)`` whose every vector starts in ``inside``
+    (``[lo, hi)``, known at run time), as two tile starts ``[first, end)``."""
+    lo, hi = inside
+    count = (stop - start) // step
+
+    def tile_start(index: ir.Value) -> ir.Value:
+        index = b.select(b.icmp_signed("<", index, i64(0)), i64(0), index)
+        index = b.select(b.icmp_signed(">", index, i64(count)), i64(count), index)
+        return b.add(i64(start), b.mul(index, i64(step)))
+
+    # first: the first tile with start >= lo; end: past the last whose last vector is < hi
+    first = tile_start(b.sdiv(b.add(b.sub(lo, i64(start)), i64(step - 1)), i64(step)))
+    room = b.sub(hi, i64(start + step - lanes))  # tiles i with i * step < room
+    room = b.select(b.icmp_signed("<", room, i64(0)), i64(0), room)
+    end = tile_start(b.sdiv(b.add(room, i64(step - 1)), i64(step)))
+    end = b.select(b.icmp_signed("<", end, first), first, end)
+    return first, end
+
+
 def _offset(b: ir.IRBuilder, reach: int | ir.Value, offset: int) -> ir.Value:
     return i64(reach + offset) if isinstance(reach, int) else b.add(reach, i64(offset))
 

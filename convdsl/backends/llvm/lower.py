@@ -41,9 +41,11 @@ from convdsl.backends.llvm.conv_schedule import (
     dilation_stacks,
     flat_pointwise,
     interior_range,
+    lane_steps,
+    one_position,
     row_segments,
 )
-from convdsl.backends.llvm.emit_conv_tile import runtime_interior
+from convdsl.backends.llvm.emit_conv_tile import interior_tiles, runtime_interior
 from convdsl.backends.llvm.entry import Worker, build_entry, frame_pointer
 from convdsl.backends.llvm.kernel import (
     ArenaAddresses,
@@ -355,7 +357,7 @@ class ModuleBuilder:
                     # The interior tiles (the most: no masks), then the border tiles of both
                     # ends in one loop: with a loop per end, the bigger function made LLVM
                     # rematerialize the epilogue's constants every iteration (10-30% slower).
-                    first, end = _interior_tiles(b, segment.start, stop, step, lanes, inside)
+                    first, end = interior_tiles(b, segment.start, stop, step, lanes, inside)
                     with for_range(b, first, end, step, name="w") as w:
                         tiles(w, (False,) * len(masked), lanes, valid)
                     left = b.sub(first, i64(segment.start))
@@ -503,65 +505,12 @@ class ModuleBuilder:
         k.local = {}
 
 
-def _interior_tiles(
-    b: ir.IRBuilder,
-    start: int,
-    stop: int,
-    step: int,
-    lanes: int,
-    inside: tuple[ir.Value, ir.Value],
-) -> tuple[ir.Value, ir.Value]:
-    """The run of tiles ``range(start, stop, step)`` whose every vector starts in ``inside``
-    (``[lo, hi)``, known at run time), as two tile starts ``[first, end)``."""
-    lo, hi = inside
-    count = (stop - start) // step
-
-    def tile_start(index: ir.Value) -> ir.Value:
-        index = b.select(b.icmp_signed("<", index, i64(0)), i64(0), index)
-        index = b.select(b.icmp_signed(">", index, i64(count)), i64(count), index)
-        return b.add(i64(start), b.mul(index, i64(step)))
-
-    # first: the first tile with start >= lo; end: past the last whose last vector is < hi
-    first = tile_start(b.sdiv(b.add(b.sub(lo, i64(start)), i64(step - 1)), i64(step)))
-    room = b.sub(hi, i64(start + step - lanes))  # tiles i with i * step < room
-    room = b.select(b.icmp_signed("<", room, i64(0)), i64(0), room)
-    end = tile_start(b.sdiv(b.add(room, i64(step - 1)), i64(step)))
-    end = b.select(b.icmp_signed("<", end, first), first, end)
-    return first, end
-
-
-def one_position(graph: Graph, node: Node) -> bool:
-    """A convolution that ``_channel_vector_kernel`` computes: pointwise, ungrouped, with an
-    output (and so an input) of one position."""
-    a = node.attrs
-    return (
-        math.prod(graph.type_of(node.output).spatial or (1,)) == 1
-        and a["groups"] == 1
-        and all(k == 1 for k in a["kernel"])
-        and all(p == (0, 0) for p in a["pads"])
-        and graph.type_of(node.inputs[0]).layout is None
-        and math.prod(graph.type_of(node.inputs[0]).spatial or (1,)) == 1
-    )
-
-
 def costly_epilogue(node: Node, anchor: Node) -> bool:
     """Whether a conv kernel's epilogue (the anchor's activation, the fused parts after it)
     expands to long code per vector: then it is looped, not unrolled, over the tile."""
     ops = {anchor.attrs.get("activation", "none"), *(part.op for part in parts(node)[1:])}
     elementwise = all(part.op in emit_elementwise.EMITTERS for part in parts(node)[1:])
     return elementwise and bool(ops & emit_elementwise.COSTLY)
-
-
-def lane_steps(width: int, steps: tuple[int, ...]) -> list[tuple[int, int, int]]:
-    """Cover ``range(width)`` with ``(start, stop, step)`` runs, widest steps first."""
-    runs = []
-    start = 0
-    for step in dict.fromkeys(steps):
-        stop = start + (width - start) // step * step
-        if stop > start:
-            runs.append((start, stop, step))
-        start = stop
-    return runs
 
 
 def _shares_into(plan, value: int, container: int) -> bool:  # type: ignore[no-untyped-def]
