@@ -218,7 +218,7 @@ class KernelBuilder:
     builder: ir.IRBuilder
     dtype: DType
     lanes: int
-    addresses: ArenaAddresses | BoundAddresses
+    addresses: BoundAddresses
     param_index: dict[str, int]  # shared with the module builder: packings add entries
     packings: dict[str, tuple[str, int]] = field(default_factory=dict)  # shared too
     flat: bool = False  # every value seen as one row [C, prod(spatial)] (``flat_pointwise``)
@@ -257,9 +257,7 @@ class KernelBuilder:
 
     def integer(self, name: str, value: int) -> ir.Value:
         """``value`` as an ``i64`` the code reads at run time (``BoundAddresses.integer``)."""
-        if isinstance(self.addresses, BoundAddresses):
-            return self.addresses.integer(name, value)
-        return i64(value)
+        return self.addresses.integer(name, value)
 
     def param(self, name: str) -> ir.Value:
         """``float*`` to the parameter ``name`` (declared, derived or packed)."""

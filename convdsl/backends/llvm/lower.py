@@ -48,7 +48,6 @@ from convdsl.backends.llvm.conv_schedule import (
 from convdsl.backends.llvm.emit_conv_tile import interior_tiles, runtime_interior
 from convdsl.backends.llvm.entry import Worker, build_entry, frame_pointer
 from convdsl.backends.llvm.kernel import (
-    ArenaAddresses,
     BoundAddresses,
     KernelBuilder,
     Point,
@@ -241,7 +240,7 @@ class ModuleBuilder:
         self.workers.append(Worker(function, node, _describe(node), bindings, name, position))
 
     def _kernel_builder(
-        self, builder: ir.IRBuilder, addresses: ArenaAddresses | BoundAddresses, dtype: DType
+        self, builder: ir.IRBuilder, addresses: BoundAddresses, dtype: DType
     ) -> KernelBuilder:
         """A kernel computing in ``dtype``, with as many lanes as fill one register of it."""
         lanes = kernel_lanes(self.lanes, dtype)
@@ -580,7 +579,7 @@ def lower_graph(
     profile: bool = False,
     on_module: Callable[[str], None] | None = None,
 ) -> Lowered:
-    """Lower ``graph`` (see the module docstring for the entry function); with ``profile``,
+    """Lower ``graph`` (the entry function: ``entry``); with ``profile``,
     the entry also adds up each worker's wall time in the global ``PROFILE``. ``on_module``
     gets the text of each module as soon as it is built (``jit.Build.add``: compiling starts
     while the next is built): every distinct kernel, then the entry."""
