@@ -7,8 +7,9 @@
 fills each kernel call's table of addresses (``kernel.BoundAddresses``: its values' entry-0
 addresses and per-entry strides in the arena laid out by ``graph.memory``, its parameters'
 addresses), calls the workers in order, each through ``GOMP_parallel`` (``parallel``) unless
-there is one thread, then copies each graph output from its arena slot into the caller's
-``outputs[i]`` (dense ``[B, C, ...]``). The tables' pointers are typed ``float*``; an f64
+there is one thread. A graph output's kernel writes the caller's ``outputs[i]`` (dense
+``[B, C, ...]``) itself (``direct_outputs``); any other output is copied there from its arena
+slot at the end. The tables' pointers are typed ``float*``; an f64
 value's or parameter's is cast to ``double*``. With profiling, the wall time of every call
 is added up in the global ``PROFILE``.
 """
@@ -46,6 +47,7 @@ RUN_TYPE = ir.FunctionType(
     VOID, [F32P.as_pointer(), F32P.as_pointer(), PTR, F32P.as_pointer(), I64]
 )
 PROFILE = "kernel_ns"  # with profiling: i64 nanoseconds spent in each worker, summed over runs
+DIRECT_OUTPUTS = True  # see ``direct_outputs``
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,8 @@ def build_entry(
     frame_pointer(run)
     b = ir.IRBuilder(run.append_basic_block("entry"))
     fields = dict(zip(RUN_FIELDS, run.args, strict=True))
-    arena = ArenaAddresses(graph, b, fields, param_index, scratch)
+    direct = direct_outputs(graph)
+    arena = ArenaAddresses(graph, b, fields, param_index, scratch, direct)
     functions = {
         name: ir.Function(module, WORKER_TYPE, name)
         for name in dict.fromkeys(worker.name for worker in workers)
@@ -90,8 +93,29 @@ def build_entry(
             call_parallel(b, function, table, ir.Constant(I32, threads))
         if clock and started is not None:
             clock.add(index, started)
-    _copy_outputs(b, graph, arena, fields["outputs"], fields["batch"])
+    _copy_outputs(b, graph, arena, fields["outputs"], fields["batch"], direct)
     b.ret_void()
+
+
+def direct_outputs(graph: Graph) -> dict[int, int]:
+    """Graph outputs that their kernel writes straight into the caller's array (value ->
+    output slot) instead of into an arena slot copied out at the end (a pass over the output
+    on one thread, after the last kernel): every output listed once, not a graph input, and
+    with no other value's bytes inside its slot (a concat's slices written in place).
+    An output written in place over a dead input qualifies: that input stays in the arena."""
+    plan = graph.memory
+    if not DIRECT_OUTPUTS or plan is None:
+        return {}
+    containers = {buffer.shares for buffer in plan.buffers.values()}
+    listed = [value for _, value in graph.outputs]
+    return {
+        value: slot
+        for slot, value in enumerate(listed)
+        if listed.count(value) == 1
+        and value not in graph.inputs
+        and value in plan.buffers
+        and value not in containers
+    }
 
 
 def frame_pointer(function: ir.Function) -> None:
@@ -122,9 +146,16 @@ def _table(b: ir.IRBuilder, arena: ArenaAddresses, worker: Worker) -> ir.Value:
 
 
 def _copy_outputs(
-    b: ir.IRBuilder, graph: Graph, arena: ArenaAddresses, outputs: ir.Value, batch: ir.Value
+    b: ir.IRBuilder,
+    graph: Graph,
+    arena: ArenaAddresses,
+    outputs: ir.Value,
+    batch: ir.Value,
+    direct: dict[int, int],
 ) -> None:
     for slot, (_, value) in enumerate(graph.outputs):
+        if value in direct:
+            continue
         elements = entry_elements(graph.type_of(value))
         entry_bytes = elements * itemsize(graph, value)
         # the outputs table is float**: an f64 output's pointer is cast

@@ -6,8 +6,8 @@ weights (declared and derived, ``convdsl.ir.derived.materialize``) are made cont
 their parameter's dtype once, plus the repacked conv weights the kernels asked for
 (``kernel.pack_weight``). Each run allocates only the outputs and, when the batch grows, the
 arena (64-byte aligned); it makes ONE native call, through ctypes, which releases the GIL. The
-generated code copies each output from its arena slot into the caller's array at the end of that
-call.
+kernel that computes a graph output writes it into the (64-byte aligned) output array itself,
+unless the memory plan shares its slot (then the generated code copies it out at the end).
 Inputs are passed as they are (C-contiguous, of their value's dtype, element-aligned): the
 kernels assume no more alignment than one element's.
 
@@ -24,6 +24,7 @@ True
 from __future__ import annotations
 
 import ctypes
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -50,6 +51,14 @@ def aligned_empty(nbytes: int, alignment: int = ALIGNMENT) -> Array:
     raw = np.empty(nbytes + alignment, np.uint8)
     start = -raw.ctypes.data % alignment
     return raw[start : start + nbytes]
+
+
+def aligned_array(shape: tuple[int, ...], dtype: np.dtype) -> Array:
+    """An uninitialized array whose data is ``ALIGNMENT``-aligned: kernels write graph outputs
+    straight into it (``entry.direct_outputs``), with vector stores that then split no cache
+    line."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    return aligned_empty(nbytes).view(dtype).reshape(shape)
 
 
 class LlvmExecutable:
@@ -126,7 +135,7 @@ class LlvmExecutable:
                     bindings[dim] = size
         batch = max((a.shape[0] for a in arrays), default=1)
         types = [self.graph.type_of(v) for _, v in self.graph.outputs]
-        outputs = [np.empty(bind_shape(t.shape, bindings), t.dtype.numpy) for t in types]
+        outputs = [aligned_array(bind_shape(t.shape, bindings), t.dtype.numpy) for t in types]
         needed = self._arena_per_entry * batch
         if self._arena.nbytes < needed:
             self._arena = aligned_empty(needed)

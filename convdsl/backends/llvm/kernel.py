@@ -120,9 +120,10 @@ class ArenaAddresses:
         fields: dict[str, ir.Value],
         param_index: dict[str, int],
         scratch: dict[int, tuple[int, int]],
+        direct: dict[int, int],
     ) -> None:
         self.graph, self.builder, self.fields = graph, builder, fields
-        self.param_index, self.scratch = param_index, scratch
+        self.param_index, self.scratch, self.direct = param_index, scratch, direct
 
     @property
     def batch(self) -> ir.Value:
@@ -134,9 +135,13 @@ class ArenaAddresses:
         b = self.builder
         pointer = value_element(self.graph, value).as_pointer()
         size = itemsize(self.graph, value)
-        if value in self.graph.inputs:
-            slot = self.graph.inputs.index(value)
-            table = b.bitcast(self.fields["inputs"], pointer.as_pointer())
+        if value in self.graph.inputs or value in self.direct:
+            field, slot = (
+                ("inputs", self.graph.inputs.index(value))
+                if value in self.graph.inputs
+                else ("outputs", self.direct[value])
+            )
+            table = b.bitcast(self.fields[field], pointer.as_pointer())
             return b.load(b.gep(table, [i64(slot)])), i64(entry_elements(self.graph.type_of(value)))
         if value in self.scratch:
             offset, entry_bytes = self.scratch[value]
