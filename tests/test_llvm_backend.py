@@ -21,8 +21,14 @@ from hypothesis import strategies as st
 from llvmlite import ir
 
 import convdsl
+from convdsl.api import backend_graph
 from convdsl.backends.llvm import codegen, executable, lower, object_cache
-from convdsl.backends.llvm.conv_schedule import flat_pointwise, row_segments
+from convdsl.backends.llvm.conv_schedule import (
+    CONV_OPS,
+    conv_schedule,
+    flat_pointwise,
+    row_segments,
+)
 from convdsl.backends.llvm.entry import Worker
 from convdsl.backends.llvm.executable import LlvmExecutable, aligned_empty
 from convdsl.backends.llvm.jit import Jit
@@ -668,6 +674,34 @@ def test_pointwise_convs_flatten_only_narrow_rows() -> None:
 @given(conv_configs())
 def test_random_convs_match_interpreter(src: str) -> None:
     assert_matches(src, batches=(2,))
+
+
+REST_BLOCKS = {
+    # rows of 4 vectors and 32 channels: 6 x 2 tiles and a last block of 2
+    "conv2d 32 ch": "input x: f32[N, 48, 11, 29]\n"
+    "output y = conv2d(x, 32, kernel=3, padding=same, activation=tanh)",
+    # 17 channels, rows of 2 vectors (and 1 on the tail), 5 x 5 taps, chunked input channels
+    "conv2d 17 ch": "input x: f32[N, 40, 9, 13]\n"
+    "output y = relu(conv2d(x, 17, kernel=5, padding=2) + conv2d(x, 17, kernel=1))",
+    # rows of one vector: 12 x 1 tiles and a last block of 8, batch norm and a skip fused
+    "conv2d 20 ch": "input x: f32[N, 20, 10, 7]\n"
+    "output y = relu(batch_norm(conv2d(x, 20, kernel=3, padding=same, bias=false)) + x)",
+    "conv1d": "input x: f32[N, 7, 9, 32]\noutput y = conv2d(x, 10, kernel=[1, 3], dilation=2)",
+    "conv3d": "input x: f32[N, 5, 6, 7, 30]\n"
+    "output y = conv3d(x, 14, kernel=3, padding=same, activation=sigmoid)",
+    "strided": "input x: f32[N, 6, 20, 61]\noutput y = conv2d(x, 9, kernel=3, stride=2)",
+}
+
+
+@pytest.mark.parametrize("src", REST_BLOCKS.values(), ids=REST_BLOCKS)
+def test_tiles_with_a_narrower_last_block_match_interpreter(src: str) -> None:
+    """Blocks that do not divide the channel count (``ConvSchedule.rest``): the last block's
+    weights, partial sums, epilogue and stores."""
+    graph = backend_graph(convdsl.compile_string(src, backend="numpy").graph, "llvm")
+    anchor = next(p for n in graph.nodes for p in (n.parts or (n,))[:1] if p.op in CONV_OPS)
+    sizes = graph.type_of(anchor.output).spatial
+    assert conv_schedule(graph, anchor, sizes, lanes=8, threads=2).rest > 0
+    assert_matches(src)
 
 
 # ---- transposed convolution split by output phase -------------------------------------------

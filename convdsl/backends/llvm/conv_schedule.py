@@ -24,6 +24,8 @@ MAX_VECTORS = 3  # per tile along the row
 CHUNK_ROWS = 96  # input rows (channels x outer taps) per chunk: ~ 96 x 3 lines, well inside L1
 ITEMS_PER_THREAD = 4  # work items per thread at least, for balance
 SHARE_DILATIONS = True  # see ``dilation_stacks``
+REST_BLOCKS = True  # see ``conv_schedule``: a block that need not divide the channels
+BLOCKS = (12, 8, 6, 4, 3, 2, 1)
 CONV_OPS = frozenset(f"{kind}{rank}d" for kind in ("conv", "depthwise") for rank in (1, 2, 3))
 
 
@@ -33,6 +35,7 @@ class ConvSchedule:
     vectors: int  # native vectors per tile along the last axis
     chunk: int  # input channels per chunk
     group: int  # channel blocks per work item
+    rest: int = 0  # channels of one narrower last block when ``block`` does not divide them
 
 
 def conv_schedule(
@@ -52,14 +55,22 @@ def conv_schedule(
         spans = per_group % b == 0 or (b % per_group == 0 and out_channels % b == 0)
         return spans and b * vectors <= ACCUMULATORS
 
-    block = next(b for b in (12, 8, 6, 4, 3, 2, 1) if fits(b))
+    block = next(b for b in BLOCKS if fits(b))
+    rows = math.prod(sizes[:-1])
+    rest = 0
+    if REST_BLOCKS and a["groups"] == 1 and rows >= ITEMS_PER_THREAD * threads:
+        # Rows of 2 or 4 vectors with a power-of-two channel count: no dividing block makes
+        # 12 accumulators (4 x 2 = 8 left the FMAs waiting); 6 x 2 with a last block of
+        # out_channels % 6 does. Every item (a row) then takes all blocks, the rest last.
+        wide = next(b for b in BLOCKS if b * vectors <= ACCUMULATORS and b <= out_channels)
+        if wide * vectors > block * vectors:
+            block, rest = wide, out_channels % wide
     if block * vectors < ACCUMULATORS // 2:  # few channels (depthwise): widen the tile instead
         vectors = max(vectors, min(ACCUMULATORS // block, 4, -(-width // lanes)))
     limit = max(8, CHUNK_ROWS // math.prod(a["kernel"][:-1]))
     chunks = -(-group_in // limit)
     chunk = -(-group_in // chunks)
     blocks = a["out_channels"] // block
-    rows = math.prod(sizes[:-1])
     group = next(
         (
             d
@@ -68,7 +79,9 @@ def conv_schedule(
         ),
         1,
     )
-    return ConvSchedule(block, vectors, chunk, group)
+    if rest:
+        group = blocks
+    return ConvSchedule(block, vectors, chunk, group, rest)
 
 
 def dilation_stacks(graph: Graph) -> frozenset[int]:

@@ -14,8 +14,9 @@ phase rows (``PhaseRows``, made by ``emit_relayout``), where a vector's lanes ar
 again. Tiles on the border of the last axis (``masked``) load with lane masks computed once per
 tile, so padding reads nothing (phase rows hold the padding as zeros and need no masks).
 
-Weights are repacked at bind time as ``[O/block, Cg, taps, block]`` (``kernel.pack_weight``):
-the ``block`` weights that meet one input vector are adjacent.
+Weights are repacked at bind time as ``[O/block, Cg, taps, block]`` (``kernel.pack_weight``;
+a last block of fewer channels is ``[Cg, taps, rest]``): the ``block`` weights that meet one
+input vector are adjacent.
 """
 
 from __future__ import annotations
@@ -73,13 +74,16 @@ def emit_conv_tile(
     masked: tuple[bool, ...],
     channels: tuple[ir.Value, ir.Value],
     resume: tuple[ir.Value, int] | None = None,
+    pack: int | None = None,
 ) -> list[list[ir.Value]]:
     """``sums[v][j]``: output channel ``point.c + j`` at the ``point.lanes`` positions from
     ``point.w + v * point.lanes``, summed over the group's input channels ``[lo, hi)`` of
     ``channels`` (no bias or activation: ``finish_tile``), for ``len(masked)`` vectors; those
     with ``masked[v]`` load with lane masks (they touch the border). ``resume = (flag, value)``:
     where ``flag`` is set, start from the partial sums stored in ``value`` at the point instead
-    of zero. An input stored as phase rows (strided convolutions) is read as such."""
+    of zero. An input stored as phase rows (strided convolutions) is read as such. ``pack``:
+    the block the weights are packed by (``kernel.pack_weight``), if not ``point.block`` (the
+    narrower last block of a schedule whose block does not divide the channels)."""
     vectors = len(masked)
     b = k.builder
     a = node.attrs
@@ -117,8 +121,8 @@ def emit_conv_tile(
         reach = [tap_offset(layout, tap * dilation - before) for tap in range(kernel[-1])]
     x_entry = k.entry(node.inputs[0], point.n)
 
-    weight = k.packed_param(node.param("weight"), block)
-    weight = gep(b, weight, b.mul(b.udiv(point.c, i64(block)), i64(group_in * taps * block)))
+    weight = k.packed_param(node.param("weight"), pack or block)
+    weight = gep(b, weight, b.mul(point.c, i64(group_in * taps)))  # the blocks before c
     # A tile's channels are in one group, or (depthwise and small groups) span whole groups:
     # channel j then reads input group ``first_group + j // per_group``.
     spans = max(1, block // per_group)

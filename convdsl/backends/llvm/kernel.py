@@ -271,9 +271,10 @@ class KernelBuilder:
         return self.addresses.param(name)
 
     def packed_param(self, name: str, block: int) -> ir.Value:
-        """``float*`` to conv weight ``name`` ``[O, Cg, *K]`` repacked as ``[O/block, Cg, taps,
-        block]``, so the ``block`` weights one input vector meets are adjacent (see
-        ``pack_weight``); the executable makes the array when it binds weights."""
+        """``float*`` to conv weight ``name`` ``[O, Cg, *K]`` repacked as ``[O // block, Cg,
+        taps, block]`` (then any rest of the channels), so the ``block`` weights one input
+        vector meets are adjacent (see ``pack_weight``); the executable makes the array when
+        it binds weights."""
         key = f"{name}@pack{block}"
         if key not in self.param_index:
             self.param_index[key] = len(self.param_index)
@@ -343,7 +344,12 @@ def itemsize(graph: Graph, value: int) -> int:
 
 
 def pack_weight(weight: np.ndarray, block: int, dtype: np.dtype) -> np.ndarray:
-    """``[O, Cg, *K]`` -> ``[O/block, Cg, taps, block]`` (contiguous, of ``dtype``)."""
+    """``[O, Cg, *K]`` -> ``[O // block, Cg, taps, block]``, then the ``rest = O % block``
+    channels left as ``[Cg, taps, rest]`` (flat, contiguous, of ``dtype``)."""
     out_channels, group_in = weight.shape[:2]
-    blocks = weight.reshape(out_channels // block, block, group_in, -1)
-    return np.ascontiguousarray(blocks.transpose(0, 2, 3, 1), dtype=dtype)
+    taps = math.prod(weight.shape[2:])
+    full = out_channels // block * block
+    blocks = weight[:full].reshape(out_channels // block, block, group_in, taps)
+    rest = weight[full:].reshape(out_channels - full, group_in, taps)
+    parts = (blocks.transpose(0, 2, 3, 1).ravel(), rest.transpose(1, 2, 0).ravel())
+    return np.concatenate(parts).astype(dtype, copy=False)

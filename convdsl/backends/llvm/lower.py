@@ -335,16 +335,20 @@ class ModuleBuilder:
                 def tiles(
                     w: ir.Value, masked: tuple[bool, ...], lanes: int, valid: int | None
                 ) -> None:
-                    with for_range(b, 0, plan.group, name="block") as block:
-                        channel = b.mul(
-                            b.add(b.mul(group, i64(plan.group)), block), i64(plan.block)
-                        )
-                        point = Point(n, channel, plan.block, tuple(outer), w, lanes, valid=valid)
-                        masked = (False,) * len(masked) if phase_rows else masked
+                    masked = (False,) * len(masked) if phase_rows else masked
+
+                    def tile(channel: ir.Value, block: int) -> None:
+                        point = Point(n, channel, block, tuple(outer), w, lanes, valid=valid)
                         sums = TILE_EMITTERS[anchor.op](
-                            k, anchor, point, masked, (ci_lo, ci_hi), resume
+                            k, anchor, point, masked, (ci_lo, ci_hi), resume, plan.block
                         )
                         self._finish_tile(k, node, anchor, point, sums, finished, chunks > 1)
+
+                    with for_range(b, 0, plan.group, name="block") as block:
+                        first = b.mul(group, i64(plan.group))
+                        tile(b.mul(b.add(first, block), i64(plan.block)), plan.block)
+                    if plan.rest:  # the last, narrower block (each item has every block)
+                        tile(i64(out_type.channels - plan.rest), plan.rest)
 
                 if not runtime:
                     with for_range(b, segment.start, stop, step, name="w") as w:
