@@ -36,6 +36,22 @@ class ConvSchedule:
     chunk: int  # input channels per chunk
     group: int  # channel blocks per work item
     rest: int = 0  # channels of one narrower last block when ``block`` does not divide them
+    whole_rows: bool = False  # an item is a row with every channel: see ``tile_blocks``
+
+    def tile_blocks(self, out_channels: int, vectors: int) -> tuple[int, int]:
+        """``(block, rest)`` for a tile of ``vectors`` vectors: the schedule's, or, where items
+        are whole rows, the widest block for that many vectors (a row of 7 vectors is tiled
+        3 + 2 + 2: 4 x 3 and 6 x 2 tiles, each 12 accumulators)."""
+        if not self.whole_rows or vectors == self.vectors:
+            return self.block, self.rest
+        return _widest(out_channels, vectors, self.block, self.rest)
+
+
+def _widest(out_channels: int, vectors: int, block: int, rest: int) -> tuple[int, int]:
+    """The block with the most accumulators for ``vectors`` vectors (with the channels it
+    leaves over), if it has more than ``block``'s; else ``(block, rest)``."""
+    wide = next(b for b in BLOCKS if b * vectors <= ACCUMULATORS and b <= out_channels)
+    return (wide, out_channels % wide) if wide > block else (block, rest)
 
 
 def conv_schedule(
@@ -57,14 +73,11 @@ def conv_schedule(
 
     block = next(b for b in BLOCKS if fits(b))
     rows = math.prod(sizes[:-1])
-    rest = 0
-    if REST_BLOCKS and a["groups"] == 1 and rows >= ITEMS_PER_THREAD * threads:
-        # Rows of 2 or 4 vectors with a power-of-two channel count: no dividing block makes
-        # 12 accumulators (4 x 2 = 8 left the FMAs waiting); 6 x 2 with a last block of
-        # out_channels % 6 does. Every item (a row) then takes all blocks, the rest last.
-        wide = next(b for b in BLOCKS if b * vectors <= ACCUMULATORS and b <= out_channels)
-        if wide * vectors > block * vectors:
-            block, rest = wide, out_channels % wide
+    # Items that are whole rows (every channel block) may end on a narrower block: rows of 2
+    # or 4 vectors with a power-of-two channel count then get 6 x 2 tiles (12 accumulators)
+    # and a last block of out_channels % 6, where 4 x 2 left the FMA units waiting.
+    whole_rows = REST_BLOCKS and a["groups"] == 1 and rows >= ITEMS_PER_THREAD * threads
+    block, rest = _widest(out_channels, vectors, block, 0) if whole_rows else (block, 0)
     if block * vectors < ACCUMULATORS // 2:  # few channels (depthwise): widen the tile instead
         vectors = max(vectors, min(ACCUMULATORS // block, 4, -(-width // lanes)))
     limit = max(8, CHUNK_ROWS // math.prod(a["kernel"][:-1]))
@@ -79,9 +92,8 @@ def conv_schedule(
         ),
         1,
     )
-    if rest:
-        group = blocks
-    return ConvSchedule(block, vectors, chunk, group, rest)
+    assert not whole_rows or group == blocks
+    return ConvSchedule(block, vectors, chunk, group, rest, whole_rows)
 
 
 def dilation_stacks(graph: Graph) -> frozenset[int]:

@@ -169,6 +169,14 @@ def emit_conv_tile(
                 b.add(tap_flat, b.mul(tap, i64(math.prod(kernel[axis + 1 :])))),
             )
 
+    # Taps whose vectors coincide (dilation 4 on 8 lanes: taps 0 and 2 both load the
+    # vectors at 8 and 16) run one after the other: LLVM loads such a vector once, and with
+    # a tap between the two uses it kept it on the stack (L5 spilled 10 vectors per channel).
+    tap_order = sorted(
+        range(kernel[-1]),
+        key=lambda t: (reach[t] % lanes if isinstance(reach[t], int) else 0, t),
+    )
+
     def channel_loop(row: ir.Value, tap_flat: ir.Value) -> None:
         row_bases = [gep(b, x_group, b.add(row, first)) for x_group in x_groups]
         weight_base = gep(b, weight, b.mul(tap_flat, i64(block)))
@@ -176,7 +184,7 @@ def emit_conv_tile(
             x_rows = [gep(b, base, b.mul(ci, i64(channel_stride))) for base in row_bases]
             w_row = gep(b, weight_base, b.mul(ci, i64(taps * block)))
             values = [[b.load(acc) for acc in row_accs] for row_accs in accumulators]
-            for tap in range(kernel[-1]):
+            for tap in tap_order:
                 xs = [
                     [
                         load_row(

@@ -300,7 +300,8 @@ class ModuleBuilder:
         sizes = k.spatial(node.output)
         width = sizes[-1]
         plan = conv_schedule(self.graph, anchor, sizes, k.lanes, self.threads)
-        groups = out_type.channels // plan.block // plan.group
+        out_channels = out_type.channels
+        groups = out_channels // plan.block // plan.group
         per_batch = groups * math.prod(sizes[:-1])
         group_in = self.graph.type_of(anchor.inputs[0]).channels // anchor.attrs["groups"]
         chunks = -(-group_in // plan.chunk)
@@ -337,18 +338,21 @@ class ModuleBuilder:
                 ) -> None:
                     masked = (False,) * len(masked) if phase_rows else masked
 
+                    pack, rest = plan.tile_blocks(out_type.channels, len(masked))
+
                     def tile(channel: ir.Value, block: int) -> None:
                         point = Point(n, channel, block, tuple(outer), w, lanes, valid=valid)
                         sums = TILE_EMITTERS[anchor.op](
-                            k, anchor, point, masked, (ci_lo, ci_hi), resume, plan.block
+                            k, anchor, point, masked, (ci_lo, ci_hi), resume, pack
                         )
                         self._finish_tile(k, node, anchor, point, sums, finished, chunks > 1)
 
-                    with for_range(b, 0, plan.group, name="block") as block:
-                        first = b.mul(group, i64(plan.group))
-                        tile(b.mul(b.add(first, block), i64(plan.block)), plan.block)
-                    if plan.rest:  # the last, narrower block (each item has every block)
-                        tile(i64(out_type.channels - plan.rest), plan.rest)
+                    count = plan.group if pack == plan.block else out_channels // pack
+                    with for_range(b, 0, count, name="block") as block:
+                        first = b.mul(group, i64(plan.group))  # 0 if items are whole rows
+                        tile(b.mul(b.add(first, block), i64(pack)), pack)
+                    if rest:  # the last, narrower block (items are whole rows)
+                        tile(i64(out_channels - rest), rest)
 
                 if not runtime:
                     with for_range(b, segment.start, stop, step, name="w") as w:
