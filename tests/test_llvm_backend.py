@@ -245,6 +245,28 @@ output f = global_max_pool(x)
 output g = max_pool2d(global_avg_pool(x), 1) + global_max_pool(x)
 """
 
+WIDE_POOLS = """
+input x: f32[N, 3, 6, 61]
+output a = max_pool2d(x, 2)
+output b = max_pool2d(x, 3, stride=1, padding=1)
+output c = avg_pool2d(x, 3, stride=2, padding=1)
+output d = max_pool2d(x, 3, stride=2, dilation=2)
+output e = global_max_pool(x)
+"""
+
+
+def test_pools_over_wide_rows_propagate_nan_like_the_interpreter() -> None:
+    """Rows wide enough for plain loads inside and masked ones at the ends; a NaN in a window
+    makes its max NaN, as in NumPy and PyTorch (``llvm.maxnum`` would drop it)."""
+    net, native = compile_both(WIDE_POOLS)
+    x = net.random_inputs(seed=4, batch=2)["x"]
+    x[0, 1, 2, 30] = x[1, 2, 5, 60] = x[1, 0, 0, 0] = np.nan
+    expected, got = net(x=x), run_native(net, native, {"x": x})
+    for name, want in expected.items():
+        assert np.isnan(want).any(), name
+        np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 POOLS_1D_3D = """
 input x: f32[N, 5, 19]
 input v: f32[N, 3, 5, 6, 7]

@@ -33,7 +33,8 @@ LOWERING_WEIGHT = 0.25
 # LLVM's own loop vectorizer, SLP vectorizer and unroller: off, since the kernels are built
 # vectorized and unrolled. Off, every suite layer and example ran as fast (A/B with
 # benchmarks/llvm_ab.py, outputs bit-identical) and LLVM took a third less time (FCN-8s: 2.96
-# -> 2.03 s of CPU).
+# -> 2.03 s of CPU). A loop of a few constant iterations is the emitter's to unroll (a pooling
+# window's rows ran 2x slower as a loop).
 LOOP_VECTORIZATION = False
 SLP_VECTORIZATION = False
 LOOP_UNROLLING = False

@@ -9,12 +9,14 @@ last-axis taps as masked row loads), with one channel per point. Max fills padde
 
 from __future__ import annotations
 
+import itertools
+import math
+
 from llvmlite import ir
 
 from convdsl.backends.llvm.emit_conv import lane_mask, load_row, maybe, outer_taps
 from convdsl.backends.llvm.kernel import KernelBuilder, Point, spatial_of, strides_of
 from convdsl.backends.llvm.loops import (
-    binary_intrinsic,
     concat,
     entry_alloca,
     fconst,
@@ -35,6 +37,7 @@ from convdsl.backends.llvm.loops import (
 from convdsl.ir.graph import Node
 
 NEG_INF = float("-inf")
+UNROLLED_TAPS = 27  # windows up to this many taps are emitted tap by tap (3x3x3)
 
 
 def _window(k: KernelBuilder, node: Node, point: Point, fill: float, combine: str) -> ir.Value:
@@ -51,21 +54,29 @@ def _window(k: KernelBuilder, node: Node, point: Point, fill: float, combine: st
     kernel = a["kernel"]
     last = len(kernel) - 1
     step, dilation, before = a["stride"][last], a["dilation"][last], a["pads"][last][0]
-    with loop_nest(b, kernel[:-1], name="ptap") as outer_list:
-        outer = tuple(outer_list)
+
+    def row(outer: tuple[ir.Value, ...]) -> None:
         condition, row_offset = outer_taps(k, point, outer, a, sizes, strides[1:])
         with maybe(b, condition):
-            row = gep(b, base, row_offset)
             window = (kernel[-1], step, dilation, before, sizes[-1])
-            for xv in _row_taps(k, row, point, window, fill):
+            for xv in _row_taps(k, gep(b, base, row_offset), point, window, fill):
                 current = b.load(acc)
-                combined = (
-                    binary_intrinsic(b, "maxnum", current, xv)
-                    if combine == "max"
-                    else b.fadd(current, xv)
-                )
-                b.store(combined, acc)
+                b.store(_max(b, current, xv) if combine == "max" else b.fadd(current, xv), acc)
+
+    if math.prod(kernel) <= UNROLLED_TAPS:  # LLVM's unroller is off (codegen.py)
+        for taps in itertools.product(*(range(size) for size in kernel[:-1])):
+            row(tuple(i64(tap) for tap in taps))
+    else:
+        with loop_nest(b, kernel[:-1], name="ptap") as outer:
+            row(tuple(outer))
     return b.load(acc)
+
+
+def _max(b: ir.IRBuilder, current: ir.Value, x: ir.Value) -> ir.Value:
+    """``max(current, x)`` propagating NaN as NumPy and PyTorch do (``llvm.maxnum`` drops it):
+    ``vmaxps`` keeps ``current`` when either is NaN, then a NaN ``x`` is taken."""
+    larger = b.select(b.fcmp_ordered(">", x, current), x, current)
+    return b.select(b.fcmp_unordered("uno", x, x), x, larger)
 
 
 def _row_taps(
@@ -78,15 +89,54 @@ def _row_taps(
     """The point's inputs for every last-axis tap of the window (``kernel, step, dilation,
     before, size``): lane ``l`` of tap ``t`` is ``row[(w + l) * step + t * dilation -
     before]``, ``fill`` outside the row. With a stride, the span all taps cover is loaded as
-    whole vectors and each tap picked from it with a shuffle, not gathered lane by lane."""
+    whole vectors and each tap picked from it with a shuffle, not gathered lane by lane.
+    Where the whole span is inside the row (all but the row's ends), the loads are plain."""
     b = k.builder
     kernel, step, dilation, before, size = window
     lanes = point.lanes
     first = b.sub(b.mul(point.w, i64(step)), i64(before))
+    if lanes == 1:
+        return _taps(k, row, first, window, lanes, fill, masked=True)
+    span = -(-((lanes - 1) * step + (kernel - 1) * dilation + 1) // lanes) * lanes
+    inside = b.and_(
+        b.icmp_signed(">=", first, i64(0)), b.icmp_signed("<=", b.add(first, i64(span)), i64(size))
+    )
+    with b.if_else(inside) as (interior, border):
+        with interior:
+            plain = _taps(k, row, first, window, lanes, fill, masked=False)
+            plain_block = b.block
+        with border:
+            masked = _taps(k, row, first, window, lanes, fill, masked=True)
+            masked_block = b.block
+    taps = []
+    for fast, slow in zip(plain, masked, strict=True):
+        tap = b.phi(fast.type)
+        tap.add_incoming(fast, plain_block)
+        tap.add_incoming(slow, masked_block)
+        taps.append(tap)
+    return taps
+
+
+def _taps(
+    k: KernelBuilder,
+    row: ir.Value,
+    first: ir.Value,
+    window: tuple[int, int, int, int, int],
+    lanes: int,
+    fill: float,
+    masked: bool,
+) -> list[ir.Value]:
+    """``_row_taps`` from ``first``, the element of lane 0 of tap 0, with lane masks or
+    (``masked=False``: the span is inside the row) without."""
+    b = k.builder
+    kernel, step, dilation, _, size = window
     if step == 1 or lanes == 1:
         taps = []
         for tap in range(kernel):
             start = b.add(first, i64(tap * dilation))
+            if not masked:
+                taps.append(load_vec(b, gep(b, row, start), lanes))
+                continue
             index, mask = lane_mask(k, start, step, size, lanes)
             taps.append(load_row(k, row, start, index, mask, step, lanes, fill))
         return taps
@@ -94,8 +144,11 @@ def _row_taps(
     parts = []
     for offset in range(0, span, lanes):
         start = b.add(first, i64(offset))
-        mask = wide_mask(b, start, lanes, size)
-        parts.append(masked_load(b, gep(b, row, start), mask, lanes, fill))
+        at = gep(b, row, start)
+        if masked:
+            parts.append(masked_load(b, at, wide_mask(b, start, lanes, size), lanes, fill))
+        else:
+            parts.append(load_vec(b, at, lanes))
     wide = concat(b, parts, fill)
     return [
         pick(b, wide, [tap * dilation + lane * step for lane in range(lanes)])
@@ -154,7 +207,7 @@ def _global(k: KernelBuilder, node: Node, point: Point, kind: str) -> list[ir.Va
     main = plane - plane % lanes
 
     def combine(x: ir.Value, y: ir.Value) -> ir.Value:
-        return binary_intrinsic(b, "maxnum", x, y) if kind == "max" else b.fadd(x, y)
+        return _max(b, x, y) if kind == "max" else b.fadd(x, y)
 
     with for_range(b, 0, main, lanes, name="g") as i:
         b.store(combine(b.load(acc), load_vec(b, gep(b, base, i), lanes)), acc)
