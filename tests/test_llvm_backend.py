@@ -345,6 +345,18 @@ def test_elementwise_matches_interpreter(scale: float) -> None:
     assert_matches(ELEMENTWISE, scale=scale)
 
 
+def test_nan_stays_nan_through_every_activation_as_in_the_interpreter() -> None:
+    """relu(NaN) is NaN in NumPy and PyTorch; an ordered compare-and-select made it 0."""
+    net, native = compile_both(ELEMENTWISE)
+    inputs = net.random_inputs(seed=5, batch=2)
+    inputs["x"][0, 1, 2, 3] = inputs["x"][1, 4, 6, 8] = inputs["y"][1, 0, 0, 0] = np.nan
+    expected, got = net(**inputs), run_native(net, native, inputs)
+    for name, want in expected.items():
+        assert np.isnan(want).any(), name
+        np.testing.assert_array_equal(np.isnan(got[name]), np.isnan(want), err_msg=name)
+        np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
 TRANSPOSED = {
     "conv_transpose2d": (
         "input x: f32[N, 4, 5, 7]\n"

@@ -65,11 +65,13 @@ def libm(builder: ir.IRBuilder, name: str, x: ir.Value) -> ir.Value:
 
 
 def _max(b: ir.IRBuilder, x: ir.Value, value: float) -> ir.Value:
-    return b.select(b.fcmp_ordered(">", x, _const(x, value)), x, _const(x, value))
+    """``max(x, value)``, NaN staying NaN as in NumPy and PyTorch: ``value > x ? value : x``
+    is one ``vmaxps`` that returns its second operand, ``x``, when either is NaN."""
+    return b.select(b.fcmp_ordered(">", _const(x, value), x), _const(x, value), x)
 
 
 def _min(b: ir.IRBuilder, x: ir.Value, value: float) -> ir.Value:
-    return b.select(b.fcmp_ordered("<", x, _const(x, value)), x, _const(x, value))
+    return b.select(b.fcmp_ordered("<", _const(x, value), x), _const(x, value), x)
 
 
 def _poly(b: ir.IRBuilder, x: ir.Value, coefficients: tuple[float, ...]) -> ir.Value:
