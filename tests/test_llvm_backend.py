@@ -25,6 +25,7 @@ from convdsl.api import backend_graph
 from convdsl.backends.llvm import codegen, executable, lower, object_cache
 from convdsl.backends.llvm.conv_schedule import (
     CONV_OPS,
+    blocks_first,
     conv_schedule,
     flat_pointwise,
     row_segments,
@@ -740,6 +741,22 @@ def test_tiles_with_a_narrower_last_block_match_interpreter(src: str) -> None:
     plan = conv_schedule(graph, anchor, sizes, lanes=8, threads=2)
     assert plan.rest > 0 or plan.tile_blocks(anchor.attrs["out_channels"], 2)[1] > 0
     assert_matches(src)
+
+
+def test_wide_rows_walked_block_by_block_match_interpreter() -> None:
+    """Rows whose chunk of input overflows L1 are walked block by block over the tiles
+    (``blocks_first``): here with two chunks of input channels, tiles of 4 and of 6 channels
+    with a narrower last block, bias and relu."""
+    src = (
+        "input x: f32[N, 40, 9, 200]\n"
+        "output y = conv2d(x, 32, kernel=3, padding=same, activation=relu)"
+    )
+    graph = backend_graph(convdsl.compile_string(src, backend="numpy").graph, "llvm")
+    (node,) = graph.nodes
+    plan = conv_schedule(graph, node, (9, 200), lanes=8, threads=2)
+    assert blocks_first(graph, node, plan, flat=False) and plan.whole_rows
+    assert -(-40 // plan.chunk) == 2
+    assert_matches(src, batches=(2,))
 
 
 # ---- transposed convolution split by output phase -------------------------------------------

@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from llvmlite import ir
 
+from convdsl.backends.llvm.conv_schedule import ConvSchedule
 from convdsl.backends.llvm.emit_elementwise import ACTIVATIONS
 from convdsl.backends.llvm.emit_relayout import tap_offset
 from convdsl.backends.llvm.kernel import KernelBuilder, Point
@@ -301,3 +304,58 @@ TILE_EMITTERS = {
     **{f"conv{r}d": emit_conv_tile for r in (1, 2, 3)},
     **{f"depthwise{r}d": emit_conv_tile for r in (1, 2, 3)},
 }
+
+
+@dataclass
+class RowTiles:
+    """The register tiles of one work item and chunk of input channels (``lower``): ``point``
+    holds the batch entry and outer indices, ``group`` the item's group of channel blocks;
+    ``finish`` applies the epilogue to a tile's sums and stores them."""
+
+    k: KernelBuilder
+    anchor: Node
+    plan: ConvSchedule
+    point: Point
+    group: ir.Value
+    channels: tuple[ir.Value, ir.Value]  # this chunk's input channels [lo, hi)
+    resume: tuple[ir.Value, int] | None
+    finish: Callable[[Point, list[list[ir.Value]]], None]
+
+    def blocks(self, vectors: int) -> Iterator[tuple[ir.Value, int, int]]:
+        """``(first channel, block, pack)`` of the item's blocks for tiles of ``vectors``
+        vectors, inside a loop over its full blocks, then of a narrower last block if any;
+        ``pack`` is the block the weights are packed by."""
+        b = self.k.builder
+        out_channels = self.anchor.attrs["out_channels"]
+        pack, rest = self.plan.tile_blocks(out_channels, vectors)
+        count = self.plan.group if pack == self.plan.block else out_channels // pack
+        with for_range(b, 0, count, name="block") as index:
+            first = b.mul(self.group, i64(self.plan.group))  # 0 where items are whole rows
+            yield b.mul(b.add(first, index), i64(pack)), pack, pack
+        if rest:
+            yield i64(out_channels - rest), rest, pack
+
+    def tiles(self, w: ir.Value, masked: tuple[bool, ...], shape: tuple[int, int | None]) -> None:
+        """Every block's tile at ``w``; ``shape`` is ``(lanes, valid)``."""
+        for channels in self.blocks(len(masked)):
+            self.tile(w, masked, shape, channels)
+
+    def tile(
+        self,
+        w: ir.Value,
+        masked: tuple[bool, ...],
+        shape: tuple[int, int | None],
+        channels: tuple[ir.Value, int, int],
+    ) -> None:
+        """The tile at ``w`` of one ``(first channel, block, pack)`` from ``blocks``; an input
+        stored as phase rows needs no masks."""
+        (lanes, valid), (channel, block, pack) = shape, channels
+        if self.k.type_of(self.anchor.inputs[0]).layout is not None:
+            masked = (False,) * len(masked)
+        point = dataclasses.replace(
+            self.point, c=channel, block=block, w=w, lanes=lanes, valid=valid
+        )
+        emit = TILE_EMITTERS[self.anchor.op]
+        self.finish(
+            point, emit(self.k, self.anchor, point, masked, self.channels, self.resume, pack)
+        )

@@ -37,6 +37,7 @@ from convdsl.backends.llvm import (
     emit_transpose,
 )
 from convdsl.backends.llvm.conv_schedule import (
+    blocks_first,
     conv_schedule,
     dilation_stacks,
     flat_pointwise,
@@ -45,7 +46,7 @@ from convdsl.backends.llvm.conv_schedule import (
     one_position,
     row_segments,
 )
-from convdsl.backends.llvm.emit_conv_tile import interior_tiles, runtime_interior
+from convdsl.backends.llvm.emit_conv_tile import RowTiles, interior_tiles, runtime_interior
 from convdsl.backends.llvm.entry import Worker, build_entry, frame_pointer
 from convdsl.backends.llvm.kernel import (
     BoundAddresses,
@@ -313,6 +314,7 @@ class ModuleBuilder:
         else:
             lo, hi = (0, width) if phase_rows else interior_range(anchor, in_size, k.lanes)
         segments = row_segments(width, lo, hi, plan.vectors, k.lanes)
+        blocks_outer = not runtime and blocks_first(self.graph, anchor, plan, k.flat)
         masked_tail = all(p.op in MASKED_TAIL for p in parts(node))
         first, last = thread_share(b, b.mul(k.batch, i64(per_batch)))
         with (
@@ -325,6 +327,12 @@ class ModuleBuilder:
             ci_hi = b.select(b.icmp_signed("<", ci_hi, i64(group_in)), ci_hi, i64(group_in))
             resume = (b.icmp_signed(">", chunk, i64(0)), node.output) if chunks > 1 else None
             finished = b.icmp_signed("==", chunk, i64(chunks - 1))
+
+            def finish(point: Point, sums: list[list[ir.Value]]) -> None:
+                self._finish_tile(k, node, anchor, point, sums, finished, chunks > 1)
+
+            start = Point(n, i64(0), 0, tuple(outer), i64(0), 0)
+            row = RowTiles(k, anchor, plan, start, group, (ci_lo, ci_hi), resume, finish)
             for segment in segments:
                 lanes, masked, stop = k.lanes, segment.masked, segment.stop
                 if segment.valid is not None and not masked_tail:
@@ -332,48 +340,33 @@ class ModuleBuilder:
                     lanes, masked, stop = 1, (True,), width
                 step = len(masked) * lanes
                 valid = segment.valid if lanes > 1 else None
-
-                def tiles(
-                    w: ir.Value, masked: tuple[bool, ...], lanes: int, valid: int | None
-                ) -> None:
-                    masked = (False,) * len(masked) if phase_rows else masked
-
-                    pack, rest = plan.tile_blocks(out_type.channels, len(masked))
-
-                    def tile(channel: ir.Value, block: int) -> None:
-                        point = Point(n, channel, block, tuple(outer), w, lanes, valid=valid)
-                        sums = TILE_EMITTERS[anchor.op](
-                            k, anchor, point, masked, (ci_lo, ci_hi), resume, pack
-                        )
-                        self._finish_tile(k, node, anchor, point, sums, finished, chunks > 1)
-
-                    count = plan.group if pack == plan.block else out_channels // pack
-                    with for_range(b, 0, count, name="block") as block:
-                        first = b.mul(group, i64(plan.group))  # 0 if items are whole rows
-                        tile(b.mul(b.add(first, block), i64(pack)), pack)
-                    if rest:  # the last, narrower block (items are whole rows)
-                        tile(i64(out_channels - rest), rest)
-
-                if not runtime:
+                shape = (lanes, valid)
+                if blocks_outer:
+                    # Each block's weights stay in L1 while it walks the segment's tiles;
+                    # the chunk's input rows come from L2 once per block.
+                    for channels in row.blocks(len(masked)):
+                        with for_range(b, segment.start, stop, step, name="w") as w:
+                            row.tile(w, masked, shape, channels)
+                elif not runtime:
                     with for_range(b, segment.start, stop, step, name="w") as w:
-                        tiles(w, masked, lanes, valid)
+                        row.tiles(w, masked, shape)
                 elif valid is not None or lanes == 1 or stop - segment.start == step:
                     with for_range(b, segment.start, stop, step, name="w") as w:
-                        tiles(w, (True,) * len(masked), lanes, valid)
+                        row.tiles(w, (True,) * len(masked), shape)
                 else:
                     # The interior tiles (the most: no masks), then the border tiles of both
                     # ends in one loop: with a loop per end, the bigger function made LLVM
                     # rematerialize the epilogue's constants every iteration (10-30% slower).
                     first, end = interior_tiles(b, segment.start, stop, step, lanes, inside)
                     with for_range(b, first, end, step, name="w") as w:
-                        tiles(w, (False,) * len(masked), lanes, valid)
+                        row.tiles(w, (False,) * len(masked), shape)
                     left = b.sub(first, i64(segment.start))
                     border = b.add(left, b.sub(i64(stop), end))
                     with for_range(b, 0, border, step, name="border") as offset:
                         after = b.add(end, b.sub(offset, left))
                         before = b.add(i64(segment.start), offset)
                         w = b.select(b.icmp_signed("<", offset, left), before, after)
-                        tiles(w, (True,) * len(masked), lanes, valid)
+                        row.tiles(w, (True,) * len(masked), shape)
 
     def _channel_vector_kernel(self, k: KernelBuilder, node: Node, anchor: Node) -> None:
         """A pointwise convolution of a single position (a classifier head after global
