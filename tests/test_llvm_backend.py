@@ -745,16 +745,16 @@ def test_tiles_with_a_narrower_last_block_match_interpreter(src: str) -> None:
 
 def test_wide_rows_walked_block_by_block_match_interpreter() -> None:
     """Rows whose chunk of input overflows L1 are walked block by block over the tiles
-    (``blocks_first``): here with two chunks of input channels, tiles of 4 and of 6 channels
-    with a narrower last block, bias and relu."""
+    (``blocks_first``): here with two chunks of input channels, 30 output channels in blocks
+    of 4 and a narrower last block of 2, bias and relu."""
     src = (
         "input x: f32[N, 40, 9, 200]\n"
-        "output y = conv2d(x, 32, kernel=3, padding=same, activation=relu)"
+        "output y = conv2d(x, 30, kernel=3, padding=same, activation=relu)"
     )
     graph = backend_graph(convdsl.compile_string(src, backend="numpy").graph, "llvm")
     (node,) = graph.nodes
     plan = conv_schedule(graph, node, (9, 200), lanes=8, threads=2)
-    assert blocks_first(graph, node, plan, flat=False) and plan.whole_rows
+    assert blocks_first(graph, node, plan, flat=False) and (plan.block, plan.rest) == (4, 2)
     assert -(-40 // plan.chunk) == 2
     assert_matches(src, batches=(2,))
 

@@ -37,13 +37,19 @@ class ConvSchedule:
     chunk: int  # input channels per chunk
     group: int  # channel blocks per work item
     rest: int = 0  # channels of one narrower last block when ``block`` does not divide them
-    whole_rows: bool = False  # an item is a row with every channel: see ``tile_blocks``
+    # tile sizes (in vectors) other than ``vectors`` that take their own widest block
+    wide_tiles: frozenset[int] = frozenset()
+
+    @property
+    def whole_rows(self) -> bool:
+        """Each work item is a row with every channel block."""
+        return self.rest > 0 or bool(self.wide_tiles)
 
     def tile_blocks(self, out_channels: int, vectors: int) -> tuple[int, int]:
-        """``(block, rest)`` for a tile of ``vectors`` vectors: the schedule's, or, where items
-        are whole rows, the widest block for that many vectors (a row of 7 vectors is tiled
-        3 + 2 + 2: 4 x 3 and 6 x 2 tiles, each 12 accumulators)."""
-        if not self.whole_rows or vectors == self.vectors:
+        """``(block, rest)`` for a tile of ``vectors`` vectors: the schedule's, or the widest
+        block for that many vectors (a row of 7 vectors is tiled 3 + 2 + 2: 4 x 3 and 6 x 2
+        tiles, each 12 accumulators)."""
+        if vectors not in self.wide_tiles:
             return self.block, self.rest
         return _widest(out_channels, vectors, self.block, self.rest)
 
@@ -76,9 +82,21 @@ def conv_schedule(
     rows = math.prod(sizes[:-1])
     # Items that are whole rows (every channel block) may end on a narrower block: rows of 2
     # or 4 vectors with a power-of-two channel count then get 6 x 2 tiles (12 accumulators)
-    # and a last block of out_channels % 6, where 4 x 2 left the FMA units waiting.
+    # and a last block of out_channels % 6, where 4 x 2 left the FMA units waiting. Tiles of
+    # another size take their own widest block where they hold a third of the row or more
+    # (7 vectors: 3 + 2 + 2), not where they are a few (28: eight of 3, two of 2), since
+    # each block size is one more copy of the tile's code.
     whole_rows = REST_BLOCKS and a["groups"] == 1 and rows >= ITEMS_PER_THREAD * threads
     block, rest = _widest(out_channels, vectors, block, 0) if whole_rows else (block, 0)
+    tiles = -(-count // vectors)
+    tile_sizes = [count // tiles + (t < count % tiles) for t in range(tiles)]  # row_segments
+    wide_tiles = frozenset(
+        size
+        for size in set(tile_sizes) - {vectors}
+        if whole_rows
+        and 3 * size * tile_sizes.count(size) >= count
+        and _widest(out_channels, size, block, rest)[0] != block
+    )
     if block * vectors < ACCUMULATORS // 2:  # few channels (depthwise): widen the tile instead
         vectors = max(vectors, min(ACCUMULATORS // block, 4, -(-width // lanes)))
     limit = max(8, CHUNK_ROWS // math.prod(a["kernel"][:-1]))
@@ -94,7 +112,7 @@ def conv_schedule(
         1,
     )
     assert not whole_rows or group == blocks
-    return ConvSchedule(block, vectors, chunk, group, rest, whole_rows)
+    return ConvSchedule(block, vectors, chunk, group, rest, wide_tiles)
 
 
 def blocks_first(graph: Graph, node: Node, plan: ConvSchedule, flat: bool) -> bool:
