@@ -743,6 +743,29 @@ def test_tiles_with_a_narrower_last_block_match_interpreter(src: str) -> None:
     assert_matches(src)
 
 
+@st.composite
+def blocked_convs(draw: st.DrawFn) -> str:
+    """Ungrouped convs with enough rows for whole-row items: channel counts that 12, 8, 6 or 4
+    do not divide, input channels past one chunk, rows of 1 to 12 vectors."""
+    rank = draw(st.sampled_from([1, 2, 3]))
+    rows = [draw(st.integers(1, 4)) for _ in range(rank - 1)]
+    rows[-1:] = [max(rows[-1:] or [1]) * 8] if rank > 1 else []
+    width = draw(st.integers(1, 96))
+    kernel = draw(st.sampled_from([1, 3]))
+    shape = ", ".join(str(size) for size in (*rows, width))
+    channels, out = draw(st.integers(1, 70)), draw(st.integers(1, 40))
+    return (
+        f"input x: f32[N, {channels}, {shape}]\n"
+        f"output y = conv{rank}d(x, {out}, kernel={kernel}, padding=same, activation=relu6)"
+    )
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(blocked_convs())
+def test_random_channel_blocks_match_interpreter(src: str) -> None:
+    assert_matches(src, batches=(2,))
+
+
 def test_wide_rows_walked_block_by_block_match_interpreter() -> None:
     """Rows whose chunk of input overflows L1 are walked block by block over the tiles
     (``blocks_first``): here with two chunks of input channels, 30 output channels in blocks
