@@ -135,12 +135,9 @@ class ArenaAddresses:
         b = self.builder
         pointer = value_element(self.graph, value).as_pointer()
         size = itemsize(self.graph, value)
-        if value in self.graph.inputs or value in self.direct:
-            field, slot = (
-                ("inputs", self.graph.inputs.index(value))
-                if value in self.graph.inputs
-                else ("outputs", self.direct[value])
-            )
+        caller = self._caller_slot(value)
+        if caller is not None:  # the caller's dense array, from the inputs or outputs table
+            field, slot = caller
             table = b.bitcast(self.fields[field], pointer.as_pointer())
             return b.load(b.gep(table, [i64(slot)])), i64(entry_elements(self.graph.type_of(value)))
         if value in self.scratch:
@@ -155,6 +152,15 @@ class ArenaAddresses:
         root = root_of(plan, buffer.value)
         start = b.add(b.mul(self.batch, i64(root.offset)), i64(buffer.offset - root.offset))
         return b.bitcast(b.gep(self.fields["arena"], [start]), pointer), i64(root.size // size)
+
+    def _caller_slot(self, value: int) -> tuple[str, int] | None:
+        """``("inputs", i)`` for a graph input, ``("outputs", i)`` for an output written in
+        place (``entry.direct_outputs``), None for a value in the arena."""
+        if value in self.graph.inputs:
+            return "inputs", self.graph.inputs.index(value)
+        if value in self.direct:
+            return "outputs", self.direct[value]
+        return None
 
     def param(self, name: str) -> ir.Value:
         b = self.builder

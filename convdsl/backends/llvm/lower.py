@@ -301,8 +301,7 @@ class ModuleBuilder:
         sizes = k.spatial(node.output)
         width = sizes[-1]
         plan = conv_schedule(self.graph, anchor, sizes, k.lanes, self.threads)
-        out_channels = out_type.channels
-        groups = out_channels // plan.block // plan.group
+        groups = out_type.channels // plan.block // plan.group
         per_batch = groups * math.prod(sizes[:-1])
         group_in = self.graph.type_of(anchor.inputs[0]).channels // anchor.attrs["groups"]
         chunks = -(-group_in // plan.chunk)
