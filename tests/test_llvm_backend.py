@@ -915,6 +915,26 @@ def test_convs_differing_only_in_dilation_share_one_function() -> None:
     assert_matches(src, batches=(1, 2))
 
 
+def test_chunked_convs_differing_only_in_input_channels_share_one_function() -> None:
+    """A 3x3 conv walks its input channels in chunks of at most 32: with two chunks or more
+    the channel count is read at run time, so 64 and 95 channels (chunks of 32, the last of
+    95 ragged: 31) are one kernel; 17 channels (one chunk) keep their own."""
+    src = (
+        "input x: f32[N, 64, 9, 11]\n"
+        "input u: f32[N, 95, 9, 11]\n"
+        "input v: f32[N, 17, 9, 11]\n"
+        "output y = conv2d(x, 5, kernel=3, padding=same, activation=relu)\n"
+        "output z = conv2d(u, 5, kernel=3, padding=same, activation=relu)\n"
+        "output w = conv2d(v, 5, kernel=3, padding=same, activation=relu)"
+    )
+    net = convdsl.compile_string(src, "channels.conv", backend="numpy")
+    lowered = lower.lower_graph(net.graph, host_target().lanes, threads=2)
+    names = {w.node.name: w.name for w in lowered.workers}
+    assert names["y"] == names["z"] != names["w"]
+    assert len(lowered.kernels) == 2
+    assert_matches(src, batches=(1, 2))
+
+
 # ---- compiling on every core (codegen) --------------------------------------------------------
 
 SEVERAL_KERNELS = (

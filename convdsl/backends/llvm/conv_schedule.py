@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from convdsl.backends.llvm.kernel import spatial_of
@@ -24,6 +25,7 @@ MAX_VECTORS = 3  # per tile along the row
 CHUNK_ROWS = 96  # input rows (channels x outer taps) per chunk: ~ 96 x 3 lines, well inside L1
 ITEMS_PER_THREAD = 4  # work items per thread at least, for balance
 SHARE_DILATIONS = True  # see ``dilation_stacks``
+SHARE_CHANNELS = True  # see ``channel_stacks``
 REST_BLOCKS = True  # see ``conv_schedule``: a block that need not divide the channels
 BLOCKS = (12, 8, 6, 4, 3, 2, 1)
 L1_BYTES, L2_BYTES = 32 * 1024, 512 * 1024  # per core, on the Zen 3 and Zen 4 seen here
@@ -99,9 +101,7 @@ def conv_schedule(
     )
     if block * vectors < ACCUMULATORS // 2:  # few channels (depthwise): widen the tile instead
         vectors = max(vectors, min(ACCUMULATORS // block, 4, -(-width // lanes)))
-    limit = max(8, CHUNK_ROWS // math.prod(a["kernel"][:-1]))
-    chunks = -(-group_in // limit)
-    chunk = -(-group_in // chunks)
+    _, chunk = channel_chunks(a, group_in)
     blocks = a["out_channels"] // block
     group = next(
         (
@@ -132,6 +132,18 @@ def blocks_first(graph: Graph, node: Node, plan: ConvSchedule, flat: bool) -> bo
     return not flat and rows > L1_BYTES and weights > L1_BYTES // 2 and rows <= L2_BYTES // 2
 
 
+def channel_chunks(attrs: Attrs, group_in: int) -> tuple[int, int]:
+    """``(chunks, chunk)``: how many chunks a conv walks its ``group_in`` input channels in,
+    and how many channels each has (the last may have fewer)."""
+    limit = max(8, CHUNK_ROWS // math.prod(attrs["kernel"][:-1]))
+    chunks = -(-group_in // limit)
+    return chunks, -(-group_in // chunks)
+
+
+# A conv anchor's kernel, less what it may read at run time (``_stacks``), and that part.
+Split = tuple[tuple, object]
+
+
 def dilation_stacks(graph: Graph) -> frozenset[int]:
     """The convolution anchors (by output) whose last-axis dilation and left padding their
     kernel reads at run time, finding its border tiles at run time too: dilated convolutions
@@ -140,27 +152,58 @@ def dilation_stacks(graph: Graph) -> frozenset[int]:
     dilated convolution keeps them as constants: read at run time they made L6 3-5% and L5
     20-25% slower (a register per tap; whole border tiles masked, where constants mask only
     the vectors that cross, and L5's 64-wide rows are mostly border)."""
-    kernels: dict[tuple, list[tuple[int, tuple[int, int]]]] = {}
+
+    def split(node: Node, anchor: Node) -> Split | None:
+        a = anchor.attrs
+        if graph.type_of(anchor.inputs[0]).layout is not None:
+            return None
+        if a["kernel"][-1] < 2 or a["dilation"][-1] < 2:
+            return None
+        rest = {**a, "dilation": a["dilation"][:-1], "pads": a["pads"][:-1]}
+        types = tuple(repr(graph.type_of(v)) for v in (*anchor.inputs, node.output))
+        return (repr(rest), types), (a["dilation"][-1], a["pads"][-1][0])
+
+    return _stacks(graph, split) if SHARE_DILATIONS else frozenset()
+
+
+def channel_stacks(graph: Graph) -> frozenset[int]:
+    """The convolution anchors (by output) whose input channel count their kernel reads at
+    run time: convs walking their input channels in two chunks or more (so the loop bounds
+    are run-time values anyway) whose kernels differ from another's only in that count, by
+    chunks of the same size (FCN-8s: 64 -> 128 and 128 -> 128 at 56x56, 128 -> 256 and
+    256 -> 256 at 28x28; 4k of its 23k lines of LLVM IR). A lone conv keeps it a constant:
+    read at run time it made L3 (1x1, 256 -> 256, three chunks) 3% slower."""
+
+    def split(node: Node, anchor: Node) -> Split | None:
+        x_type = graph.type_of(anchor.inputs[0])
+        group_in = x_type.channels // anchor.attrs["groups"]
+        chunks, chunk = channel_chunks(anchor.attrs, group_in)
+        if chunks < 2:
+            return None
+        x_shape = (x_type.batch, "C", *x_type.shape[2:])  # any channel count
+        types = (x_shape, x_type.dtype, x_type.layout, repr(graph.type_of(node.output)))
+        return (repr(anchor.attrs), chunk, repr(types)), group_in
+
+    return _stacks(graph, split) if SHARE_CHANNELS else frozenset()
+
+
+def _stacks(graph: Graph, split: Callable[[Node, Node], Split | None]) -> frozenset[int]:
+    """The conv anchors (by output) of kernels that are alike but for what ``split`` sets
+    apart (``(the rest, that part)``, or None for a conv it does not apply to), where that
+    part differs between them: read at run time, it lets them share one function."""
+    kernels: dict[tuple, list[tuple[int, object]]] = {}
     for node in graph.nodes:
         parts = node.parts if node.is_fused else (node,)
         anchor = parts[0]
-        a = anchor.attrs
-        if anchor.op not in CONV_OPS or graph.type_of(anchor.inputs[0]).layout is not None:
+        if anchor.op not in CONV_OPS or (found := split(node, anchor)) is None:
             continue
-        if a["kernel"][-1] < 2 or a["dilation"][-1] < 2:
-            continue
-        geometry = (a["dilation"][-1], a["pads"][-1][0])
-        rest = {**a, "dilation": a["dilation"][:-1], "pads": a["pads"][:-1]}
-        shape = tuple(
-            (part.op, repr(sorted(part.attrs.items())) if part is not anchor else repr(rest))
-            for part in parts
-        )
-        types = tuple(repr(graph.type_of(v)) for v in (*anchor.inputs, node.output))
-        kernels.setdefault((shape, types), []).append((anchor.output, geometry))
+        rest, varying = found
+        after = tuple((part.op, repr(sorted(part.attrs.items()))) for part in parts[1:])
+        kernels.setdefault((anchor.op, rest, after), []).append((anchor.output, varying))
     return frozenset(
         output
         for members in kernels.values()
-        if SHARE_DILATIONS and len({geometry for _, geometry in members}) > 1
+        if len({varying for _, varying in members}) > 1
         for output, _ in members
     )
 

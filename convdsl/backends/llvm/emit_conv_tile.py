@@ -124,14 +124,16 @@ def emit_conv_tile(
         reach = [tap_offset(layout, tap * dilation - before) for tap in range(kernel[-1])]
     x_entry = k.entry(node.inputs[0], point.n)
 
+    # The channel count as the kernel knows it: a constant, or read at run time.
+    channels_in = k.integer("group_in", group_in) if k.runtime_channels else i64(group_in)
     weight = k.packed_param(node.param("weight"), pack or block)
-    weight = gep(b, weight, b.mul(point.c, i64(group_in * taps)))  # the blocks before c
+    weight = gep(b, weight, b.mul(point.c, b.mul(channels_in, i64(taps))))  # blocks before c
     # A tile's channels are in one group, or (depthwise and small groups) span whole groups:
     # channel j then reads input group ``first_group + j // per_group``.
     spans = max(1, block // per_group)
     first_group = b.udiv(point.c, i64(per_group))
     x_groups = [
-        gep(b, x_entry, b.mul(b.add(first_group, i64(t)), i64(group_in * channel_stride)))
+        gep(b, x_entry, b.mul(b.add(first_group, i64(t)), b.mul(channels_in, i64(channel_stride))))
         for t in range(spans)
     ]
 

@@ -235,6 +235,8 @@ class KernelBuilder:
     flat: bool = False  # every value seen as one row [C, prod(spatial)] (``flat_pointwise``)
     # the conv anchor's last-axis dilation and padding read at run time (``dilation_stacks``)
     runtime_dilation: bool = False
+    # the conv anchor's input channels per group read at run time (``channel_stacks``)
+    runtime_channels: bool = False
     local: dict[int, list[ir.Value]] = field(default_factory=dict)
 
     @property

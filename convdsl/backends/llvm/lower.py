@@ -38,6 +38,7 @@ from convdsl.backends.llvm import (
 )
 from convdsl.backends.llvm.conv_schedule import (
     blocks_first,
+    channel_stacks,
     conv_schedule,
     dilation_stacks,
     flat_pointwise,
@@ -161,6 +162,7 @@ class ModuleBuilder:
         assert graph.memory is not None
         self.arena_bytes = graph.memory.arena_bytes  # planned arena plus scratch, per entry
         self.dilation_stacks = dilation_stacks(graph)
+        self.channel_stacks = channel_stacks(graph)
 
     def build(self) -> ir.Module:
         for index, node in enumerate(self.graph.nodes):
@@ -305,6 +307,12 @@ class ModuleBuilder:
         per_batch = groups * math.prod(sizes[:-1])
         group_in = self.graph.type_of(anchor.inputs[0]).channels // anchor.attrs["groups"]
         chunks = -(-group_in // plan.chunk)
+        chunked = chunks > 1
+        k.runtime_channels = anchor.output in self.channel_stacks
+        if k.runtime_channels:
+            channels_in, chunk_count = k.integer("group_in", group_in), k.integer("chunks", chunks)
+        else:
+            channels_in, chunk_count = i64(group_in), i64(chunks)
         in_size = k.spatial(anchor.inputs[0])[-1]
         runtime = k.runtime_dilation = anchor.output in self.dilation_stacks
         if runtime:  # the border tiles are found at run time: the grid of tiles only
@@ -318,17 +326,17 @@ class ModuleBuilder:
         first, last = thread_share(b, b.mul(k.batch, i64(per_batch)))
         with (
             for_range(b, first, last, name="item") as item,
-            for_range(b, 0, chunks, name="chunk") as chunk,
+            for_range(b, 0, chunk_count, name="chunk") as chunk,
         ):
             n, *outer, group = unflatten(b, item, (*sizes[:-1], groups))
             ci_lo = b.mul(chunk, i64(plan.chunk))
             ci_hi = b.add(ci_lo, i64(plan.chunk))
-            ci_hi = b.select(b.icmp_signed("<", ci_hi, i64(group_in)), ci_hi, i64(group_in))
-            resume = (b.icmp_signed(">", chunk, i64(0)), node.output) if chunks > 1 else None
-            finished = b.icmp_signed("==", chunk, i64(chunks - 1))
+            ci_hi = b.select(b.icmp_signed("<", ci_hi, channels_in), ci_hi, channels_in)
+            resume = (b.icmp_signed(">", chunk, i64(0)), node.output) if chunked else None
+            finished = b.icmp_signed("==", chunk, b.sub(chunk_count, i64(1)))
 
             def finish(point: Point, sums: list[list[ir.Value]]) -> None:
-                self._finish_tile(k, node, anchor, point, sums, finished, chunks > 1)
+                self._finish_tile(k, node, anchor, point, sums, finished, chunked)
 
             start = Point(n, i64(0), 0, tuple(outer), i64(0), 0)
             row = RowTiles(k, anchor, plan, start, group, (ci_lo, ci_hi), resume, finish)
