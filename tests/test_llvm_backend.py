@@ -27,6 +27,7 @@ from convdsl.backends.llvm.conv_schedule import (
     CONV_OPS,
     blocks_first,
     conv_schedule,
+    flat_plane,
     flat_pointwise,
     row_segments,
 )
@@ -713,14 +714,14 @@ def test_random_convs_match_interpreter(src: str) -> None:
 
 REST_BLOCKS = {
     # rows of 4 vectors and 32 channels: 6 x 2 tiles and a last block of 2
-    "conv2d 32 ch": "input x: f32[N, 48, 11, 29]\n"
+    "conv2d 32 ch": "input x: f32[N, 48, 11, 31]\n"
     "output y = conv2d(x, 32, kernel=3, padding=same, activation=tanh)",
-    # 17 channels, rows of 2 vectors (and 1 on the tail), 5 x 5 taps, chunked input channels
-    "conv2d 17 ch": "input x: f32[N, 40, 9, 13]\n"
+    # 17 channels, rows of 2 vectors (the second partial), 5 x 5 taps, chunked input channels
+    "conv2d 17 ch": "input x: f32[N, 40, 9, 15]\n"
     "output y = relu(conv2d(x, 17, kernel=5, padding=2) + conv2d(x, 17, kernel=1))",
     # rows of one vector: 12 x 1 tiles and a last block of 8, batch norm and a skip fused
-    "conv2d 20 ch": "input x: f32[N, 20, 10, 7]\n"
-    "output y = relu(batch_norm(conv2d(x, 20, kernel=3, padding=same, bias=false)) + x)",
+    "conv3d 20 ch": "input x: f32[N, 20, 2, 5, 7]\n"
+    "output y = relu(batch_norm(conv3d(x, 20, kernel=3, padding=same, bias=false)) + x)",
     "conv1d": "input x: f32[N, 7, 9, 32]\noutput y = conv2d(x, 10, kernel=[1, 3], dilation=2)",
     "conv3d": "input x: f32[N, 5, 6, 7, 30]\n"
     "output y = conv3d(x, 14, kernel=3, padding=same, activation=sigmoid)",
@@ -740,7 +741,43 @@ def test_tiles_with_a_narrower_last_block_match_interpreter(src: str) -> None:
     sizes = graph.type_of(anchor.output).spatial
     plan = conv_schedule(graph, anchor, sizes, lanes=8, threads=2)
     assert plan.rest > 0 or plan.tile_blocks(anchor.attrs["out_channels"], 2)[1] > 0
+    assert flat_plane(graph, anchor, lanes=8) is None  # rows, not one flat plane
     assert_matches(src)
+
+
+FLAT_PLANES = {
+    # rows of one vector (7 of 8 lanes): 4 x 3 tiles over 49 positions, 17 channels
+    "7x7": "input x: f32[N, 5, 7, 7]\n"
+    "output y = conv2d(x, 17, kernel=3, padding=same, activation=relu)",
+    # 28 wide (32 lanes for 28 per row), dilation 2, 3 input channels
+    "28 wide dilated": "input x: f32[N, 3, 9, 28]\n"
+    "output y = conv2d(x, 6, kernel=3, dilation=2, padding=same)",
+    # uneven padding: rows lose two (valid on rows), columns padded 1 left and 3 right
+    "3x5 uneven": "input x: f32[N, 4, 11, 14]\n"
+    "output y = conv2d(x, 5, kernel=[3, 5], padding=[[0, 0], [1, 3]], activation=tanh)",
+    # depthwise with a multiplier, and groups of 3 channels
+    "depthwise": "input x: f32[N, 5, 13, 13]\n"
+    "output y = depthwise2d(x, kernel=3, multiplier=2, padding=same)",
+    "grouped": "input x: f32[N, 9, 10, 10]\n"
+    "output y = conv2d(x, 6, kernel=3, groups=3, padding=same)",
+    # one column; a plane of 6 positions, less than a vector
+    "1 wide": "input x: f32[N, 4, 17, 1]\noutput y = conv2d(x, 3, kernel=[3, 1], padding=same)",
+    "2x3": "input x: f32[N, 3, 2, 3]\noutput y = conv2d(x, 4, kernel=3, padding=same)",
+    # input channels in three chunks, a skip fused after the conv
+    "chunked + skip": "input x: f32[N, 70, 6, 6]\ninput z: f32[N, 5, 6, 6]\n"
+    "output y = relu(conv2d(x, 5, kernel=3, padding=same) + z)",
+}
+
+
+@pytest.mark.parametrize("src", FLAT_PLANES.values(), ids=FLAT_PLANES)
+def test_narrow_planes_walked_flat_match_interpreter(src: str) -> None:
+    """2-D convs whose rows waste vector lanes walk their flattened plane (``flat_plane``),
+    every load masked by its tap's row and column: borders, uneven padding, dilation, groups,
+    a last partial vector and planes smaller than one vector."""
+    graph = backend_graph(convdsl.compile_string(src, backend="numpy").graph, "llvm")
+    anchor = next(p for n in graph.nodes for p in (n.parts or (n,))[:1] if p.op in CONV_OPS)
+    assert flat_plane(graph, anchor, lanes=8) is not None
+    assert_matches(src, batches=(1, 2))
 
 
 @st.composite

@@ -26,6 +26,7 @@ CHUNK_ROWS = 96  # input rows (channels x outer taps) per chunk: ~ 96 x 3 lines,
 ITEMS_PER_THREAD = 4  # work items per thread at least, for balance
 SHARE_DILATIONS = True  # see ``dilation_stacks``
 SHARE_CHANNELS = True  # see ``channel_stacks``
+FLAT_PLANES = True  # see ``flat_plane``
 REST_BLOCKS = True  # see ``conv_schedule``: a block that need not divide the channels
 BLOCKS = (12, 8, 6, 4, 3, 2, 1)
 L1_BYTES, L2_BYTES = 32 * 1024, 512 * 1024  # per core, on the Zen 3 and Zen 4 seen here
@@ -251,6 +252,50 @@ def flat_pointwise(graph: Graph, node: Node, lanes: int) -> Node | None:
         return None
     flat = {"kernel": (1,), "stride": (1,), "dilation": (1,), "pads": ((0, 0),)}
     return dataclasses.replace(node, attrs=Attrs({**node.attrs, **flat}))
+
+
+@dataclass(frozen=True)
+class Plane:
+    """A 2-D convolution walked over its flattened output plane (``flat_plane``): tap ``t``
+    reads the input at flat index ``p + offsets[t]`` for output ``p``, where its row offset
+    ``rows[t]`` and column offset ``cols[t]`` stay inside the ``height x width`` input."""
+
+    height: int
+    width: int  # of the input and the output
+    rows: tuple[int, ...]  # per tap, row-major as the weights are packed
+    cols: tuple[int, ...]
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        return tuple(r * self.width + c for r, c in zip(self.rows, self.cols, strict=True))
+
+
+def flat_plane(graph: Graph, node: Node, lanes: int) -> Plane | None:
+    """A 2-D convolution of stride 1 whose output rows are as wide as its input rows (same
+    padding on the last axis) reads each tap at one fixed offset from the output position in
+    the flattened planes, so the plane can be walked as one row, each load masked to the
+    lanes whose tap falls inside the input. Taken where rows waste a tenth of their vector
+    lanes or more (28 wide: 32 lanes for 28) and flattening wastes fewer, or rows are one
+    vector (7 wide: 8 x 1 tiles, 7 of 8 lanes used, became 4 x 3 tiles); otherwise None (as
+    for a kernel of one tap: ``flat_pointwise``)."""
+    a = node.attrs
+    x_type = graph.type_of(node.inputs[0])
+    if not FLAT_PLANES or x_type.layout is not None or len(a["kernel"]) != 2:
+        return None
+    (height, width), (out_rows, out_width) = x_type.spatial, spatial_of(graph.type_of(node.output))
+    if any(s != 1 for s in a["stride"]) or out_width != width or math.prod(a["kernel"]) == 1:
+        return None
+    row_waste = -width % lanes
+    wasteful = row_waste * 10 >= width and row_waste * out_rows > -(out_rows * width) % lanes
+    if not wasteful and width > lanes:  # rows of one vector make tiles of one vector
+        return None
+    taps = [
+        (dh * a["dilation"][0] - a["pads"][0][0], dw * a["dilation"][1] - a["pads"][1][0])
+        for dh in range(a["kernel"][0])
+        for dw in range(a["kernel"][1])
+    ]
+    rows, cols = zip(*taps, strict=True)
+    return Plane(height, width, rows, cols)
 
 
 def interior_range(node: Node, in_size: int, lanes: int) -> tuple[int, int]:

@@ -13,6 +13,8 @@ Dilation only spaces the tap offsets; a stride > 1 on the last axis reads its in
 phase rows (``PhaseRows``, made by ``emit_relayout``), where a vector's lanes are consecutive
 again. Tiles on the border of the last axis (``masked``) load with lane masks computed once per
 tile, so padding reads nothing (phase rows hold the padding as zeros and need no masks).
+A 2-D convolution over narrow rows may walk its flattened plane instead (``Plane``): all its
+taps are then taps of one row at fixed offsets, every load masked by its tap's row and column.
 
 Weights are repacked at bind time as ``[O/block, Cg, taps, block]`` (``kernel.pack_weight``;
 a last block of fewer channels is ``[Cg, taps, rest]``): the ``block`` weights that meet one
@@ -28,11 +30,12 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from convdsl.backends.llvm.conv_schedule import ConvSchedule
+from convdsl.backends.llvm.conv_schedule import ConvSchedule, Plane
 from convdsl.backends.llvm.emit_elementwise import ACTIVATIONS
 from convdsl.backends.llvm.emit_relayout import tap_offset
 from convdsl.backends.llvm.kernel import KernelBuilder, Point
 from convdsl.backends.llvm.loops import (
+    I32,
     entry_alloca,
     fma,
     for_range,
@@ -42,6 +45,7 @@ from convdsl.backends.llvm.loops import (
     load_vec,
     masked_load,
     splat,
+    splat_i32,
     vec_type,
     wide_mask,
 )
@@ -107,10 +111,13 @@ def emit_conv_tile(
         assert a["stride"][last] == 1, "strided convolutions read phase rows (choose-layouts)"
         strides = k.strides(node.inputs[0])
         channel_stride, outer_strides = strides[0], strides[1:-1]
-        if k.runtime_dilation:  # conv_schedule.dilation_stacks
+        if k.plane is not None:  # the flattened plane: every tap one offset along the row
+            first = point.w
+            reach: list[int | ir.Value] = list(k.plane.offsets)
+        elif k.runtime_dilation:  # conv_schedule.dilation_stacks
             spacing = k.integer("dilation", dilation)
             first = b.sub(point.w, k.integer("pad", before))
-            reach: list[int | ir.Value] = [b.mul(spacing, i64(t)) for t in range(kernel[-1])]
+            reach = [b.mul(spacing, i64(t)) for t in range(kernel[-1])]
         else:
             first = b.sub(point.w, i64(before))
             reach = [tap * dilation for tap in range(kernel[-1])]
@@ -139,8 +146,12 @@ def emit_conv_tile(
 
     # Lane masks of every (tap, vector) load, once per tile (phase rows need none).
     masks: dict[tuple[int, int], ir.Value] = {}
+    row_taps = len(reach)  # taps along the row: the whole kernel on a flattened plane
     for v in range(vectors):
-        for tap in range(kernel[-1] if masked[v] and layout is None else 0):
+        if k.plane is not None:
+            masks.update(plane_masks(b, k.plane, b.add(point.w, i64(v * lanes)), lanes, v))
+            continue
+        for tap in range(row_taps if masked[v] and layout is None else 0):
             start = b.add(first, _offset(b, reach[tap], v * lanes))
             masks[tap, v] = wide_mask(b, start, lanes, sizes[-1])
 
@@ -178,7 +189,7 @@ def emit_conv_tile(
     # vectors at 8 and 16) run one after the other: LLVM loads such a vector once, and with
     # a tap between the two uses it kept it on the stack (L5 spilled 10 vectors per channel).
     tap_order = sorted(
-        range(kernel[-1]),
+        range(row_taps),
         key=lambda t: (reach[t] % lanes if isinstance(reach[t], int) else 0, t),
     )
 
@@ -208,9 +219,47 @@ def emit_conv_tile(
                 for acc, value in zip(row_accs, row_values, strict=True):
                     b.store(value, acc)
 
-    outer_taps(0, i64(0), i64(0))
+    if k.plane is None:
+        outer_taps(0, i64(0), i64(0))
+    else:
+        channel_loop(i64(0), i64(0))
 
     return [[b.load(accumulators[j][v]) for j in range(block)] for v in range(vectors)]
+
+
+def plane_masks(
+    b: ir.IRBuilder, plane: Plane, start: ir.Value, lanes: int, v: int
+) -> dict[tuple[int, int], ir.Value]:
+    """``{(tap, v): mask}`` for the vector of output positions ``start + [0, lanes)`` of a
+    flattened plane: a lane loads tap ``t`` where its tap's row and column are inside the
+    input (so every load stays inside the input plane, also for lanes past the last position,
+    whose sums are never stored). Row and column tests are made once per distinct offset."""
+    index = b.add(
+        splat_i32(b, b.trunc(start, I32), lanes),
+        ir.Constant(ir.VectorType(I32, lanes), list(range(lanes))),
+    )
+
+    def splat(value: int) -> ir.Constant:
+        return ir.Constant(index.type, [value] * lanes)
+
+    column = b.urem(index, splat(plane.width))
+    rows = {}  # row offset r: the input row of the lane's tap is in [0, height)
+    for r in set(plane.rows):
+        moved = b.add(index, splat(r * plane.width))
+        rows[r] = b.and_(
+            b.icmp_signed(">=", moved, splat(0)),
+            b.icmp_signed("<", moved, splat(plane.height * plane.width)),
+        )
+    cols = {}
+    for c in set(plane.cols):
+        moved = b.add(column, splat(c))
+        cols[c] = b.and_(
+            b.icmp_signed(">=", moved, splat(0)), b.icmp_signed("<", moved, splat(plane.width))
+        )
+    return {
+        (t, v): b.and_(rows[r], cols[c])
+        for t, (r, c) in enumerate(zip(plane.rows, plane.cols, strict=True))
+    }
 
 
 def runtime_interior(

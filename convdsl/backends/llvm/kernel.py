@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from llvmlite import ir
@@ -45,6 +46,9 @@ from convdsl.diagnostics import InternalError
 from convdsl.ir.graph import Graph, Node
 from convdsl.ir.types import DType, TensorType
 from convdsl.passes.memory import root_of
+
+if TYPE_CHECKING:  # conv_schedule imports this module
+    from convdsl.backends.llvm.conv_schedule import Plane
 
 # The entry function's arguments, as the entry reads them (``ArenaAddresses``).
 RUN_FIELDS = ("inputs", "outputs", "arena", "params", "batch")
@@ -237,6 +241,7 @@ class KernelBuilder:
     runtime_dilation: bool = False
     # the conv anchor's input channels per group read at run time (``channel_stacks``)
     runtime_channels: bool = False
+    plane: Plane | None = None  # a 2-D conv anchor walked over its flat plane (``flat_plane``)
     local: dict[int, list[ir.Value]] = field(default_factory=dict)
 
     @property

@@ -41,6 +41,7 @@ from convdsl.backends.llvm.conv_schedule import (
     channel_stacks,
     conv_schedule,
     dilation_stacks,
+    flat_plane,
     flat_pointwise,
     interior_range,
     lane_steps,
@@ -299,6 +300,9 @@ class ModuleBuilder:
         flat = None if phase_rows else flat_pointwise(self.graph, anchor, k.lanes)
         if flat is not None:
             anchor, k.flat = flat, True
+        elif anchor.output not in self.dilation_stacks:
+            k.plane = flat_plane(self.graph, anchor, k.lanes)
+            k.flat = k.plane is not None
         out_type = self.graph.type_of(node.output)
         sizes = k.spatial(node.output)
         width = sizes[-1]
@@ -318,6 +322,8 @@ class ModuleBuilder:
         if runtime:  # the border tiles are found at run time: the grid of tiles only
             lo, hi = 0, width
             inside = runtime_interior(k, anchor, in_size, k.lanes)
+        elif k.plane is not None:  # every load masked (``emit_conv_tile``): one tile shape
+            lo, hi = 0, width
         else:
             lo, hi = (0, width) if phase_rows else interior_range(anchor, in_size, k.lanes)
         segments = row_segments(width, lo, hi, plan.vectors, k.lanes)
