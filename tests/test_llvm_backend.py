@@ -805,17 +805,17 @@ def test_random_channel_blocks_match_interpreter(src: str) -> None:
 
 def test_wide_rows_walked_block_by_block_match_interpreter() -> None:
     """Rows whose chunk of input overflows L1 are walked block by block over the tiles
-    (``blocks_first``): here with two chunks of input channels, 30 output channels in blocks
-    of 4 and a narrower last block of 2, bias and relu."""
+    (``blocks_first``): here with three chunks of input channels (14, 14, 12), 46 output
+    channels in blocks of 4 and a narrower last block of 2, bias and relu."""
     src = (
         "input x: f32[N, 40, 9, 200]\n"
-        "output y = conv2d(x, 30, kernel=3, padding=same, activation=relu)"
+        "output y = conv2d(x, 46, kernel=3, padding=same, activation=relu)"
     )
     graph = backend_graph(convdsl.compile_string(src, backend="numpy").graph, "llvm")
     (node,) = graph.nodes
     plan = conv_schedule(graph, node, (9, 200), lanes=8, threads=2)
     assert blocks_first(graph, node, plan, flat=False) and (plan.block, plan.rest) == (4, 2)
-    assert -(-40 // plan.chunk) == 2
+    assert plan.chunk == 14
     assert_matches(src, batches=(2,))
 
 

@@ -17,12 +17,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from convdsl.backends.llvm.kernel import spatial_of
+from convdsl.backends.llvm.kernel import kernel_lanes, spatial_of
 from convdsl.ir.graph import Attrs, Graph, Node
 
 ACCUMULATORS = 12  # of 16 vector registers on AVX2: leaves room for inputs and a weight
 MAX_VECTORS = 3  # per tile along the row
-CHUNK_ROWS = 96  # input rows (channels x outer taps) per chunk: ~ 96 x 3 lines, well inside L1
+CHUNK_ROWS = 96  # input rows (channels x outer taps) per chunk at most (``channel_chunks``)
+WIDE_CHUNK_ROWS = 48  # ... and at least, where rows are so wide that fewer would fit in L1
 ITEMS_PER_THREAD = 4  # work items per thread at least, for balance
 SHARE_DILATIONS = True  # see ``dilation_stacks``
 SHARE_CHANNELS = True  # see ``channel_stacks``
@@ -65,13 +66,17 @@ def _widest(out_channels: int, vectors: int, block: int, rest: int) -> tuple[int
 
 
 def conv_schedule(
-    graph: Graph, node: Node, sizes: tuple[int, ...], lanes: int, threads: int
+    graph: Graph,
+    node: Node,
+    sizes: tuple[int, ...],
+    lanes: int,
+    threads: int,
+    plane: bool = False,
 ) -> ConvSchedule:
     """The schedule of ``node`` over output spatial ``sizes`` (the walked view: one flat row
-    for a flattened pointwise conv)."""
+    for a flattened pointwise conv or ``plane``)."""
     a = node.attrs
     per_group = a["out_channels"] // a["groups"]
-    group_in = graph.type_of(node.inputs[0]).channels // a["groups"]
     width = sizes[-1]
     count = -(-width // lanes)  # vectors per row; row_segments spreads them evenly on tiles
     vectors = -(-count // -(-count // MAX_VECTORS))
@@ -102,7 +107,7 @@ def conv_schedule(
     )
     if block * vectors < ACCUMULATORS // 2:  # few channels (depthwise): widen the tile instead
         vectors = max(vectors, min(ACCUMULATORS // block, 4, -(-width // lanes)))
-    _, chunk = channel_chunks(a, group_in)
+    _, chunk = channel_chunks(graph, node, plane)
     blocks = a["out_channels"] // block
     group = next(
         (
@@ -120,10 +125,11 @@ def blocks_first(graph: Graph, node: Node, plan: ConvSchedule, flat: bool) -> bo
     """Walk a segment of the row block by block, each block over every tile, instead of tile
     by tile over every block, when neither a chunk's input rows nor its weights fit in L1
     but the rows fit in L2: each block's weights then stay in L1 while the rows stream from
-    L2 (a 3x3 conv of 32 channels 224 wide, whose chunk has 86 KiB of rows and 37 KiB of
-    weights: 10-13% faster on 1 and 2 threads; 112 wide, 43 KiB: 4%; 56 wide, 21 KiB: as
-    fast either way). A flattened pointwise conv's "row" is a whole plane: its tiles keep
-    their input in L1 over every block."""
+    L2 (a 3x3 conv of 32 channels 224 wide, when its chunks of 32 channels had 86 KiB of
+    rows and 37 KiB of weights: 10-13% faster on 1 and 2 threads; with chunks of 16, 43 and
+    18 KiB, 14.3 -> 12.6 ms on one thread; 56 wide, 21 KiB: as fast either way). A
+    flattened conv's "row" is a whole plane: its tiles keep their input in L1 over every
+    block."""
     a = node.attrs
     x_type = graph.type_of(node.inputs[0])
     itemsize = x_type.dtype.numpy.itemsize
@@ -133,10 +139,23 @@ def blocks_first(graph: Graph, node: Node, plan: ConvSchedule, flat: bool) -> bo
     return not flat and rows > L1_BYTES and weights > L1_BYTES // 2 and rows <= L2_BYTES // 2
 
 
-def channel_chunks(attrs: Attrs, group_in: int) -> tuple[int, int]:
-    """``(chunks, chunk)``: how many chunks a conv walks its ``group_in`` input channels in,
-    and how many channels each has (the last may have fewer)."""
-    limit = max(8, CHUNK_ROWS // math.prod(attrs["kernel"][:-1]))
+def channel_chunks(graph: Graph, node: Node, plane: bool = False) -> tuple[int, int]:
+    """``(chunks, chunk)``: how many chunks ``node`` walks its input channels (per group) in,
+    and how many channels each has (the last may have fewer). A chunk's input rows (channels
+    x outer taps) fit in L1, between ``WIDE_CHUNK_ROWS`` and ``CHUNK_ROWS`` of them: 3x3
+    layers 112 and 224 wide then take 24 and 16 channels per chunk instead of 32, whose rows
+    (43 and 86 KiB) streamed from L2 (one thread, min of 12-15 interleaved runs: 64 channels
+    at 112x112 14.0 -> 12.9 ms, 32 at 224x224 13.3 -> 12.6; 8 channels at 224 wide were
+    slower again, 14.0). A flattened walk (``plane``, ``flat_pointwise``) reads a tile's few
+    vectors of each row, not whole rows: ``CHUNK_ROWS``."""
+    a = node.attrs
+    x_type = graph.type_of(node.inputs[0])
+    group_in = x_type.channels // a["groups"]
+    rows = CHUNK_ROWS
+    if not plane:
+        row_bytes = spatial_of(x_type)[-1] * x_type.dtype.numpy.itemsize
+        rows = min(CHUNK_ROWS, max(WIDE_CHUNK_ROWS, L1_BYTES // row_bytes))
+    limit = max(8, rows // math.prod(a["kernel"][:-1]))
     chunks = -(-group_in // limit)
     return chunks, -(-group_in // chunks)
 
@@ -167,7 +186,7 @@ def dilation_stacks(graph: Graph) -> frozenset[int]:
     return _stacks(graph, split) if SHARE_DILATIONS else frozenset()
 
 
-def channel_stacks(graph: Graph) -> frozenset[int]:
+def channel_stacks(graph: Graph, lanes: int) -> frozenset[int]:
     """The convolution anchors (by output) whose input channel count their kernel reads at
     run time: convs walking their input channels in two chunks or more (so the loop bounds
     are run-time values anyway) whose kernels differ from another's only in that count, by
@@ -178,7 +197,9 @@ def channel_stacks(graph: Graph) -> frozenset[int]:
     def split(node: Node, anchor: Node) -> Split | None:
         x_type = graph.type_of(anchor.inputs[0])
         group_in = x_type.channels // anchor.attrs["groups"]
-        chunks, chunk = channel_chunks(anchor.attrs, group_in)
+        dtype = graph.type_of(node.output).dtype
+        plane = flat_plane(graph, anchor, kernel_lanes(lanes, dtype)) is not None
+        chunks, chunk = channel_chunks(graph, anchor, plane)
         if chunks < 2:
             return None
         x_shape = (x_type.batch, "C", *x_type.shape[2:])  # any channel count

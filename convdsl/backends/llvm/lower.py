@@ -163,7 +163,7 @@ class ModuleBuilder:
         assert graph.memory is not None
         self.arena_bytes = graph.memory.arena_bytes  # planned arena plus scratch, per entry
         self.dilation_stacks = dilation_stacks(graph)
-        self.channel_stacks = channel_stacks(graph)
+        self.channel_stacks = channel_stacks(graph, lanes)
 
     def build(self) -> ir.Module:
         for index, node in enumerate(self.graph.nodes):
@@ -306,7 +306,8 @@ class ModuleBuilder:
         out_type = self.graph.type_of(node.output)
         sizes = k.spatial(node.output)
         width = sizes[-1]
-        plan = conv_schedule(self.graph, anchor, sizes, k.lanes, self.threads)
+        plane = k.plane is not None
+        plan = conv_schedule(self.graph, anchor, sizes, k.lanes, self.threads, plane)
         groups = out_type.channels // plan.block // plan.group
         per_batch = groups * math.prod(sizes[:-1])
         group_in = self.graph.type_of(anchor.inputs[0]).channels // anchor.attrs["groups"]
