@@ -316,6 +316,9 @@ def flat_plane(graph: Graph, node: Node, lanes: int) -> Plane | None:
         for dw in range(a["kernel"][1])
     ]
     rows, cols = zip(*taps, strict=True)
+    reach = height + out_rows + max(abs(r) for r in rows) + 1
+    if reach * width >= 2**31:  # lane positions and their taps are i32 (``plane_masks``)
+        return None
     return Plane(height, width, rows, cols)
 
 
