@@ -435,10 +435,11 @@ FUSED = {
         "input x: f32[N, 3, 5, 6]\n"
         "output y = pixel_shuffle(conv2d(x, 12, kernel=3, padding=same), 2)"
     ),
-    "transpose_then_crop": (
+    # (a crop of a transposed conv folds into its padding instead: fold-crop)
+    "conv_then_crop": (
         "input x: f32[N, 3, 6, 7]\n"
-        "u = conv_transpose2d(x, 2, kernel=4, stride=2, bias=false)\n"
-        "output y = crop(u, size=[9, 11], offset=center)"
+        "u = conv2d(x, 2, kernel=2, padding=3, bias=false)\n"
+        "output y = crop(u, size=[7, 9], offset=center)"
     ),
     "concat_slices": (
         "input x: f32[N, 3, 7, 9]\n"

@@ -187,11 +187,13 @@ def test_ir_all_prints_each_change_once(fcn: Path) -> None:
     text = ok(every)
     headers = [line for line in text.splitlines() if line.startswith(";; ")]
     purposes = {p.name: p.purpose for p in PASSES}
-    # This network has no identities, pads, repeats or dead code: those passes change nothing.
+    # This network has no identities, pads, crops, repeats or dead code: those passes change
+    # nothing.
     assert headers == [
         f";; after shapes: {purposes['shapes']}",
         ";; after remove-identities: unchanged",
         ";; after fold-pad: unchanged",
+        ";; after fold-crop: unchanged",
         f";; after fold-batch-norm: {purposes['fold-batch-norm']}",
         ";; after cse: unchanged",
         ";; after dce: unchanged",
@@ -235,12 +237,13 @@ def test_check_report_on_a_small_fcn(fcn: Path) -> None:
     assert report.startswith(plain) and o0.startswith(plain)
     assert "optimization" not in plain and "layers:  10" in plain
     lines = report[len(plain) :].splitlines()
-    assert lines[:11] == [
+    assert lines[:12] == [
         "",
         "optimization (-O2)",
         "  shapes             changed    10 nodes",
         "  remove-identities  unchanged  10 nodes",
         "  fold-pad           unchanged  10 nodes",
+        "  fold-crop          unchanged  10 nodes",
         "  fold-batch-norm    changed    10 -> 9 nodes",
         "  cse                unchanged  9 nodes",
         "  dce                unchanged  9 nodes",
@@ -280,9 +283,9 @@ def test_check_report_on_a_small_fcn(fcn: Path) -> None:
 def test_check_report_on_an_example_names_fused_kernels(tmp_path: Path) -> None:
     examples = REPO / "examples"
     text = ok(cli_many(tmp_path, ["check", str(examples / "fcn8s.conv"), "--report"])[0])
-    assert "fusion: 29 kernels -> 26 kernels" in text
+    assert "  fold-crop          changed    29 -> 28 nodes" in text  # upscore8 takes score's crop
+    assert "fusion: 28 kernels -> 26 kernels" in text
     assert "  upscore2 = conv_transpose2d + add(fuse_pool4)" in text
-    assert "  upscore8 = conv_transpose2d + crop(score)" in text
     assert "  score_pool4 -> fuse_pool4: kernel 'upscore2' already has an anchor" in text
 
 

@@ -20,7 +20,7 @@ from convdsl.api import Network
 from convdsl.ir.graph import Graph
 from convdsl.ir.printer import print_graph
 from convdsl.ir.verifier import verify
-from convdsl.passes.fold import fold_batch_norm, fold_pad
+from convdsl.passes.fold import fold_batch_norm, fold_crop, fold_pad
 from convdsl.passes.simplify import (
     eliminate_common_subexpressions,
     eliminate_dead_code,
@@ -338,9 +338,70 @@ def test_nested_pads_fold_the_outer_one() -> None:
     assert_same_outputs(net, after, "fold-pad")
 
 
+# ---- fold_crop -----------------------------------------------------------------------------
+
+
+def test_fold_crop_golden() -> None:
+    net = typed("""
+        input x: f32[N, 3, 5, 6]
+        u = conv_transpose2d(x, 4, kernel=4, stride=2, padding=1)
+        output y = crop(u, size=[7, 9], offset=[2, 0])
+    """)
+    after = fold_crop(net.graph)
+    assert show(after).split("params")[0] == golden(r"""
+        network network
+          %x: f32[N,3,5,6] = input
+          %y: f32[N,4,7,9] = conv_transpose2d(%x) activation=none bias=true dilation=[1,1] \
+              groups=1 kernel=[4,4] out_channels=4 output_padding=[0,0] pads=[[3,2],[1,4]] \
+              stride=[2,2]
+        """)
+    assert after.nodes[0].name == "u"
+    assert_same_outputs(net, after, "fold-crop")
+
+
+@pytest.mark.parametrize(
+    "src",
+    [
+        # FCN-8s's last layer: x8 up, cropped to the input's size around the centre
+        "input x: f32[N, 5, 4, 4]\ninput like: f32[N, 1, 32, 32]\n"
+        "output y = crop(conv_transpose2d(x, 3, kernel=16, stride=8, bias=false), like=like, "
+        "offset=center)",
+        "input x: f32[N, 2, 9]\n"
+        "output y = crop(conv_transpose1d(x, 3, kernel=3, stride=3, dilation=2, "
+        "output_padding=1), size=[17], offset=[5])",
+        "input x: f32[N, 4, 3, 4, 5]\n"
+        "output y = crop(conv_transpose3d(x, 2, kernel=2, stride=[1, 2, 3], groups=2, "
+        "activation=relu), size=[3, 6, 10], offset=[1, 1, 4])",
+        "input x: f32[N, 3, 6, 6]\n"
+        "output y = crop(conv_transpose2d(x, 3, kernel=3, padding=same, stride=2), size=[5, 12])",
+    ],
+)
+def test_fold_crop_matches_O0(src: str) -> None:
+    net = typed(src)
+    after = fold_crop(net.graph)
+    assert "crop" not in ops(after)
+    assert_same_outputs(net, after, "fold-crop")
+
+
+NO_CROP_FOLD = {
+    "crop of a conv": "output y = crop(conv2d(x, 4, kernel=3), size=[3, 3])",
+    "also read by a relu": "u = conv_transpose2d(x, 4, kernel=2, stride=2)\n"
+    "output y = crop(u, size=[3, 3])\noutput z = relu(u)",
+    "transposed conv is an output": "output u = conv_transpose2d(x, 4, kernel=2, stride=2)\n"
+    "output y = crop(u, size=[3, 3])",
+    "crop of an input": "output y = crop(x, size=[3, 3])",
+}
+
+
+@pytest.mark.parametrize("body", NO_CROP_FOLD.values(), ids=NO_CROP_FOLD.keys())
+def test_fold_crop_does_not_fire(body: str) -> None:
+    net = typed("input x: f32[N, 4, 8, 8]\n" + body)
+    assert fold_crop(net.graph) is net.graph
+
+
 # ---- together, and on the examples ---------------------------------------------------------
 
-ALL = (remove_identities, fold_pad, fold_batch_norm, eliminate_common_subexpressions)
+ALL = (remove_identities, fold_pad, fold_crop, fold_batch_norm, eliminate_common_subexpressions)
 
 
 def optimized(graph: Graph) -> Graph:

@@ -78,7 +78,7 @@ def fuse(graph: Graph, names: list[str]) -> Graph:
 
 def test_passes_run_after_shapes_from_opt_level_1() -> None:
     names = [p.name for p in PASSES]
-    mine = ["remove-identities", "fold-pad", "fold-batch-norm", "cse", "dce"]
+    mine = ["remove-identities", "fold-pad", "fold-crop", "fold-batch-norm", "cse", "dce"]
     assert names[: len(mine) + 1] == ["shapes", *mine]
     assert all(p.min_opt_level == 1 and p.purpose for p in PASSES[1 : len(mine) + 1])
 

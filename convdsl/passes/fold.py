@@ -2,9 +2,10 @@
 
 ``fold_batch_norm`` folds an inference batch norm into the conv before it (a per-channel scale
 of the weight and a new bias, as derived parameters computed when weights are bound);
-``fold_pad`` folds an explicit zero ``pad`` into the ``pads`` of the convs reading it.
+``fold_pad`` folds an explicit zero ``pad`` into the ``pads`` of the convs reading it;
+``fold_crop`` folds a ``crop`` into the ``pads`` of the transposed conv it reads (which crop).
 
-Both expect a typed graph (after ``shapes``) and guarantee a graph that computes the same
+All expect a typed graph (after ``shapes``) and guarantee a graph that computes the same
 outputs (up to float rounding for batch-norm folding), passes the verifier, and keeps the graph
 inputs, outputs and declared parameters (the weights-file schema) unchanged. A pass that
 changes nothing returns its argument itself.
@@ -154,3 +155,52 @@ def _absorbed(conv: Node, pad: Node) -> Node:
     return replace(
         conv, inputs=(pad.inputs[0], *conv.inputs[1:]), attrs=conv.attrs.replace(pads=pads)
     )
+
+
+def fold_crop(graph: Graph) -> Graph:
+    """``crop(conv_transpose(x))`` -> ``conv_transpose(x)`` with the crop added to its ``pads``.
+
+    A transposed conv's padding removes that many positions from either end of its full
+    output, so a crop of its output is more padding: ``starts`` before, what the crop leaves
+    after. Folds when the crop is the only reader of the transposed conv's output and that
+    output is not a graph output. The conv keeps its name, span and place and takes over the
+    crop's output value; the crop node is removed. FCN-8s's last crop (232 -> 224, a copy of
+    its whole 21-class output) goes, and ``upscore8`` computes 7% fewer positions.
+
+    Expects: a typed graph. Guarantees: output shapes are unchanged; folded crops are gone.
+    """
+    readers = graph.consumers()
+    graph_outputs = {value for _, value in graph.outputs}
+    writer = {value: node for node in graph.nodes for value in node.outputs}
+    folded: dict[int, Node] = {}  # transposed conv output -> the crop reading it
+    for node in graph.nodes:
+        source = writer.get(node.inputs[0]) if node.op == "crop" else None
+        if (
+            source is not None
+            and is_conv_transpose(source.op)
+            and len(readers[source.output]) == 1
+            and source.output not in graph_outputs
+        ):
+            folded[source.output] = node
+    if not folded:
+        return graph
+    crops = {id(crop) for crop in folded.values()}
+    nodes = []
+    for node in graph.nodes:
+        if id(node) in crops:
+            continue
+        if node.outputs and node.output in folded:
+            node = _cropped(graph, node, folded[node.output])
+        nodes.append(node)
+    return replace(graph, nodes=tuple(nodes))
+
+
+def _cropped(graph: Graph, conv: Node, crop: Node) -> Node:
+    full = graph.type_of(conv.output).spatial
+    pads = tuple(
+        (before + start, after + size_full - start - size)
+        for (before, after), size_full, start, size in zip(
+            conv.attrs["pads"], full, crop.attrs["starts"], crop.attrs["sizes"], strict=True
+        )
+    )
+    return replace(conv, outputs=(crop.output,), attrs=conv.attrs.replace(pads=pads))

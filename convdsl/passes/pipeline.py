@@ -15,7 +15,7 @@ from convdsl.frontend.lower import lower
 from convdsl.frontend.parse import parse
 from convdsl.ir.graph import Graph
 from convdsl.ir.verifier import verify
-from convdsl.passes.fold import fold_batch_norm, fold_pad
+from convdsl.passes.fold import fold_batch_norm, fold_crop, fold_pad
 from convdsl.passes.fusion import fuse
 from convdsl.passes.layout import choose_layouts
 from convdsl.passes.memory import plan_memory
@@ -51,6 +51,12 @@ PASSES: tuple[Pass, ...] = (
         "fold-pad",
         "fold explicit zero pads into the padding of the convs reading them",
         fold_pad,
+        1,
+    ),
+    Pass(
+        "fold-crop",
+        "fold a crop of a transposed conv's output into its padding",
+        fold_crop,
         1,
     ),
     Pass(
