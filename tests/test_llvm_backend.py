@@ -770,6 +770,36 @@ FLAT_PLANES = {
 }
 
 
+@st.composite
+def plane_convs(draw: st.DrawFn) -> str:
+    """2-D convs of stride 1 whose output rows are as wide as their input rows, the kind
+    ``flat_plane`` may walk flat: rows 1-40 wide, kernels up to 5 x 5 dilated up to 3, uneven
+    padding, groups, input channels past one chunk."""
+    kernel = [draw(st.integers(1, 5)), draw(st.integers(1, 5))]
+    dilation = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+    reach = [(k - 1) * d for k, d in zip(kernel, dilation, strict=True)]
+    left = draw(st.integers(0, reach[1]))
+    rows = [draw(st.integers(0, 2)), draw(st.integers(0, 2))]
+    height = draw(st.integers(max(1, reach[0] - sum(rows) + 1), 12))
+    width = draw(st.integers(1, 40))
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    channels = groups * draw(st.integers(1, 24))
+    out = groups * draw(st.integers(1, 7))
+    activation = draw(st.sampled_from(["none", "relu", "tanh"]))
+    pads = [rows, [left, reach[1] - left]]
+    return (
+        f"input x: f32[N, {channels}, {height}, {width}]\n"
+        f"output y = conv2d(x, {out}, kernel={kernel}, dilation={dilation}, padding={pads}, "
+        f"groups={groups}, activation={activation})"
+    )
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plane_convs())
+def test_random_plane_convs_match_interpreter(src: str) -> None:
+    assert_matches(src, batches=(2,))
+
+
 @pytest.mark.parametrize("src", FLAT_PLANES.values(), ids=FLAT_PLANES)
 def test_narrow_planes_walked_flat_match_interpreter(src: str) -> None:
     """2-D convs whose rows waste vector lanes walk their flattened plane (``flat_plane``),
