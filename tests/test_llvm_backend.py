@@ -953,6 +953,44 @@ def test_kernels_of_the_same_shape_share_one_function_with_their_own_addresses()
     assert_matches(src, batches=(1, 2))
 
 
+@pytest.mark.parametrize("example", sorted(p.stem for p in EXAMPLES.glob("*.conv")))
+def test_kernels_reused_by_signature_lower_as_if_built(
+    example: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel found by its signature (``kernel_reuse``) instead of built changes nothing:
+    the same modules, parameter table, packings and worker tables as building every one."""
+    graph = backend_graph(convdsl.compile_file(EXAMPLES / f"{example}.conv").graph, "llvm")
+    reused = lower.lower_graph(graph, host_target().lanes, threads=2)
+    monkeypatch.setattr(lower, "REUSE", False)
+    built = lower.lower_graph(graph, host_target().lanes, threads=2)
+    assert reused.workers == built.workers
+    assert (reused.params, reused.packings) == (built.params, built.packings)
+    assert [str(m) for m in reused.modules] == [str(m) for m in built.modules]
+
+
+def test_a_reused_kernel_gets_its_own_values_and_parameters() -> None:
+    """Three identical convs (and their packed weights), two with a fused skip: the second
+    and third take the first's function without being built, each with its own table."""
+    src = (
+        "input x: f32[N, 6, 9, 13]\n"
+        "a = relu(conv2d(x, 6, kernel=3, padding=same) + x)\n"
+        "b = relu(conv2d(a, 6, kernel=3, padding=same) + a)\n"
+        "output y = conv2d(b, 6, kernel=3, padding=same)"
+    )
+    graph = backend_graph(convdsl.compile_string(src, backend="numpy").graph, "llvm")
+    lowered = lower.lower_graph(graph, host_target().lanes, threads=2)
+    first, second, third = lowered.workers
+    assert first.name == second.name != third.name and len(lowered.kernels) == 2
+    for worker in (first, second):
+        conv = worker.node.parts[0]
+        params = {key for kind, key in worker.bindings if kind == "param"}
+        (packed,) = params - {conv.params["bias"]}
+        assert lowered.packings[packed][0] == conv.params["weight"]
+        values = {key for kind, key in worker.bindings if kind == "value"}
+        assert values == {*worker.node.inputs, worker.node.output}
+    assert_matches(src, batches=(1, 2))
+
+
 def test_convs_differing_only_in_dilation_share_one_function() -> None:
     """WaveNet's stack: the dilation and padding of the last axis are read at run time, and
     the border tiles found at run time, so dilations 2..32 are one kernel; dilation 1 keeps

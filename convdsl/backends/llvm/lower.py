@@ -35,6 +35,7 @@ from convdsl.backends.llvm import (
     emit_pool,
     emit_relayout,
     emit_transpose,
+    kernel_reuse,
 )
 from convdsl.backends.llvm.conv_schedule import (
     blocks_first,
@@ -98,6 +99,9 @@ KERNELS: dict[str, Callable[[KernelBuilder, Node], None]] = {
 # bounds-masked (windows) or masked through ``KernelBuilder.operand`` (elementwise).
 # Ops computed as a register tile of several vectors, rows walked by ``row_segments``.
 TILE_EMITTERS = emit_conv_tile.TILE_EMITTERS
+# Find a kernel that would print the same as one already built by its signature, without
+# building it (``kernel_reuse``); off, every kernel is built and compared by its text.
+REUSE = True
 MASKED_TAIL = {*emit_conv_tile.TILE_EMITTERS, *emit_transpose.EMITTERS, *emit_elementwise.EMITTERS}
 
 
@@ -155,6 +159,7 @@ class ModuleBuilder:
         self.workers: list[Worker] = []
         self.kernels: list[ir.Module] = []
         self.functions: dict[str, str] = {}  # kernel module text (name left out) -> function
+        self.built: dict[tuple, kernel_reuse.Built] = {}  # signature key -> its kernel
         self.module = ir.Module(name=graph.name)  # the entry module
         names = [*graph.params, *graph.derived]
         self.param_index = {name: index for index, name in enumerate(names)}
@@ -207,8 +212,17 @@ class ModuleBuilder:
 
     def _kernel(self, node: Node, tag: str, position: tuple[int, int | None]) -> None:
         """The worker that computes ``node``, in a module of its own; a kernel that prints
-        the same as an earlier one (same shapes and attributes) reuses that one's function."""
+        the same as an earlier one (same shapes and attributes) reuses that one's function,
+        found without building it where the signatures match (``kernel_reuse``)."""
         name = f"kernel{tag}_{_ident(node.name)}"
+        signature = kernel_reuse.signature(self.graph, node, self._reading) if REUSE else None
+        built = self.built.get(signature.key) if signature else None
+        if signature and built:
+            bindings = kernel_reuse.remapped(built, signature, self._add_packing)
+            if bindings is not None:
+                worker = Worker(built.function, node, _describe(node), bindings, name, position)
+                self.workers.append(worker)
+                return
         module = ir.Module(name=name)
         worker = ir.Function(module, WORKER_TYPE, name)
         worker.attributes.add("nounwind")
@@ -242,6 +256,18 @@ class ModuleBuilder:
         bindings = tuple(addresses.bindings)
         function = self.functions[shape]
         self.workers.append(Worker(function, node, _describe(node), bindings, name, position))
+        if signature is not None:
+            self.built.setdefault(signature.key, kernel_reuse.Built(function, signature, bindings))
+
+    def _reading(self, part: Node) -> tuple[bool, bool]:
+        """What of ``part`` the kernel reads at run time (``kernel_reuse.signature``)."""
+        return part.output in self.dilation_stacks, part.output in self.channel_stacks
+
+    def _add_packing(self, name: str, source: str, block: int) -> None:
+        """Declare the repacked parameter ``name`` (as ``KernelBuilder.packed_param`` does)."""
+        if name not in self.param_index:
+            self.param_index[name] = len(self.param_index)
+        self.packings[name] = (source, block)
 
     def _kernel_builder(
         self, builder: ir.IRBuilder, addresses: BoundAddresses, dtype: DType
