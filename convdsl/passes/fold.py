@@ -189,8 +189,8 @@ def fold_crop(graph: Graph) -> Graph:
     for node in graph.nodes:
         if id(node) in crops:
             continue
-        if node.outputs and node.output in folded:
-            node = _cropped(graph, node, folded[node.output])
+        if len(node.outputs) == 1 and node.outputs[0] in folded:
+            node = _cropped(graph, node, folded[node.outputs[0]])
         nodes.append(node)
     return replace(graph, nodes=tuple(nodes))
 

@@ -143,11 +143,12 @@ def channel_chunks(graph: Graph, node: Node, plane: bool = False) -> tuple[int, 
     """``(chunks, chunk)``: how many chunks ``node`` walks its input channels (per group) in,
     and how many channels each has (the last may have fewer). A chunk's input rows (channels
     x outer taps) fit in L1, between ``WIDE_CHUNK_ROWS`` and ``CHUNK_ROWS`` of them: 3x3
-    layers 112 and 224 wide then take 24 and 16 channels per chunk instead of 32, whose rows
-    (43 and 86 KiB) streamed from L2 (one thread, min of 12-15 interleaved runs: 64 channels
-    at 112x112 14.0 -> 12.9 ms, 32 at 224x224 13.3 -> 12.6; 8 channels at 224 wide were
-    slower again, 14.0). A flattened walk (``plane``, ``flat_pointwise``) reads a tile's few
-    vectors of each row, not whole rows: ``CHUNK_ROWS``."""
+    layers 112 and 224 wide then take 22-24 and 16 channels per chunk instead of 32, whose
+    rows (43 and 86 KiB) streamed from L2 (one thread, min of 12 interleaved runs: 64
+    channels at 112x112 11.0-11.2 -> 10.5-10.7 ms, 32 at 224x224 16.0-16.2 -> 15.2-15.6; 8
+    channels at 224 wide were slower again). A flattened walk (``plane``, ``flat_pointwise``)
+    reads a tile's few vectors of each row, not whole rows: ``CHUNK_ROWS`` (16 channels made
+    two 256-channel 3x3 layers at 28x28 5% slower than 32)."""
     a = node.attrs
     x_type = graph.type_of(node.inputs[0])
     group_in = x_type.channels // a["groups"]
