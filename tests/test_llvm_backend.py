@@ -898,6 +898,33 @@ def test_transposed_conv_phases_match_interpreter(src: str) -> None:
     assert_matches(src)
 
 
+PHASE_EPILOGUES = {
+    # FCN-8s's skip: x2 up, add the skip, partial last vectors (7 -> 14 of 8 lanes)
+    "upscore_add": "input x: f32[N, 5, 7, 7]\ninput s: f32[N, 3, 14, 14]\n"
+    "output y = conv_transpose2d(x, 3, kernel=4, stride=2, padding=1, bias=false) + s",
+    # stride 3 with output_padding (positions no tap reaches), groups, then add and relu
+    "stride3_groups_relu": "input x: f32[N, 4, 5, 6]\ninput s: f32[N, 6, 17, 20]\n"
+    "output y = relu(conv_transpose2d(x, 6, kernel=3, stride=3, groups=2, output_padding=[2, "
+    "2]) + s)",
+    # 1-D with dilation and a gated product; 3-D as in the encoder-decoder N5
+    "rank_1_gate": "input x: f32[N, 3, 13]\ninput g: f32[N, 2, 27]\n"
+    "output y = conv_transpose1d(x, 2, kernel=3, stride=2, dilation=2, padding=1) * sigmoid(g)",
+    "rank_3_add": "input v: f32[N, 6, 3, 4, 5]\ninput s: f32[N, 5, 6, 8, 10]\n"
+    "output y = conv_transpose3d(v, 5, kernel=2, stride=2, activation=relu) + s",
+}
+
+
+@pytest.mark.parametrize("src", PHASE_EPILOGUES.values(), ids=PHASE_EPILOGUES)
+def test_transposed_convs_with_fused_parts_split_by_phase_match_interpreter(src: str) -> None:
+    """A transposed conv anchoring a fused kernel runs split by output phase, each output
+    vector through the fused parts (``emit_transpose_phase.Store``), not lane by lane."""
+    net = convdsl.compile_string(src, backend="numpy")
+    lowered = lower.lower_graph(net.graph, host_target().lanes, threads=2)
+    (worker,) = [w for w in lowered.workers if w.node.is_fused]
+    assert any(kind == "param" and "@tpack" in str(key) for kind, key in worker.bindings)
+    assert_matches(src, batches=(1, 2))
+
+
 def test_upscore8_runs_phase_split_with_packed_weights() -> None:
     src = "input x: f32[N, 21, 28, 28]\noutput y = conv_transpose2d(x, 21, kernel=16, stride=8)"
     net = convdsl.compile_string(src, "u.conv", backend="numpy")

@@ -15,19 +15,22 @@ phase is computed at once: ``lanes`` consecutive ``q`` of each phase for each ch
 block, in registers (one input vector per distinct shift ``e_t`` feeds every tap that reads
 it), then interleaved with shuffles into ``s * lanes`` contiguous outputs. Positions that no
 tap reaches (``output_padding``, or crops) get the bias.
-Weights are ``[C, O/groups, *K]``; bias and activation are applied before the store.
+Weights are ``[C, O/groups, *K]``; bias and activation are applied before the store, and
+in a fused kernel (a skip-add after the upsampling) the store is the kernel's epilogue
+(``Store``): each output vector goes through the fused parts first.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from llvmlite import ir
 
 from convdsl.backends.llvm.emit_elementwise import ACTIVATIONS
-from convdsl.backends.llvm.kernel import KernelBuilder, spatial_of, strides_of
+from convdsl.backends.llvm.kernel import KernelBuilder, Point, spatial_of, strides_of
 from convdsl.backends.llvm.loops import (
     I1,
     I32,
@@ -51,6 +54,8 @@ from convdsl.backends.llvm.loops import (
 from convdsl.backends.llvm.parallel import thread_share
 from convdsl.ir.graph import Node
 
+# Stores one output vector (its point: one channel, ``lanes`` positions) in a fused kernel.
+Store = Callable[[Point, ir.Value], None]
 MAX_BLOCK = 8  # output channels per work item
 # Accumulators (block x last-axis stride) stay in registers next to the inputs and a weight.
 MAX_ACCUMULATORS = 12
@@ -131,7 +136,9 @@ def _segments(count: int, lanes: int, lo: int, hi: int) -> list[tuple[int, int, 
     return [run for run in runs if run[1] > run[0]]
 
 
-def conv_transpose_kernel(k: KernelBuilder, node: Node) -> None:
+def conv_transpose_kernel(k: KernelBuilder, node: Node, store: Store | None = None) -> None:
+    """The whole kernel of transposed conv ``node``; ``store``: how each output vector is
+    stored (default: into ``node``'s output)."""
     b = k.builder
     a = node.attrs
     x = node.inputs[0]
@@ -181,10 +188,12 @@ def conv_transpose_kernel(k: KernelBuilder, node: Node) -> None:
         w_base = b.add(
             b.mul(o_block, i64(taps * x_type.channels * block)), b.mul(first_in, i64(block))
         )
-        y_row = b.mul(channel, i64(out_strides[0]))
-        for axis, o in enumerate(outer):
-            y_row = b.add(y_row, b.mul(o, i64(out_strides[axis + 1])))
-        y_row = gep(b, k.entry(node.output, n), y_row)
+        y_row = None  # in a fused kernel ``store`` knows where the kernel's output goes
+        if store is None:
+            offset = b.mul(channel, i64(out_strides[0]))
+            for axis, o in enumerate(outer):
+                offset = b.add(offset, b.mul(o, i64(out_strides[axis + 1])))
+            y_row = gep(b, k.entry(node.output, n), offset)
         # Outer-axis phase of this item: (t0, e0, count) per axis, and q.
         looked: list[tuple[ir.Value, ir.Value, ir.Value, ir.Value]] = []
         for axis, o in enumerate(outer):
@@ -221,6 +230,8 @@ def conv_transpose_kernel(k: KernelBuilder, node: Node) -> None:
             lanes,
             x_type.channels,
             block,
+            Point(n, channel, 1, tuple(outer), i64(0), lanes),
+            store,
         )
         context.row(out_sizes[-1])
 
@@ -241,7 +252,7 @@ class _Context:
     x_entry: ir.Value  # first input channel of the group, this batch entry
     weight: ir.Value
     w_base: ir.Value  # weight offset of (first_in, channel, tap 0)
-    y_row: ir.Value  # output (channel, *outer, 0)
+    y_row: ir.Value | None  # output (channel, *outer, 0); None with ``store``
     looked: list[tuple[ir.Value, ir.Value, ir.Value, ir.Value]]  # (t0, q + e0, count, q)
     axes: list[tuple[tuple[Phase, ...], int, int]]
     in_sizes: tuple[int, ...]
@@ -253,6 +264,8 @@ class _Context:
     lanes: int
     channels: int  # input channels (all groups): the packed weight's third dim
     block: int
+    item: Point  # the item's batch entry, first channel and outer indices
+    store: Store | None  # the fused kernel's epilogue, if any (module doc)
     # Set by ``row``: per last-axis phase its (tap, input shift) pairs; the distinct shifts.
     reads: list[list[tuple[int, int]]] = field(default_factory=list)
     shifts: list[int] = field(default_factory=list)
@@ -289,7 +302,6 @@ class _Context:
             b.store(fsplat(0.0, lanes, self.k.element), acc)
         self._outer_taps(0, i64(0), i64(0), q, interior)
         stride = self.node.attrs["stride"][-1]
-        out = gep(b, self.y_row, b.mul(q, i64(stride)))
         for j in range(self.block):
             values = [
                 self.activation(  # type: ignore[operator]
@@ -299,13 +311,21 @@ class _Context:
                 )
                 for p in range(stride)
             ]
-            row = gep(b, out, j * self._out_channel_stride())
             for index, chunk in enumerate(interleave(b, values)):
-                at = gep(b, row, index * lanes)
                 left = lanes if valid is None else min(lanes, valid - index * lanes)
+                if left <= 0:
+                    continue
+                w = b.add(b.mul(q, i64(stride)), i64(index * lanes))
+                if self.store is not None:
+                    c = b.add(self.item.c, i64(j))
+                    tail = None if left == lanes else left
+                    self.store(Point(self.item.n, c, 1, self.item.outer, w, lanes, tail), chunk)
+                    continue
+                assert self.y_row is not None
+                at = gep(b, self.y_row, b.add(w, i64(j * self._out_channel_stride())))
                 if left == lanes:
                     store_vec(b, chunk, at)
-                elif left > 0:
+                else:
                     mask = ir.Constant(
                         ir.VectorType(I1, lanes), [lane < left for lane in range(lanes)]
                     )

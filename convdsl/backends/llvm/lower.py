@@ -35,6 +35,7 @@ from convdsl.backends.llvm import (
     emit_pool,
     emit_relayout,
     emit_transpose,
+    emit_transpose_phase,
     kernel_reuse,
 )
 from convdsl.backends.llvm.conv_schedule import (
@@ -99,6 +100,9 @@ KERNELS: dict[str, Callable[[KernelBuilder, Node], None]] = {
 # bounds-masked (windows) or masked through ``KernelBuilder.operand`` (elementwise).
 # Ops computed as a register tile of several vectors, rows walked by ``row_segments``.
 TILE_EMITTERS = emit_conv_tile.TILE_EMITTERS
+# A transposed conv anchoring a fused kernel is split by output phase like one alone, the
+# fused parts applied to each output vector (``emit_transpose_phase.Store``).
+PHASE_EPILOGUES = True
 # Find a kernel that would print the same as one already built by its signature, without
 # building it (``kernel_reuse``); off, every kernel is built and compared by its text.
 REUSE = True
@@ -284,6 +288,18 @@ class ModuleBuilder:
         anchor = parts(node)[0]
         if anchor.op in TILE_EMITTERS:
             self._conv_kernel(k, node)
+            return
+        if (
+            PHASE_EPILOGUES
+            and anchor.op in emit_transpose_phase.KERNELS
+            and all(part.op in emit_elementwise.EMITTERS for part in parts(node)[1:])
+        ):
+            # Split by output phase, each output vector through the fused parts: the point
+            # loop's transposed conv gathers lane by lane (FCN-8s's upscore2 + add: 8 GFLOP/s).
+            def store(point: Point, vector: ir.Value) -> None:
+                self._point(k, node, point, {anchor.output: [vector]})
+
+            emit_transpose_phase.conv_transpose_kernel(k, anchor, store)
             return
         block = BLOCKS[anchor.op](self.graph, anchor) if anchor.op in BLOCKS else 1
         sizes = spatial_of(out_type)
