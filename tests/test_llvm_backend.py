@@ -925,6 +925,25 @@ def test_transposed_convs_with_fused_parts_split_by_phase_match_interpreter(src:
     assert_matches(src, batches=(1, 2))
 
 
+def test_a_concat_copies_only_the_inputs_not_in_their_slices() -> None:
+    """A U-Net / N5 decoder step: the upsampled ``u`` (its crop folded into the transposed
+    conv) is written straight into its slice of the concat, at the concat's batch stride;
+    the skip ``s``, also read by the pool, is copied by the concat kernel."""
+    src = (
+        "input x: f32[N, 3, 6, 11]\n"
+        "s = relu(conv2d(x, 4, kernel=3, padding=same))\n"
+        "u = conv_transpose2d(max_pool2d(s, 2, ceil_mode=true), 5, kernel=2, stride=2)\n"
+        "output y = conv2d(concat(crop(u, like=s), s), 3, kernel=3, padding=same)"
+    )
+    graph = convdsl.compile_string(src, backend="numpy").graph
+    assert graph.memory is not None
+    shares = {graph.values[v].name: b.shares for v, b in graph.memory.buffers.items()}
+    assert shares["y.concat.crop"] is not None and shares["s"] is None
+    lowered = lower.lower_graph(graph, host_target().lanes, threads=2)
+    assert [w.node.op for w in lowered.workers].count("concat") == 1
+    assert_matches(src, batches=(1, 3))
+
+
 def test_upscore8_runs_phase_split_with_packed_weights() -> None:
     src = "input x: f32[N, 21, 28, 28]\noutput y = conv_transpose2d(x, 21, kernel=16, stride=8)"
     net = convdsl.compile_string(src, "u.conv", backend="numpy")

@@ -135,14 +135,17 @@ def test_values_read_elsewhere_or_output_are_not_sliced_or_overwritten() -> None
     input x: f32[N, 2, 4]
     a = conv1d(x, 2, kernel=1)
     b = conv1d(x, 2, kernel=1, activation=relu)
-    output c = concat(a, b, x)      # x is the caller's: no slices, the concat copies
+    output c = concat(a, b, x)      # x is the caller's and a an output: copied; b is sliced
     d = tanh(a)                     # a is an output, so it stays
     output a
     output e = concat(d, d)         # the same value twice cannot be two slices
     """
     graph = planned(src, opt_level=1).graph
     assert graph.memory is not None
-    assert all(b.shares is None for b in graph.memory.buffers.values())
+    ids = {graph.values[v].name: v for v in graph.memory.buffers}
+    shared = {v: b for v, b in graph.memory.buffers.items() if b.shares is not None}
+    assert list(shared) == [ids["b"]] and shared[ids["b"]].shares == ids["c"]
+    assert shared[ids["b"]].offset == graph.memory.buffers[ids["c"]].offset + 2 * 4 * 4
     for batch in (1, 3):
         assert_arena_matches(Network(graph, backend="numpy"), batch)
 

@@ -16,10 +16,12 @@ Sharing. Values join in a tree through ``Buffer.shares``:
 - in place: an elementwise kernel (an ELEMENTWISE op, or a fused kernel whose parts all are)
   writes its output over an input of the same size that dies there (its last reader is this
   kernel and it is not a graph output); the output's buffer ``shares`` that input.
-- concat without a copy: when every input of an (unfused) ``concat`` is written by a kernel,
-  read by this concat alone, listed once and not a graph output, each input (with whatever it
-  shares in place) is written straight into its channel slice of the concat's output; the slice
-  ``shares`` the concat output, at ``offset`` = concat offset + bytes of the channels before it.
+- concat without a copy: each input of an (unfused) ``concat`` that is written by a kernel,
+  read by this concat alone and not a graph output (the concat listing each input once) is
+  written straight into its channel slice of the concat's output, with whatever it shares in
+  place; the slice ``shares`` the concat output, at ``offset`` = concat offset + bytes of the
+  channels before it. The concat itself then copies only its other inputs (a U-Net skip, also
+  read by the next level's pool), and is no kernel at all when there are none.
 
 Layout rule (how a backend addresses a buffer for ``B`` batch units): follow ``shares`` to the
 root buffer ``R``; batch entry ``n`` of value ``v`` is the ``v.size`` contiguous bytes at
@@ -47,13 +49,37 @@ from convdsl.ir.memory_plan import Buffer, MemoryPlan
 from convdsl.ir.ops import OPS, FusionClass
 
 ALIGNMENT = 64
+PARTIAL_CONCATS = True  # slice the inputs a concat need not copy even if it copies others
 
 
 def plan_memory(graph: Graph) -> Graph:
-    """Plan every kernel output into one arena; returns the graph with ``memory`` set."""
+    """Plan every kernel output into one arena; returns the graph with ``memory`` set.
+
+    Slicing only some inputs of a concat saves their copies but ties them to the concat's
+    block earlier, which can make the arena bigger (U-Net: 1.25x): the plan with those slices
+    is kept unless the one with whole concats only is smaller (N5: 26 MiB with, 32 without)."""
     live = Liveness.of(graph)
     inplace = _inplace_links(graph, live)
-    slices = _concat_links(graph, live, inplace)
+    partial = _concat_links(graph, live, inplace)
+    whole = {
+        value: link
+        for value, link in partial.items()
+        if all(_head(v, inplace) in partial for v in _concat_of(graph, link[0]))
+    }
+    plans = [_plan(live, inplace, whole)]
+    if PARTIAL_CONCATS and whole != partial:
+        plans.insert(0, _plan(live, inplace, partial))
+    return replace(graph, memory=min(plans, key=lambda plan: plan.arena_bytes))
+
+
+def _concat_of(graph: Graph, output: int) -> tuple[int, ...]:
+    """The inputs of the concat writing ``output``."""
+    return next(node.inputs for node in graph.nodes if output in node.outputs)
+
+
+def _plan(
+    live: Liveness, inplace: dict[int, int], slices: dict[int, tuple[int, int]]
+) -> MemoryPlan:
     blocks = _blocks(live, inplace, slices)
     bases = _place(blocks)
     buffers: dict[int, Buffer] = {}
@@ -63,14 +89,13 @@ def plan_memory(graph: Graph) -> Graph:
             place = (base + relative, live.size[value], live.first[value], live.last[value])
             buffers[value] = Buffer(value, *place, shares=shares)
     arena = max((b.offset + b.size for b in buffers.values()), default=0)
-    plan = MemoryPlan(
+    return MemoryPlan(
         buffers=dict(sorted(buffers.items())),
         arena_bytes=_align(arena),
         naive_bytes=sum(_align(size) for size in live.size.values()),
         lower_bound_bytes=live.lower_bound(),
         alignment=ALIGNMENT,
     )
-    return replace(graph, memory=plan)
 
 
 @dataclass
@@ -147,16 +172,17 @@ def _inplace_links(graph: Graph, live: Liveness) -> dict[int, int]:
 def _concat_links(
     graph: Graph, live: Liveness, inplace: dict[int, int]
 ) -> dict[int, tuple[int, int]]:
-    """Concat input -> (concat output, byte offset of its channel slice) for copy-free concats."""
+    """Concat input -> (concat output, byte offset of its channel slice) for the inputs a
+    concat need not copy (module doc)."""
     links: dict[int, tuple[int, int]] = {}
     for index, node in enumerate(graph.nodes):
         if node.op != "concat" or len(set(node.inputs)) != len(node.inputs):
             continue
-        if all(live.readers.get(v) == [index] and _dies_at(live, v, index) for v in node.inputs):
-            relative = 0
-            for value in node.inputs:
+        relative = 0
+        for value in node.inputs:
+            if live.readers.get(value) == [index] and _dies_at(live, value, index):
                 links[_head(value, inplace)] = (node.output, relative)
-                relative += live.size[value]
+            relative += _bytes_per_unit(graph, value)
     return links
 
 

@@ -202,11 +202,12 @@ class ModuleBuilder:
 
     def _copy_free(self, node: Node) -> bool:
         """A concat whose inputs the memory plan already placed in its slices."""
-        plan = self.graph.memory
-        assert plan is not None
-        if node.op != "concat":
-            return False
-        return all(_shares_into(plan, v, node.output) for v in node.inputs)
+        return node.op == "concat" and all(self._in_slice(node, v) for v in node.inputs)
+
+    def _in_slice(self, concat: Node, value: int) -> bool:
+        """Whether the memory plan placed input ``value`` of ``concat`` in its slice."""
+        assert self.graph.memory is not None
+        return _shares_into(self.graph.memory, value, concat.output)
 
     def _add_scratch(self, value: int) -> None:
         size = entry_elements(self.graph.type_of(value)) * itemsize(self.graph, value)
@@ -289,6 +290,9 @@ class ModuleBuilder:
         if anchor.op in TILE_EMITTERS:
             self._conv_kernel(k, node)
             return
+        if node.op == "concat":
+            self._concat_kernel(k, node)
+            return
         if (
             PHASE_EPILOGUES
             and anchor.op in emit_transpose_phase.KERNELS
@@ -312,6 +316,23 @@ class ModuleBuilder:
             n, *outer, channel_block = unflatten(b, item, (*outer_sizes, blocks))
             channel = b.mul(channel_block, i64(block))
             self._row(k, node, Point(n, channel, block, tuple(outer), i64(0), 1))
+
+    def _concat_kernel(self, k: KernelBuilder, node: Node) -> None:
+        """A concat copies the inputs the memory plan did not place in their slices (a skip
+        also read elsewhere), each split between the threads, row by row."""
+        b = k.builder
+        outer_sizes = spatial_of(self.graph.type_of(node.output))[:-1]
+        start = 0
+        for value in node.inputs:
+            channels = self.graph.type_of(value).channels
+            if not self._in_slice(node, value):
+                rows = b.mul(k.batch, i64(channels * math.prod(outer_sizes)))
+                first, last = thread_share(b, rows)
+                with for_range(b, first, last, name="copy") as item:
+                    n, *outer, channel = unflatten(b, item, (*outer_sizes, channels))
+                    point = Point(n, b.add(channel, i64(start)), 1, tuple(outer), i64(0), 1)
+                    self._row(k, node, point)
+            start += channels
 
     def _row(self, k: KernelBuilder, node: Node, row: Point) -> None:
         """One output row: vectors, then the tail (one masked vector, or single elements)."""
