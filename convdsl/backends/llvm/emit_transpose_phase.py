@@ -15,9 +15,9 @@ phase is computed at once: ``lanes`` consecutive ``q`` of each phase for each ch
 block, in registers (one input vector per distinct shift ``e_t`` feeds every tap that reads
 it), then interleaved with shuffles into ``s * lanes`` contiguous outputs. Positions that no
 tap reaches (``output_padding``, or crops) get the bias.
-Weights are ``[C, O/groups, *K]``; bias and activation are applied before the store, and
-in a fused kernel (a skip-add after the upsampling) the store is the kernel's epilogue
-(``Store``): each output vector goes through the fused parts first.
+Weights are ``[C, O/groups, *K]``; bias and activation are applied before the store
+(``Store``): into the output, or in a fused kernel (a skip-add after the upsampling) through
+the fused parts first.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from llvmlite import ir
 from convdsl.backends.llvm.emit_elementwise import ACTIVATIONS
 from convdsl.backends.llvm.kernel import KernelBuilder, Point, spatial_of, strides_of
 from convdsl.backends.llvm.loops import (
-    I1,
     I32,
     I64,
     concat,
@@ -44,17 +43,15 @@ from convdsl.backends.llvm.loops import (
     i64,
     load_vec,
     masked_load,
-    masked_store,
     pick,
     splat,
-    store_vec,
     vec_type,
     wide_mask,
 )
 from convdsl.backends.llvm.parallel import thread_share
 from convdsl.ir.graph import Node
 
-# Stores one output vector (its point: one channel, ``lanes`` positions) in a fused kernel.
+# Stores one output vector (its point: one channel, ``lanes`` positions).
 Store = Callable[[Point, ir.Value], None]
 MAX_BLOCK = 8  # output channels per work item
 # Accumulators (block x last-axis stride) stay in registers next to the inputs and a weight.
@@ -139,12 +136,17 @@ def _segments(count: int, lanes: int, lo: int, hi: int) -> list[tuple[int, int, 
 def conv_transpose_kernel(k: KernelBuilder, node: Node, store: Store | None = None) -> None:
     """The whole kernel of transposed conv ``node``; ``store``: how each output vector is
     stored (default: into ``node``'s output)."""
+    if store is None:
+
+        def store(point: Point, vector: ir.Value) -> None:
+            k.store(node.output, point, [vector])
+
     b = k.builder
     a = node.attrs
     x = node.inputs[0]
     x_type, y_type = k.type_of(x), k.type_of(node.output)
     in_sizes, in_strides = spatial_of(x_type), strides_of(x_type)
-    out_sizes, out_strides = spatial_of(y_type), strides_of(y_type)
+    out_sizes = spatial_of(y_type)
     kernel = tuple(a["kernel"])
     rank = len(kernel)
     taps = math.prod(kernel)
@@ -188,12 +190,6 @@ def conv_transpose_kernel(k: KernelBuilder, node: Node, store: Store | None = No
         w_base = b.add(
             b.mul(o_block, i64(taps * x_type.channels * block)), b.mul(first_in, i64(block))
         )
-        y_row = None  # in a fused kernel ``store`` knows where the kernel's output goes
-        if store is None:
-            offset = b.mul(channel, i64(out_strides[0]))
-            for axis, o in enumerate(outer):
-                offset = b.add(offset, b.mul(o, i64(out_strides[axis + 1])))
-            y_row = gep(b, k.entry(node.output, n), offset)
         # Outer-axis phase of this item: (t0, e0, count) per axis, and q.
         looked: list[tuple[ir.Value, ir.Value, ir.Value, ir.Value]] = []
         for axis, o in enumerate(outer):
@@ -218,7 +214,6 @@ def conv_transpose_kernel(k: KernelBuilder, node: Node, store: Store | None = No
             x_entry,
             weight,
             w_base,
-            y_row,
             looked,
             axes,
             in_sizes,
@@ -252,7 +247,6 @@ class _Context:
     x_entry: ir.Value  # first input channel of the group, this batch entry
     weight: ir.Value
     w_base: ir.Value  # weight offset of (first_in, channel, tap 0)
-    y_row: ir.Value | None  # output (channel, *outer, 0); None with ``store``
     looked: list[tuple[ir.Value, ir.Value, ir.Value, ir.Value]]  # (t0, q + e0, count, q)
     axes: list[tuple[tuple[Phase, ...], int, int]]
     in_sizes: tuple[int, ...]
@@ -265,7 +259,7 @@ class _Context:
     channels: int  # input channels (all groups): the packed weight's third dim
     block: int
     item: Point  # the item's batch entry, first channel and outer indices
-    store: Store | None  # the fused kernel's epilogue, if any (module doc)
+    store: Store  # where an output vector goes (module doc)
     # Set by ``row``: per last-axis phase its (tap, input shift) pairs; the distinct shifts.
     reads: list[list[tuple[int, int]]] = field(default_factory=list)
     shifts: list[int] = field(default_factory=list)
@@ -316,23 +310,9 @@ class _Context:
                 if left <= 0:
                     continue
                 w = b.add(b.mul(q, i64(stride)), i64(index * lanes))
-                if self.store is not None:
-                    c = b.add(self.item.c, i64(j))
-                    tail = None if left == lanes else left
-                    self.store(Point(self.item.n, c, 1, self.item.outer, w, lanes, tail), chunk)
-                    continue
-                assert self.y_row is not None
-                at = gep(b, self.y_row, b.add(w, i64(j * self._out_channel_stride())))
-                if left == lanes:
-                    store_vec(b, chunk, at)
-                else:
-                    mask = ir.Constant(
-                        ir.VectorType(I1, lanes), [lane < left for lane in range(lanes)]
-                    )
-                    masked_store(b, chunk, at, mask)
-
-    def _out_channel_stride(self) -> int:
-        return strides_of(self.k.type_of(self.node.output))[0]
+                c = b.add(self.item.c, i64(j))
+                tail = None if left == lanes else left
+                self.store(Point(self.item.n, c, 1, self.item.outer, w, lanes, tail), chunk)
 
     def _outer_taps(
         self,
