@@ -15,6 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import random_weights
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_optimizer_differential import networks
+from test_optimizer_differential import random_weights as weights_far_from_identity
 
 import convdsl
 from convdsl import cli
@@ -67,6 +71,20 @@ def test_every_example_agrees_with_the_interpreter(pair: tuple[Network, Network]
     for batch in batches:
         inputs = reference.random_inputs(seed=batch, batch=batch)
         assert_agrees(native(inputs), reference(inputs))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=networks(), batch=st.sampled_from([1, 3]), seed=st.integers(0, 3))
+def test_random_networks_agree_with_the_interpreter(text: str, batch: int, seed: int) -> None:
+    """The optimizer's random networks (skips into add, mul and concat, pads, crops, pools,
+    upscales, strided and transposed convs, tiny odd planes, values read twice or also
+    outputs), compiled for llvm: fused kernels, layouts and the memory plan as it makes them."""
+    reference = convdsl.compile_string(text, "random.conv", backend="numpy")
+    weights = weights_far_from_identity(reference, seed)
+    reference.set_weights(weights)
+    native = convdsl.compile_string(text, "random.conv", backend="llvm", weights=weights)
+    inputs = reference.random_inputs(seed=seed, batch=batch)
+    assert_agrees(native(inputs), reference(inputs))
 
 
 @pytest.mark.parametrize("opt_level", [0, 1])
