@@ -49,7 +49,7 @@ def main() -> None:
         module = llvm.parse_assembly(text)
         module.triple, module.data_layout = machine.triple, str(machine.target_data)
         parsed = time.process_time()
-        codegen.optimize(module, machine)
+        codegen.optimize(module, machine, light=codegen.wants_light(text))
         optimized = time.process_time()
         machine.emit_object(module)
         done = time.process_time()

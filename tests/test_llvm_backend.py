@@ -1125,6 +1125,33 @@ def test_helper_processes_compile_the_same_code_as_this_process(
     assert compiler.objects() == alone
 
 
+def test_convolution_kernels_take_the_light_pipeline_and_compute_the_same_bits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Conv kernels are marked for LLVM's light pipeline (``codegen.TILE_PIPELINE``), the pool,
+    upscale, relayout and entry modules are not; the code computes the same bits either way
+    (no pass reassociates floating point without fast-math flags)."""
+    texts = _module_texts(SEVERAL_KERNELS)
+    modules = {text.split('"', 2)[1]: codegen.wants_light(text) for text in texts}
+    assert modules == {
+        "kernel0_a_conv2d": True,  # conv2d + relu
+        "kernel1_b": False,  # max_pool2d
+        "kernel2_b_phases2": False,  # relayout for the strided conv
+        "kernel3_c": True,
+        "kernel4_y": False,  # bilinear upscale
+        "network": False,  # the entry
+    }
+    monkeypatch.setenv("CONVDSL_CACHE_DIR", "off")
+    net = convdsl.compile_string(SEVERAL_KERNELS, backend="numpy")
+    inputs = net.random_inputs(seed=1, batch=2)
+    outputs = []
+    for light in (True, False):
+        monkeypatch.setattr(codegen, "LIGHT_TILES", light)
+        native = LlvmExecutable(net.graph, materialize(net.graph, net.weights), threads=2)
+        outputs.append(run_native(net, native, inputs)["y"])
+    np.testing.assert_array_equal(*outputs)
+
+
 def test_a_failing_helper_costs_time_not_the_result(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

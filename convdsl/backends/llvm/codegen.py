@@ -1,5 +1,6 @@
 """LLVM IR text to machine code: LLVM's O3 pipeline (less its loop vectorizers and unroller),
-then the code generator for one CPU.
+or a lighter one for convolution kernels (``TILE_PIPELINE``), then the code generator for one
+CPU.
 
 This module needs only llvmlite and the standard library, because it is also the program of
 the *helper processes* that compile in parallel (``Compiler``): a helper is ``python -c``
@@ -38,6 +39,14 @@ LOWERING_WEIGHT = 0.25
 LOOP_VECTORIZATION = False
 SLP_VECTORIZATION = False
 LOOP_UNROLLING = False
+# Convolution kernels (register tiles, built vectorized and unrolled) ran as fast optimized by
+# LLVM's O1 pipeline plus NewGVN, instcombine and simplifycfg as by O3 (every suite layer and
+# example within +-3%), for 14% less LLVM CPU (FCN-8s: 2.10 -> 1.80 s); other kernels keep O3
+# (light, the bilinear upscale of L9 was 8-13% slower). A module asks for the light pipeline
+# with this named metadata (``lower.light_pipeline``), which travels with its text to the
+# helpers and into the code cache key.
+TILE_PIPELINE = "convdsl.tile_pipeline"
+LIGHT_TILES = True
 
 
 @cache
@@ -55,25 +64,37 @@ def target_machine(triple: str, cpu: str, features: str) -> llvm.TargetMachine:
     )
 
 
-def optimize(module: llvm.ModuleRef, machine: llvm.TargetMachine) -> None:
+def optimize(module: llvm.ModuleRef, machine: llvm.TargetMachine, light: bool = False) -> None:
     """Run LLVM's O3 module pipeline (new pass manager) over ``module`` in place, its loop
-    transformations as the constants above say."""
-    options = llvm.create_pipeline_tuning_options(speed_level=3)
+    transformations as the constants above say; ``light``: the O1 pipeline, then NewGVN,
+    instcombine and simplifycfg."""
+    options = llvm.create_pipeline_tuning_options(speed_level=1 if light else 3)
     options.loop_vectorization = LOOP_VECTORIZATION
     options.slp_vectorization = SLP_VECTORIZATION
     options.loop_unrolling = LOOP_UNROLLING
     builder = llvm.create_pass_builder(machine, options)
     builder.getModulePassManager().run(module, builder)
+    if light:
+        passes = llvm.create_new_module_pass_manager()
+        passes.add_new_gvn_pass()
+        passes.add_instruction_combine_pass()
+        passes.add_simplify_cfg_pass()
+        passes.run(module, builder)
 
 
 def optimized(llvm_ir: str, machine: llvm.TargetMachine) -> llvm.ModuleRef:
-    """One module's text parsed, verified and optimized."""
+    """One module's text parsed, verified and optimized (light if it is marked so)."""
     parsed = llvm.parse_assembly(llvm_ir)
     parsed.triple = machine.triple
     parsed.data_layout = str(machine.target_data)
     parsed.verify()
-    optimize(parsed, machine)
+    optimize(parsed, machine, light=wants_light(llvm_ir))
     return parsed
+
+
+def wants_light(llvm_ir: str) -> bool:
+    """Whether the module ``llvm_ir`` is to be optimized by the light pipeline."""
+    return LIGHT_TILES and f"!{TILE_PIPELINE} =" in llvm_ir
 
 
 def compile_object(llvm_ir: str, machine: llvm.TargetMachine) -> bytes:

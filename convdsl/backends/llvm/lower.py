@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from convdsl.backends.llvm import (
+    codegen,
     emit_conv_tile,
     emit_data,
     emit_elementwise,
@@ -107,6 +108,12 @@ PHASE_EPILOGUES = True
 # building it (``kernel_reuse``); off, every kernel is built and compared by its text.
 REUSE = True
 MASKED_TAIL = {*emit_conv_tile.TILE_EMITTERS, *emit_transpose.EMITTERS, *emit_elementwise.EMITTERS}
+
+
+def light_pipeline(module: ir.Module) -> None:
+    """Have LLVM optimize ``module`` (a convolution kernel) with the light pipeline
+    (``codegen.TILE_PIPELINE``)."""
+    module.add_named_metadata(codegen.TILE_PIPELINE, [ir.MetaDataString(module, "O1 + gvn")])
 
 
 def parts(node: Node) -> tuple[Node, ...]:
@@ -251,6 +258,8 @@ class ModuleBuilder:
                 node.span,
             ) from exc
         builder.ret_void()
+        if parts(node)[0].op in TILE_EMITTERS:
+            light_pipeline(module)
         text = str(module)
         shape = text.replace(f'"{name}"', '"KERNEL"')  # the code, whatever its name
         if shape not in self.functions:
