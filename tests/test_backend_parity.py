@@ -7,9 +7,11 @@ seconds for the big examples, so each compiled network is shared by the tests of
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from test_optimizer_differential import random_weights as weights_far_from_ident
 import convdsl
 from convdsl import cli
 from convdsl.api import BACKENDS, Network
+from convdsl.backends.llvm import entry
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").glob("*.conv"))
@@ -74,17 +77,43 @@ def test_every_example_agrees_with_the_interpreter(pair: tuple[Network, Network]
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(text=networks(), batch=st.sampled_from([1, 3]), seed=st.integers(0, 3))
-def test_random_networks_agree_with_the_interpreter(text: str, batch: int, seed: int) -> None:
+@given(
+    text=networks(),
+    batch=st.sampled_from([1, 3]),
+    seed=st.integers(0, 3),
+    one_image=st.booleans(),
+)
+def test_random_networks_agree_with_the_interpreter(
+    text: str, batch: int, seed: int, one_image: bool
+) -> None:
     """The optimizer's random networks (skips into add, mul and concat, pads, crops, pools,
     upscales, strided and transposed convs, tiny odd planes, values read twice or also
-    outputs), compiled for llvm: fused kernels, layouts and the memory plan as it makes them."""
+    outputs), compiled for llvm: fused kernels, layouts and the memory plan as it makes them;
+    the batch run over at once or, as big networks do, one image per pass."""
     reference = convdsl.compile_string(text, "random.conv", backend="numpy")
     weights = weights_far_from_identity(reference, seed)
     reference.set_weights(weights)
-    native = convdsl.compile_string(text, "random.conv", backend="llvm", weights=weights)
+    with one_image_per_pass(one_image):
+        native = convdsl.compile_string(text, "random.conv", backend="llvm", weights=weights)
     inputs = reference.random_inputs(seed=seed, batch=batch)
     assert_agrees(native(inputs), reference(inputs))
+
+
+@contextlib.contextmanager
+def one_image_per_pass(yes: bool) -> Iterator[None]:
+    """Compile with every network run one image per pass (``entry.PASS_BYTES`` 0) or as the
+    constant says, the code cache off (its records do not know the constant)."""
+    saved = entry.PASS_BYTES, os.environ.get("CONVDSL_CACHE_DIR")
+    entry.PASS_BYTES = 0 if yes else saved[0]
+    os.environ["CONVDSL_CACHE_DIR"] = "off"
+    try:
+        yield
+    finally:
+        entry.PASS_BYTES = saved[0]
+        if saved[1] is None:
+            del os.environ["CONVDSL_CACHE_DIR"]
+        else:
+            os.environ["CONVDSL_CACHE_DIR"] = saved[1]
 
 
 @pytest.mark.parametrize("opt_level", [0, 1])

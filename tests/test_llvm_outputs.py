@@ -97,3 +97,42 @@ def test_without_direct_outputs_the_results_are_the_same(monkeypatch: pytest.Mon
     a, b = direct.run(inputs), copied.run(inputs)
     for value in a:
         np.testing.assert_array_equal(a[value], b[value])
+
+
+PASSES = {
+    **{name: (src, opt_level) for name, (src, opt_level, _) in CASES.items()},
+    # a conv then a pixel shuffle in one kernel, run part by part: the conv's output is scratch
+    "unfused parts": (
+        X + "output z = pixel_shuffle(relu(conv2d(x, 8, kernel=3, padding=same)), 2)\n",
+        2,
+    ),
+}
+
+
+@pytest.mark.parametrize("per_pass", [1, 2])
+@pytest.mark.parametrize("case", PASSES)
+def test_passes_over_part_of_the_batch_give_the_bits_of_the_whole_batch(
+    case: str, per_pass: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch runs in passes of as many images as ``entry.PASS_BYTES`` of arena hold: here
+    batch 3 in passes of one image, or of two then one. Outputs written in place or copied
+    out, graph inputs as outputs, concat slices and the scratch values of unfused parts all
+    land at their images, bit for bit as when every kernel runs over the whole batch."""
+    src, opt_level = PASSES[case]
+    monkeypatch.setenv("CONVDSL_CACHE_DIR", "off")
+    net, whole = build(src, opt_level)
+    per_image = whole._lowered.arena_bytes
+    monkeypatch.setattr(entry, "PASS_BYTES", per_pass * per_image)
+    _, passes = build(src, opt_level)
+    assert passes._lowered.per_pass == per_pass and whole._lowered.per_pass >= 3
+    ids = {whole.graph.values[v].name: v for v in whole.graph.inputs}
+    inputs = net.random_inputs(seed=4, batch=3)
+    arrays = {ids[name]: array for name, array in inputs.items()}
+    a, b = whole.run(arrays), passes.run(arrays)
+    expected = net(**inputs)
+    for name, value in whole.graph.outputs:
+        np.testing.assert_array_equal(b[value], a[value], err_msg=name)
+        np.testing.assert_allclose(b[value], expected[name], rtol=1e-4, atol=1e-5)
+    assert passes._arena.nbytes == per_pass * per_image and whole._arena.nbytes == 3 * per_image
+    if case == "unfused parts":  # the case is what it says: scratch after the planned arena
+        assert per_image > passes.graph.memory.arena_bytes

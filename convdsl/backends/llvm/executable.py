@@ -136,7 +136,7 @@ class LlvmExecutable:
         batch = max((a.shape[0] for a in arrays), default=1)
         types = [self.graph.type_of(v) for _, v in self.graph.outputs]
         outputs = [aligned_array(bind_shape(t.shape, bindings), t.dtype.numpy) for t in types]
-        needed = self._arena_per_entry * batch
+        needed = self._arena_per_entry * min(batch, self._lowered.per_pass)
         if self._arena.nbytes < needed:
             self._arena = aligned_empty(needed)
         input_table = _pointer_table(arrays)

@@ -113,9 +113,20 @@ def strides_of(t: TensorType) -> tuple[int, ...]:
     return (math.prod(sizes), *strides)
 
 
+@dataclass(frozen=True)
+class Images:
+    """The batch entries one pass of the entry function computes: ``count`` from ``first``
+    on (``entry.images_per_pass``), in an arena laid out for ``count`` entries."""
+
+    first: ir.Value
+    count: ir.Value
+
+
 class ArenaAddresses:
     """Addresses computed from the entry function's arguments and the memory plan: where the
-    entry function finds every value and parameter, to fill the kernels' tables."""
+    entry function finds every value and parameter, to fill the kernels' tables, for the
+    ``images`` of one pass (by default the whole batch): the caller's arrays from its first
+    image on, the arena's values at the start of their slots, which every pass reuses."""
 
     def __init__(
         self,
@@ -125,36 +136,41 @@ class ArenaAddresses:
         param_index: dict[str, int],
         scratch: dict[int, tuple[int, int]],
         direct: dict[int, int],
+        images: Images | None = None,
     ) -> None:
         self.graph, self.builder, self.fields = graph, builder, fields
         self.param_index, self.scratch, self.direct = param_index, scratch, direct
+        self.images = images or Images(i64(0), fields["batch"])
 
     @property
     def batch(self) -> ir.Value:
-        return self.fields["batch"]
+        """The batch entries the kernels compute in this pass."""
+        return self.images.count
 
     def value(self, value: int) -> tuple[ir.Value, ir.Value]:
-        """``float*`` (``double*``) to batch entry 0 of ``value``, and the elements from one
-        entry to the next."""
+        """``float*`` (``double*``) to the pass's first batch entry of ``value``, and the
+        elements from one entry to the next."""
         b = self.builder
         pointer = value_element(self.graph, value).as_pointer()
         size = itemsize(self.graph, value)
         caller = self._caller_slot(value)
+        count = self.images.count
         if caller is not None:  # the caller's dense array, from the inputs or outputs table
             field, slot = caller
             table = b.bitcast(self.fields[field], pointer.as_pointer())
-            return b.load(b.gep(table, [i64(slot)])), i64(entry_elements(self.graph.type_of(value)))
+            elements = i64(entry_elements(self.graph.type_of(value)))
+            start = b.load(b.gep(table, [i64(slot)]))
+            return b.gep(start, [b.mul(self.images.first, elements)]), elements
         if value in self.scratch:
             offset, entry_bytes = self.scratch[value]
-            start = b.mul(self.batch, i64(offset))
-            at = b.bitcast(b.gep(self.fields["arena"], [start]), pointer)
+            at = b.bitcast(b.gep(self.fields["arena"], [b.mul(count, i64(offset))]), pointer)
             return at, i64(entry_bytes // size)
         plan = self.graph.memory
         if plan is None or value not in plan.buffers:
             raise InternalError(f"value %{self.graph.values[value].name} has no arena slot")
         buffer = plan.buffers[value]
         root = root_of(plan, buffer.value)
-        start = b.add(b.mul(self.batch, i64(root.offset)), i64(buffer.offset - root.offset))
+        start = b.add(b.mul(count, i64(root.offset)), i64(buffer.offset - root.offset))
         return b.bitcast(b.gep(self.fields["arena"], [start]), pointer), i64(root.size // size)
 
     def _caller_slot(self, value: int) -> tuple[str, int] | None:

@@ -52,7 +52,7 @@ from convdsl.backends.llvm.conv_schedule import (
     row_segments,
 )
 from convdsl.backends.llvm.emit_conv_tile import RowTiles, interior_tiles, runtime_interior
-from convdsl.backends.llvm.entry import Worker, build_entry, frame_pointer
+from convdsl.backends.llvm.entry import Worker, build_entry, frame_pointer, images_per_pass
 from convdsl.backends.llvm.kernel import (
     BoundAddresses,
     KernelBuilder,
@@ -176,6 +176,7 @@ class ModuleBuilder:
         self.param_index = {name: index for index, name in enumerate(names)}
         self.packings: dict[str, tuple[str, int]] = {}  # packed parameter -> (source, block)
         self.scratch: dict[int, tuple[int, int]] = {}  # value -> (offset, size) per batch entry
+        self.per_pass = 1  # images per pass of the entry, set once every kernel is built
         assert graph.memory is not None
         self.arena_bytes = graph.memory.arena_bytes  # planned arena plus scratch, per entry
         self.dilation_stacks = dilation_stacks(graph)
@@ -192,6 +193,7 @@ class ModuleBuilder:
                     self._kernel(part, f"{index}_{step}", (index, step))
             else:
                 self._kernel(node, str(index), (index, None))
+        self.per_pass = images_per_pass(self.arena_bytes)  # the scratch is known now
         build_entry(
             self.module,
             self.graph,
@@ -200,6 +202,7 @@ class ModuleBuilder:
             self.scratch,
             self.threads,
             self.profile,
+            self.per_pass,
         )
         if self.on_module:
             self.on_module(str(self.module))
@@ -637,8 +640,9 @@ class Lowered:
     and ``entry`` (the ``run`` function calling them); ``params[i]`` is the name of ``float**
     params`` entry ``i`` (declared, derived, then packed copies made by ``packings``: name ->
     (source, block)), and the arena bytes per batch entry (the plan's, plus scratch for
-    unfused parts). A lowering read back from ``lowering_cache`` has no modules: ``entry`` is
-    None and ``kernels`` empty."""
+    unfused parts); the entry runs a batch in passes of ``per_pass`` images, in an arena of one
+    pass (``entry.images_per_pass``). A lowering read back from ``lowering_cache`` has no
+    modules: ``entry`` is None and ``kernels`` empty."""
 
     entry: ir.Module | None
     kernels: tuple[ir.Module, ...]
@@ -646,6 +650,7 @@ class Lowered:
     packings: dict[str, tuple[str, int]]
     arena_bytes: int
     workers: tuple[Worker, ...]
+    per_pass: int
 
     @property
     def modules(self) -> tuple[ir.Module, ...]:
@@ -681,4 +686,5 @@ def lower_graph(
         builder.packings,
         builder.arena_bytes,
         tuple(builder.workers),
+        builder.per_pass,
     )

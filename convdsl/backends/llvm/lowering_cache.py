@@ -4,12 +4,12 @@ With every module's machine code in the ``object_cache``, what a second build of
 network still spends is building the LLVM IR in Python, only to hash it into the modules' keys
 (FCN-8s: 0.6 s of a 0.85 s build). So the backend also keeps, per lowering, a small JSON record
 of what running the code needs besides the code: the parameter table's names and packings,
-the arena size, the kernel calls (function, node, address bindings) and the keys of the
-modules' object files. Its key hashes everything the lowering depends on: the graph (its
-``repr``: every value, node, attribute, the memory plan and the source), the vector width,
-thread count and profiling flag, the target, llvmlite's version and the source code of
-convdsl itself, so no edit to the compiler can meet a stale record. A record whose object
-files are missing, or that does not parse, is a miss.
+the arena size and the images per pass, the kernel calls (function, node,
+address bindings) and the keys of the modules' object files. Its key hashes everything the
+lowering depends on: the graph (its ``repr``: every value, node, attribute, the memory plan
+and the source), the vector width, thread count and profiling flag, the target, llvmlite's
+version and the source code of convdsl itself, so no edit to the compiler can meet a stale
+record. A record whose object files are missing, or that does not parse, is a miss.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from convdsl.backends.llvm.lower import Lowered
 from convdsl.backends.llvm.target import Target
 from convdsl.ir.graph import Graph
 
-FORMAT = "convdsl-lowering-1"
+FORMAT = "convdsl-lowering-2"
 
 
 @cache
@@ -72,6 +72,7 @@ def store(key: str, lowered: Lowered, module_keys: list[str]) -> None:
         "params": list(lowered.params),
         "packings": {name: list(packing) for name, packing in lowered.packings.items()},
         "arena_bytes": lowered.arena_bytes,
+        "per_pass": lowered.per_pass,
         "workers": [
             {
                 "name": worker.name,
@@ -105,6 +106,7 @@ def load(key: str, graph: Graph) -> tuple[Lowered, list[bytes]] | None:
             {name: (source, block) for name, (source, block) in record["packings"].items()},
             int(record["arena_bytes"]),
             workers,
+            int(record["per_pass"]),
         )
     except (ValueError, KeyError, TypeError, IndexError):
         return None
