@@ -125,8 +125,8 @@ class Images:
 class ArenaAddresses:
     """Addresses computed from the entry function's arguments and the memory plan: where the
     entry function finds every value and parameter, to fill the kernels' tables, for the
-    ``images`` of one pass (by default the whole batch): the caller's arrays from its first
-    image on, the arena's values at the start of their slots, which every pass reuses."""
+    ``images`` of one pass: the caller's arrays from its first image on, the arena's values
+    at the start of their slots, which every pass reuses."""
 
     def __init__(
         self,
@@ -136,11 +136,11 @@ class ArenaAddresses:
         param_index: dict[str, int],
         scratch: dict[int, tuple[int, int]],
         direct: dict[int, int],
-        images: Images | None = None,
+        images: Images,
     ) -> None:
         self.graph, self.builder, self.fields = graph, builder, fields
         self.param_index, self.scratch, self.direct = param_index, scratch, direct
-        self.images = images or Images(i64(0), fields["batch"])
+        self.images = images
 
     @property
     def batch(self) -> ir.Value:
