@@ -71,13 +71,14 @@ class Worker:
 
 
 def images_per_pass(arena_bytes: int) -> int:
-    """How many images ``run`` computes per pass over the kernels, given the arena of one:
-    as many as ``PASS_BYTES`` hold (the two cores' L2 here), at least one. Min ms of 10-40
-    interleaved runs, 2 threads, every kernel over the whole batch vs passes of one image vs
-    2 MiB: MobileNet batch 8 87.8 / 76.1 / 76.0, U-Net batch 8 25.9 / 23.2 / 23.2 (2 per
-    pass), the 3-D U-Net batch 4 26.4 / 23.9 / 23.9, the quickstart (0.15 MiB) batch 64
-    2.63 / 2.23 / 1.84 (13 per pass), batch 16 0.45 / 0.53 / 0.46; passes of 4 or 8 MiB were
-    slower than 2 on all of these. WaveNet batch 4: 273 -> 157 ms in passes of one image."""
+    """How many images ``run`` computes per pass over the kernels, given the arena of one: as many
+    as ``PASS_BYTES`` hold (the two cores' L2 here), at least one. Min ms of 10-40 interleaved
+    runs (``benchmarks/batch_passes.py``), 2 threads, every kernel over the whole batch vs
+    passes of one image vs 2 MiB: MobileNet batch 8 87.8 / 76.1 / 76.0, U-Net batch 8 25.9 /
+    23.2 / 23.2 (2 per pass), the 3-D U-Net batch 4 26.4 / 23.9 / 23.9, the quickstart (0.15
+    MiB) batch 64 2.63 / 2.23 / 1.84 (13 per pass), batch 16 0.45 / 0.53 / 0.46; passes of 4 or
+    8 MiB were slower than 2 on all of these. WaveNet batch 4: 273 -> 157 ms in passes of one
+    image."""
     return max(1, PASS_BYTES // max(1, arena_bytes))
 
 
