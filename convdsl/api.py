@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 
 BACKENDS = ("llvm", "numpy")
 DEFAULT_BACKEND = "llvm"
+MAX_THREADS = 256
+"""The most threads a network runs on: libgomp starts them all at once, and far more than
+the cores only slows a run, while thousands can pass the process's thread limit."""
 
 
 class Network:
@@ -60,8 +63,7 @@ class Network:
     ) -> None:
         if backend not in BACKENDS:
             raise error(f"unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise error(f"threads must be a positive integer, found {threads!r}")
+        check_threads(threads)
         graph = backend_graph(graph, backend)
         self.graph = graph
         self.backend = backend
@@ -181,6 +183,14 @@ class Network:
         return arrays
 
 
+def check_threads(threads: object) -> None:
+    """A ``ConvdslError`` unless ``threads`` is an integer from 1 to ``MAX_THREADS``."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise error(f"threads must be a positive integer, found {threads!r}")
+    if threads > MAX_THREADS:
+        raise error(f"threads must be at most {MAX_THREADS}, found {threads}")
+
+
 def backend_graph(graph: Graph, backend: str) -> Graph:
     """The graph ``backend`` runs: for llvm, with layouts chosen and a memory plan even below
     -O2 (its strided convolutions read phase rows, and it runs in one arena)."""
@@ -194,6 +204,7 @@ def check_backend(graph: Graph, backend: str, threads: int = 2) -> None:
     lowering errors (an op or dtype the backend lacks) show; the numpy backend has none."""
     if backend not in BACKENDS:
         raise error(f"unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
+    check_threads(threads)
     if backend == "llvm":
         from convdsl.backends.llvm.jit import Build
         from convdsl.backends.llvm.lower import lower_graph

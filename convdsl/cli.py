@@ -26,6 +26,7 @@ from convdsl import weights as weights_io
 from convdsl.api import (
     BACKENDS,
     DEFAULT_BACKEND,
+    MAX_THREADS,
     Network,
     backend_graph,
     check_backend,
@@ -399,7 +400,7 @@ def _add_backend_options(parser: argparse.ArgumentParser) -> None:
                         "caches its machine code in $CONVDSL_CACHE_DIR or ~/.cache/convdsl "
                         "(CONVDSL_CACHE_DIR=off disables; at most $CONVDSL_CACHE_MAX_MB, "
                         "default 1024)")  # fmt: skip
-    parser.add_argument("--threads", type=_positive, default=2, metavar="N",
+    parser.add_argument("--threads", type=_threads, default=2, metavar="N",
                         help="threads of the llvm backend (default 2)")  # fmt: skip
 
 
@@ -407,6 +408,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {value}")
+    return value
+
+
+def _threads(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_THREADS}, found {value}")
     return value
 
 
@@ -475,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print the LLVM IR the llvm backend generates")  # fmt: skip
     which.add_argument("--asm", metavar="KERNEL",
                        help="print the assembly of one kernel (layer name or kernelN)")  # fmt: skip
-    ir.add_argument("--threads", type=_positive, default=2, metavar="N",
+    ir.add_argument("--threads", type=_threads, default=2, metavar="N",
                     help="threads the generated code is built for (default 2)")  # fmt: skip
 
     init = _subcommand(subs, "init-weights", cmd_init_weights, common)
@@ -491,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="timed runs per backend; prints the median (default 15)")  # fmt: skip
     bench.add_argument("--warmup", type=int, default=3, metavar="W",
                        help="untimed runs before timing (default 3)")  # fmt: skip
-    bench.add_argument("--threads", type=_positive, default=2, metavar="T",
+    bench.add_argument("--threads", type=_threads, default=2, metavar="T",
                        help="threads of llvm, torch and onnxruntime (default 2)")  # fmt: skip
     bench.add_argument("--backends", default="numpy,llvm,torch,onnxruntime", metavar="LIST",
                        help="comma-separated backends to time (default all: "

@@ -7,10 +7,12 @@ seconds for the big examples, so each compiled network is shared by the tests of
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,6 +76,35 @@ def test_every_example_agrees_with_the_interpreter(pair: tuple[Network, Network]
     for batch in batches:
         inputs = reference.random_inputs(seed=batch, batch=batch)
         assert_agrees(native(inputs), reference(inputs))
+
+
+def test_every_example_called_from_four_threads_at_once_gives_the_serial_results(
+    pair: tuple[Network, Network],
+) -> None:
+    """What a web server or a data loader does: one compiled network called from several
+    threads at once, each call with its own input; every result is the one the same call gives
+    alone (bit for bit: a call's arithmetic does not depend on what runs beside it)."""
+    native, _ = pair
+    batches = (1, 2) if native.name in TWO_BATCHES else (1,)
+    inputs = [native.random_inputs(seed=s, batch=batches[s % len(batches)]) for s in range(6)]
+    expected = [native(x) for x in inputs]
+    calls = 12 if native.name in TWO_BATCHES else 4
+    start = threading.Barrier(4)
+
+    def caller(index: int) -> list[str]:
+        start.wait()  # every caller starts at once: their calls overlap
+        wrong = []
+        for call in range(calls):
+            k = (index + call) % len(inputs)
+            got = native(inputs[k])
+            wrong += [f"{name} of input {k}" for name in got
+                      if not np.array_equal(got[name], expected[k][name])]  # fmt: skip
+        return wrong
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        wrong = [w for found in pool.map(caller, range(4)) for w in found]
+    assert not wrong, f"{len(wrong)} of {4 * calls} results differ, e.g. {wrong[0]}"
+    assert len(native._executable.arenas.sizes) >= 2  # the calls did run at once
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -190,9 +221,15 @@ def test_llvm_is_the_default_backend(capsys: pytest.CaptureFixture[str]) -> None
     assert "(default llvm:" in " ".join(capsys.readouterr().out.split())
 
 
-def test_bad_thread_count_is_a_user_error() -> None:
+def test_bad_thread_count_is_a_user_error(capsys: pytest.CaptureFixture[str]) -> None:
+    src = "input x: f32[N, 1, 4]\noutput y = relu(x)\n"
     with pytest.raises(convdsl.ConvdslError, match="threads must be a positive integer"):
-        convdsl.compile_string("input x: f32[N, 1, 4]\noutput y = relu(x)\n", threads=0)
+        convdsl.compile_string(src, threads=0)
+    with pytest.raises(convdsl.ConvdslError, match="threads must be at most 256, found 10000"):
+        convdsl.compile_string(src, threads=10000)
+    path = str(REPO / "examples" / "quickstart.conv")
+    assert cli.main(["run", path, "--threads", "10000"]) == 2
+    assert "--threads: expected at most 256, found 10000" in capsys.readouterr().err
 
 
 def test_f64_on_llvm_agrees_with_numpy_in_double() -> None:

@@ -2,7 +2,7 @@
 
 ::
 
-    void run(float** inputs, float** outputs, i8* arena, float** params, i64 batch)
+    void run(float** inputs, float** outputs, i8* arena, float** params, i64* batches)
 
 fills each kernel call's table of addresses (``kernel.BoundAddresses``: its values' entry-0
 addresses and per-entry strides in the arena laid out by ``graph.memory``, its parameters'
@@ -18,6 +18,13 @@ A batch runs in passes of as many images as ``PASS_BYTES`` of arena hold
 next pass, in an arena of one pass that they all reuse. What a kernel writes is then still in
 the caches when the next kernel reads it, as at batch 1, however big the batch; a small
 network still gives its threads many images per call.
+
+A network may have several batch sizes: no op mixes two batch dims, so its values fall into
+*batch groups*, one per batch dim (``batch_groups``): a symbol such as ``N`` or ``M``, whose
+size ``batches[i]`` the caller passes (``batch_symbols`` orders them), or a fixed size. The
+groups share no value, so each runs as a network of its own, one after the other: its kernels
+in passes over its own images, its outputs copied out. The arena holds any group's pass, since
+between groups nothing in it is live (every output is in the caller's array by then).
 """
 
 from __future__ import annotations
@@ -48,10 +55,11 @@ from convdsl.backends.llvm.loops import (
 )
 from convdsl.backends.llvm.parallel import WORKER_TYPE, call_parallel
 from convdsl.ir.graph import Graph, Node
+from convdsl.ir.types import Dim
 
 ENTRY = "run"
 RUN_TYPE = ir.FunctionType(
-    VOID, [F32P.as_pointer(), F32P.as_pointer(), PTR, F32P.as_pointer(), I64]
+    VOID, [F32P.as_pointer(), F32P.as_pointer(), PTR, F32P.as_pointer(), I64.as_pointer()]
 )
 PROFILE = "kernel_ns"  # with profiling: i64 nanoseconds spent in each worker, summed over runs
 DIRECT_OUTPUTS = True  # see ``direct_outputs``
@@ -82,6 +90,28 @@ def images_per_pass(arena_bytes: int) -> int:
     return max(1, PASS_BYTES // max(1, arena_bytes))
 
 
+def worker_batch(graph: Graph, worker: Worker) -> Dim:
+    """The batch dim of the images ``worker`` computes: its node's output's."""
+    return graph.type_of(worker.node.outputs[0]).batch
+
+
+def batch_symbols(graph: Graph) -> tuple[str, ...]:
+    """The symbolic batch dims, in the order of the entry's ``batches`` argument."""
+    dims = (graph.type_of(value).batch for value in graph.inputs)
+    return tuple(dict.fromkeys(dim for dim in dims if isinstance(dim, str)))
+
+
+def batch_groups(graph: Graph, workers: list[Worker]) -> dict[Dim, list[int]]:
+    """The indices of each batch dim's workers, in run order, the dims in the order their
+    first worker runs (then the dims only an output has: an input passed through)."""
+    groups: dict[Dim, list[int]] = {}
+    for index, worker in enumerate(workers):
+        groups.setdefault(worker_batch(graph, worker), []).append(index)
+    for _, value in graph.outputs:
+        groups.setdefault(graph.type_of(value).batch, [])
+    return groups
+
+
 def build_entry(
     module: ir.Module,
     graph: Graph,
@@ -92,8 +122,8 @@ def build_entry(
     profile: bool,
     per_pass: int,
 ) -> None:
-    """Add the entry function ``run`` to ``module``, calling ``workers`` in order, in passes
-    of ``per_pass`` images (``images_per_pass``)."""
+    """Add the entry function ``run`` to ``module``, calling ``workers`` in order, batch group
+    by batch group (``batch_groups``), in passes of ``per_pass`` images (``images_per_pass``)."""
     run = ir.Function(module, RUN_TYPE, ENTRY)
     frame_pointer(run)
     b = ir.IRBuilder(run.append_basic_block("entry"))
@@ -109,8 +139,9 @@ def build_entry(
     ]
     clock = _Clock(b, len(workers)) if profile else None
 
-    def call_workers(arena: ArenaAddresses) -> None:
-        for index, (worker, table) in enumerate(zip(workers, tables, strict=True)):
+    def call_workers(arena: ArenaAddresses, group: list[int]) -> None:
+        for index in group:
+            worker, table = workers[index], tables[index]
             _fill_table(b, table, arena, worker)
             started = clock.now() if clock else None
             function, words = functions[worker.name], b.bitcast(table, PTR)
@@ -121,14 +152,19 @@ def build_entry(
             if clock and started is not None:
                 clock.add(index, started)
 
-    batch = fields["batch"]
-    with for_range(b, 0, batch, per_pass, name="pass") as first:
-        left = b.sub(batch, first)
-        count = b.select(b.icmp_signed("<", left, i64(per_pass)), left, i64(per_pass))
-        images = Images(first, count)
-        arena = ArenaAddresses(graph, b, fields, param_index, scratch, direct, images)
-        call_workers(arena)
-        _copy_outputs(b, graph, arena, fields["outputs"], direct)
+    symbols = batch_symbols(graph)
+    for dim, group in batch_groups(graph, workers).items():
+        if isinstance(dim, int):
+            batch: ir.Value = i64(dim)
+        else:
+            batch = b.load(b.gep(fields["batches"], [i64(symbols.index(dim))]), name=dim)
+        with for_range(b, 0, batch, per_pass, name="pass") as first:
+            left = b.sub(batch, first)
+            count = b.select(b.icmp_signed("<", left, i64(per_pass)), left, i64(per_pass))
+            images = Images(first, count)
+            arena = ArenaAddresses(graph, b, fields, param_index, scratch, direct, images)
+            call_workers(arena, group)
+            _copy_outputs(b, graph, arena, fields["outputs"], direct, dim)
     b.ret_void()
 
 
@@ -189,11 +225,12 @@ def _copy_outputs(
     arena: ArenaAddresses,
     outputs: ir.Value,
     direct: dict[int, int],
+    dim: Dim,
 ) -> None:
-    """Copy the graph outputs a kernel did not write in place from their arena slots into
-    the caller's arrays, for the images of ``arena``'s pass."""
+    """Copy the graph outputs of batch dim ``dim`` that a kernel did not write in place from
+    their arena slots into the caller's arrays, for the images of ``arena``'s pass."""
     for slot, (_, value) in enumerate(graph.outputs):
-        if value in direct:
+        if value in direct or graph.type_of(value).batch != dim:
             continue
         elements = entry_elements(graph.type_of(value))
         entry_bytes = elements * itemsize(graph, value)

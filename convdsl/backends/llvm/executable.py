@@ -4,8 +4,11 @@ Same interface as ``NumpyExecutable``: ``run({value id: array}) -> {value id: ar
 construction the graph is lowered (``lower``), JIT-compiled for the host (``jit``) and the
 weights (declared and derived, ``convdsl.ir.derived.materialize``) are made contiguous arrays of
 their parameter's dtype once, plus the repacked conv weights the kernels asked for
-(``kernel.pack_weight``). Each run allocates only the outputs and, when the batch grows, the
-arena (64-byte aligned); it makes ONE native call, through ctypes, which releases the GIL. The
+(``kernel.pack_weight``). Each run allocates only the outputs and takes an arena (64-byte
+aligned) from a pool (``ArenaPool``); it makes ONE native call, through ctypes, which releases
+the GIL. Calls from several threads at once are safe: each runs in an arena of its own, which
+goes back to the pool when the call returns, so the pool holds as many arenas as calls ever
+ran at once (measured against one lock around the call: see docs/api.md). The
 kernel that computes a graph output writes it into the (64-byte aligned) output array itself,
 unless the memory plan shares its slot (then the generated code copies it out at the end).
 Inputs are passed as they are (C-contiguous, of their value's dtype, element-aligned): the
@@ -25,13 +28,15 @@ from __future__ import annotations
 
 import ctypes
 import math
+import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from convdsl.backends.llvm import lowering_cache
 from convdsl.backends.llvm.emit_transpose_phase import pack_transposed
-from convdsl.backends.llvm.entry import ENTRY, PROFILE, Worker
+from convdsl.backends.llvm.entry import ENTRY, PROFILE, Worker, batch_symbols
 from convdsl.backends.llvm.jit import Build, Jit
 from convdsl.backends.llvm.kernel import pack_weight, param_dtype
 from convdsl.backends.llvm.lower import lower_graph
@@ -41,7 +46,7 @@ from convdsl.ir.types import bind_shape
 
 Array = np.ndarray
 _RUN = ctypes.CFUNCTYPE(
-    None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64
+    None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p
 )
 ALIGNMENT = 64
 
@@ -59,6 +64,43 @@ def aligned_array(shape: tuple[int, ...], dtype: np.dtype) -> Array:
     line."""
     nbytes = math.prod(shape) * np.dtype(dtype).itemsize
     return aligned_empty(nbytes).view(dtype).reshape(shape)
+
+
+class ArenaPool:
+    """Arenas for calls that may run at once: ``take`` hands one no running call uses (the
+    largest free one, grown if it is too small, or a new one), ``give`` returns it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: list[Array] = []
+
+    def take(self, nbytes: int) -> Array:
+        with self._lock:
+            arena = self._free.pop() if self._free else None
+        if arena is None or arena.nbytes < nbytes:
+            arena = aligned_empty(nbytes)
+        return arena
+
+    def give(self, arena: Array) -> None:
+        with self._lock:
+            self._free.append(arena)
+            self._free.sort(key=lambda free: free.nbytes)
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The bytes of each arena not in use (once calls are done: as many as ever ran at
+        once), smallest first."""
+        with self._lock:
+            return tuple(arena.nbytes for arena in self._free)
+
+
+@dataclass(frozen=True)
+class _Bound:
+    """Parameter arrays and the table of their addresses, replaced as one by ``bind`` so a
+    call running meanwhile keeps the arrays its table points at."""
+
+    arrays: list[Array]
+    table: Array
 
 
 class LlvmExecutable:
@@ -95,8 +137,10 @@ class LlvmExecutable:
             count = len(self._lowered.workers)
             address = self.jit.engine.get_global_value_address(PROFILE)
             self._profile = (ctypes.c_int64 * count).from_address(address)
+        self._symbols = batch_symbols(graph)
+        self._groups = {graph.type_of(v).batch for v in graph.inputs}  # every value's is one
+        self.arenas = ArenaPool()
         self.bind(params)
-        self._arena = aligned_empty(0)
 
     def bind(self, params: Mapping[str, Array]) -> None:
         """Use new parameter arrays (same names and shapes) without recompiling: the generated
@@ -106,8 +150,8 @@ class LlvmExecutable:
         for name, (source, block) in self._lowered.packings.items():
             packer = pack_transposed if name.endswith(f"@tpack{block}") else pack_weight
             arrays[name] = packer(arrays[source], block, dtypes[name])
-        self._params = [_aligned(arrays[n], dtypes[n]) for n in self._lowered.params]
-        self._param_table = _pointer_table(self._params)
+        bound = [_aligned(arrays[n], dtypes[n]) for n in self._lowered.params]
+        self._bound = _Bound(bound, _pointer_table(bound))
 
     def kernel_profile(self) -> list[tuple[Worker, float]]:
         """``(worker, ms)`` per kernel, in run order: wall time summed over the runs since the
@@ -133,21 +177,25 @@ class LlvmExecutable:
             for dim, size in zip(self.graph.type_of(value).shape, array.shape, strict=True):
                 if isinstance(dim, str):
                     bindings[dim] = size
-        batch = max((a.shape[0] for a in arrays), default=1)
         types = [self.graph.type_of(v) for _, v in self.graph.outputs]
         outputs = [aligned_array(bind_shape(t.shape, bindings), t.dtype.numpy) for t in types]
-        needed = self._arena_per_entry * min(batch, self._lowered.per_pass)
-        if self._arena.nbytes < needed:
-            self._arena = aligned_empty(needed)
+        batches = np.array([bindings[s] for s in self._symbols] or [0], dtype=np.int64)
+        sizes = [d if isinstance(d, int) else bindings[d] for d in self._groups]
+        images = min(max(sizes, default=1), self._lowered.per_pass)
         input_table = _pointer_table(arrays)
         output_table = _pointer_table(outputs)
-        self._run(
-            input_table.ctypes.data,
-            output_table.ctypes.data,
-            self._arena.ctypes.data,
-            self._param_table.ctypes.data,
-            batch,
-        )
+        bound = self._bound  # one read: ``bind`` from another thread replaces it whole
+        arena = self.arenas.take(self._arena_per_entry * images)
+        try:
+            self._run(
+                input_table.ctypes.data,
+                output_table.ctypes.data,
+                arena.ctypes.data,
+                bound.table.ctypes.data,
+                batches.ctypes.data,
+            )
+        finally:
+            self.arenas.give(arena)
         return {v: out for (_, v), out in zip(self.graph.outputs, outputs, strict=True)}
 
 

@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # conv_schedule imports this module
     from convdsl.backends.llvm.conv_schedule import Plane
 
 # The entry function's arguments, as the entry reads them (``ArenaAddresses``).
-RUN_FIELDS = ("inputs", "outputs", "arena", "params", "batch")
+RUN_FIELDS = ("inputs", "outputs", "arena", "params", "batches")
 
 
 @dataclass(frozen=True)
