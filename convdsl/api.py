@@ -60,6 +60,7 @@ class Network:
         seed: int = 0,
         weights_origin: str = "weights",
         threads: int = 2,
+        bounds_check: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise error(f"unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
@@ -68,6 +69,7 @@ class Network:
         self.graph = graph
         self.backend = backend
         self.threads = threads
+        self.bounds_check = bounds_check
         self.weights: dict[str, np.ndarray] = (
             weights_io.init_params(graph.params, seed)
             if weights is None
@@ -80,7 +82,9 @@ class Network:
             # Imported here: llvmlite and libgomp load only for networks that use them.
             from convdsl.backends.llvm.executable import LlvmExecutable
 
-            return LlvmExecutable(self.graph, params, threads=self.threads)
+            return LlvmExecutable(
+                self.graph, params, threads=self.threads, bounds_check=self.bounds_check
+            )
         return NumpyExecutable(self.graph, params)
 
     # ---- inspection ------------------------------------------------------------------------
@@ -269,11 +273,15 @@ def compile_string(
     seed: int = 0,
     verify: bool = False,
     threads: int = 2,
+    bounds_check: bool = False,
 ) -> Network:
     """Compile ``.conv`` source text; ``name`` is the file name used in diagnostics.
 
     ``backend`` is ``"llvm"`` (default) or ``"numpy"``; ``threads`` is the llvm backend's
-    thread count (the numpy backend ignores it).
+    thread count (the numpy backend ignores it). ``bounds_check=True`` builds llvm code that
+    checks every load and store against its buffer and raises ``InternalError`` naming the
+    kernel and the value instead of touching memory outside it (slow: for tests and for
+    hunting a crash).
     """
     if backend not in BACKENDS:  # before compiling: a typo should not cost a compile
         raise error(f"unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
@@ -281,7 +289,13 @@ def compile_string(
     arrays = weights_io.read_npz(weights) if isinstance(weights, str | Path) else weights
     origin = str(weights) if isinstance(weights, str | Path) else "weights"
     return Network(
-        graph, backend=backend, weights=arrays, seed=seed, weights_origin=origin, threads=threads
+        graph,
+        backend=backend,
+        weights=arrays,
+        seed=seed,
+        weights_origin=origin,
+        threads=threads,
+        bounds_check=bounds_check,
     )
 
 
@@ -294,6 +308,7 @@ def compile_file(
     seed: int = 0,
     verify: bool = False,
     threads: int = 2,
+    bounds_check: bool = False,
 ) -> Network:
     """Compile a ``.conv`` file (see ``compile_string``)."""
     return compile_string(
@@ -305,6 +320,7 @@ def compile_file(
         seed=seed,
         verify=verify,
         threads=threads,
+        bounds_check=bounds_check,
     )
 
 

@@ -270,6 +270,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         seed=args.seed,
         verify=args.verify,
         threads=args.threads,
+        bounds_check=args.bounds_check,
     )
     given = parse_input_flags(args.input, net)
     batch = args.batch if args.batch is not None else _batch_of(given, net)
@@ -465,6 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch", type=_positive, metavar="B", help="batch size of random inputs")
     _add_backend_options(run)
     run.add_argument("--force", action="store_true", help="overwrite an existing --output file")
+    run.add_argument("--bounds-check", action="store_true",
+                     help="llvm: check every load and store of the generated code against its "
+                          "buffer (slow; reports an access outside it as a convdsl bug "
+                          "instead of crashing)")  # fmt: skip
     _add_compile_options(run)
 
     ir = _subcommand(subs, "ir", cmd_ir, common)

@@ -33,10 +33,13 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
+from convdsl.backends.llvm.bounds import declare_globals as bounds_globals
 from convdsl.backends.llvm.kernel import (
     RUN_FIELDS,
     ArenaAddresses,
+    BoundAddresses,
     Images,
+    batch_symbols,
     entry_elements,
     itemsize,
     value_element,
@@ -95,12 +98,6 @@ def worker_batch(graph: Graph, worker: Worker) -> Dim:
     return graph.type_of(worker.node.outputs[0]).batch
 
 
-def batch_symbols(graph: Graph) -> tuple[str, ...]:
-    """The symbolic batch dims, in the order of the entry's ``batches`` argument."""
-    dims = (graph.type_of(value).batch for value in graph.inputs)
-    return tuple(dict.fromkeys(dim for dim in dims if isinstance(dim, str)))
-
-
 def batch_groups(graph: Graph, workers: list[Worker]) -> dict[Dim, list[int]]:
     """The indices of each batch dim's workers, in run order, the dims in the order their
     first worker runs (then the dims only an output has: an input passed through)."""
@@ -121,6 +118,7 @@ def build_entry(
     threads: int,
     profile: bool,
     per_pass: int,
+    bounds: bool = False,
 ) -> None:
     """Add the entry function ``run`` to ``module``, calling ``workers`` in order, batch group
     by batch group (``batch_groups``), in passes of ``per_pass`` images (``images_per_pass``)."""
@@ -134,15 +132,18 @@ def build_entry(
         for name in dict.fromkeys(worker.name for worker in workers)
     }
     tables = [
-        b.alloca(ir.ArrayType(I64, 1 + _table_size(worker)), name=f"{worker.name}.table")
+        b.alloca(ir.ArrayType(I64, 1 + _table_size(worker, bounds)), name=f"{worker.name}.table")
         for worker in workers
     ]
     clock = _Clock(b, len(workers)) if profile else None
+    running = bounds_globals(module)[1] if bounds else None
 
     def call_workers(arena: ArenaAddresses, group: list[int]) -> None:
         for index in group:
             worker, table = workers[index], tables[index]
-            _fill_table(b, table, arena, worker)
+            _fill_table(b, table, arena, worker, bounds)
+            if running is not None:
+                b.store(i64(index), running)
             started = clock.now() if clock else None
             function, words = functions[worker.name], b.bitcast(table, PTR)
             if threads == 1:
@@ -196,12 +197,14 @@ def frame_pointer(function: ir.Function) -> None:
     set.add(function.attributes, '"frame-pointer"="all"')
 
 
-def _table_size(worker: Worker) -> int:
+def _table_size(worker: Worker, bounds: bool) -> int:
     """The words of ``worker``'s table after the batch size (``BoundAddresses``)."""
-    return sum(2 if kind == "value" else 1 for kind, _ in worker.bindings)
+    return sum(BoundAddresses.words_of(kind, bounds) for kind, _ in worker.bindings)
 
 
-def _fill_table(b: ir.IRBuilder, table: ir.Value, arena: ArenaAddresses, worker: Worker) -> None:
+def _fill_table(
+    b: ir.IRBuilder, table: ir.Value, arena: ArenaAddresses, worker: Worker, bounds: bool
+) -> None:
     """Store the words ``worker`` reads its addresses from (``BoundAddresses``) in ``table``."""
     words = [arena.batch]
     for kind, key in worker.bindings:
@@ -209,12 +212,14 @@ def _fill_table(b: ir.IRBuilder, table: ir.Value, arena: ArenaAddresses, worker:
             assert isinstance(key, int)
             base, per_entry = arena.value(key)
             words += [b.ptrtoint(base, I64), per_entry]
+            words += arena.extent(key) if bounds else ()
         elif kind == "int":
             assert isinstance(key, str)
             words.append(i64(int(key.partition("=")[2])))
         else:
             assert isinstance(key, str)
             words.append(b.ptrtoint(arena.param(key), I64))
+            words += [arena.param_end(key)] if bounds else []
     for index, word in enumerate(words):
         b.store(word, b.gep(table, [ir.Constant(I32, 0), ir.Constant(I32, index)]))
 

@@ -34,11 +34,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convdsl.backends.llvm import lowering_cache
+from convdsl.backends.llvm import bounds, lowering_cache
 from convdsl.backends.llvm.emit_transpose_phase import pack_transposed
-from convdsl.backends.llvm.entry import ENTRY, PROFILE, Worker, batch_symbols
+from convdsl.backends.llvm.entry import ENTRY, PROFILE, Worker
 from convdsl.backends.llvm.jit import Build, Jit
-from convdsl.backends.llvm.kernel import pack_weight, param_dtype
+from convdsl.backends.llvm.kernel import batch_symbols, pack_weight, param_dtype
 from convdsl.backends.llvm.lower import lower_graph
 from convdsl.backends.llvm.target import host_target
 from convdsl.ir.graph import Graph
@@ -107,7 +107,12 @@ class LlvmExecutable:
     """A graph compiled by the llvm backend, bound to its parameters."""
 
     def __init__(
-        self, graph: Graph, params: Mapping[str, Array], threads: int = 2, profile: bool = False
+        self,
+        graph: Graph,
+        params: Mapping[str, Array],
+        threads: int = 2,
+        profile: bool = False,
+        bounds_check: bool = False,
     ) -> None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, found {threads}")
@@ -115,7 +120,8 @@ class LlvmExecutable:
         self.threads = threads
         self.target = host_target()
         self.profile = profile
-        key = lowering_cache.lowering_key(graph, self.target, threads, profile)
+        self.bounds_check = bounds_check
+        key = lowering_cache.lowering_key(graph, self.target, threads, profile, bounds_check)
         found = lowering_cache.load(key, graph) if key else None
         if found is not None:  # no LLVM IR to build: the record has what running needs
             self._lowered, objects = found
@@ -123,7 +129,9 @@ class LlvmExecutable:
         else:
             build = Build(self.target)
             try:
-                self._lowered = lower_graph(graph, self.target.lanes, threads, profile, build.add)
+                self._lowered = lower_graph(
+                    graph, self.target.lanes, threads, profile, build.add, bounds_check
+                )
             except BaseException:
                 build.abandon()
                 raise
@@ -137,6 +145,10 @@ class LlvmExecutable:
             count = len(self._lowered.workers)
             address = self.jit.engine.get_global_value_address(PROFILE)
             self._profile = (ctypes.c_int64 * count).from_address(address)
+        self._fault = None
+        if bounds_check:
+            address = self.jit.engine.get_global_value_address(bounds.FAULT)
+            self._fault = (ctypes.c_int64 * 6).from_address(address)
         self._symbols = batch_symbols(graph)
         self._groups = {graph.type_of(v).batch for v in graph.inputs}  # every value's is one
         self.arenas = ArenaPool()
@@ -151,7 +163,10 @@ class LlvmExecutable:
             packer = pack_transposed if name.endswith(f"@tpack{block}") else pack_weight
             arrays[name] = packer(arrays[source], block, dtypes[name])
         bound = [_aligned(arrays[n], dtypes[n]) for n in self._lowered.params]
-        self._bound = _Bound(bound, _pointer_table(bound))
+        table = _pointer_table(bound)
+        if self.bounds_check:  # the entry finds each parameter's bytes after the addresses
+            table = _with_sizes(table, bound)
+        self._bound = _Bound(bound, table)
 
     def kernel_profile(self) -> list[tuple[Worker, float]]:
         """``(worker, ms)`` per kernel, in run order: wall time summed over the runs since the
@@ -166,7 +181,10 @@ class LlvmExecutable:
     def llvm_ir(self) -> str:
         """The LLVM IR of every module (built again if the lowering came from the cache)."""
         if not self.jit.llvm_ir:
-            return lower_graph(self.graph, self.target.lanes, self.threads, self.profile).llvm_ir
+            lanes, threads = self.target.lanes, self.threads
+            return lower_graph(
+                self.graph, lanes, threads, self.profile, None, self.bounds_check
+            ).llvm_ir
         return self.jit.llvm_ir
 
     def run(self, inputs: Mapping[int, Array]) -> dict[int, Array]:
@@ -179,23 +197,31 @@ class LlvmExecutable:
                     bindings[dim] = size
         types = [self.graph.type_of(v) for _, v in self.graph.outputs]
         outputs = [aligned_array(bind_shape(t.shape, bindings), t.dtype.numpy) for t in types]
-        batches = np.array([bindings[s] for s in self._symbols] or [0], dtype=np.int64)
         sizes = [d if isinstance(d, int) else bindings[d] for d in self._groups]
         images = min(max(sizes, default=1), self._lowered.per_pass)
-        input_table = _pointer_table(arrays)
-        output_table = _pointer_table(outputs)
         bound = self._bound  # one read: ``bind`` from another thread replaces it whole
         arena = self.arenas.take(self._arena_per_entry * images)
+        batches = [bindings[s] for s in self._symbols]
+        input_table, output_table = _pointer_table(arrays), _pointer_table(outputs)
+        if self.bounds_check:  # the bytes of each array follow the addresses (``bounds``)
+            batches.append(arena.nbytes)
+            input_table = _with_sizes(input_table, arrays)
+            output_table = _with_sizes(output_table, outputs)
+        batch_table = np.array(batches or [0], dtype=np.int64)
         try:
             self._run(
                 input_table.ctypes.data,
                 output_table.ctypes.data,
                 arena.ctypes.data,
                 bound.table.ctypes.data,
-                batches.ctypes.data,
+                batch_table.ctypes.data,
             )
         finally:
             self.arenas.give(arena)
+        if self._fault is not None and self._fault[0]:
+            fault, self._fault[0] = list(self._fault), 0
+            lowered = self._lowered
+            raise bounds.fault_error(fault, lowered.workers, lowered.sites, self.graph)
         return {v: out for (_, v), out in zip(self.graph.outputs, outputs, strict=True)}
 
 
@@ -207,3 +233,8 @@ def _aligned(array: Array, dtype: np.dtype) -> Array:
 
 def _pointer_table(arrays: list[Array]) -> Array:
     return np.array([a.ctypes.data for a in arrays] or [0], dtype=np.uintp)
+
+
+def _with_sizes(table: Array, arrays: list[Array]) -> Array:
+    """A table of ``arrays``' addresses followed by their bytes (bounds-checked builds)."""
+    return np.concatenate([table[: len(arrays)], np.array([a.nbytes for a in arrays], np.uintp)])

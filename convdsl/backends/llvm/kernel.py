@@ -54,6 +54,12 @@ if TYPE_CHECKING:  # conv_schedule imports this module
 RUN_FIELDS = ("inputs", "outputs", "arena", "params", "batches")
 
 
+def batch_symbols(graph: Graph) -> tuple[str, ...]:
+    """The symbolic batch dims, in the order of the entry's ``batches`` argument."""
+    dims = (graph.type_of(value).batch for value in graph.inputs)
+    return tuple(dict.fromkeys(dim for dim in dims if isinstance(dim, str)))
+
+
 @dataclass(frozen=True)
 class Point:
     """A block of output channels times ``lanes`` positions on the last axis (module doc)."""
@@ -173,6 +179,33 @@ class ArenaAddresses:
         start = b.add(b.mul(count, i64(root.offset)), i64(buffer.offset - root.offset))
         return b.bitcast(b.gep(self.fields["arena"], [start]), pointer), i64(root.size // size)
 
+    def extent(self, value: int) -> tuple[ir.Value, ir.Value]:
+        """Bounds-checked: the bytes ``value`` may be read or written at, ``[first, end)`` as
+        ``i64``s: the caller's whole array (its bytes follow the addresses in the caller's
+        table), or from the pass's first entry in the arena to the end of its last, cut at
+        the arena's end (its bytes follow the batch sizes)."""
+        b = self.builder
+        caller = self._caller_slot(value)
+        if caller is not None:
+            field, slot = caller
+            table = b.bitcast(self.fields[field], I64.as_pointer())
+            count = len(self.graph.inputs) if field == "inputs" else len(self.graph.outputs)
+            first = b.load(b.gep(table, [i64(slot)]))
+            return first, b.add(first, b.load(b.gep(table, [i64(count + slot)])))
+        base, per_entry = self.value(value)
+        size = itemsize(self.graph, value)
+        first = b.ptrtoint(base, I64)
+        last_entry = b.mul(b.sub(self.images.count, i64(1)), b.mul(per_entry, i64(size)))
+        if value in self.scratch:
+            own = self.scratch[value][1]
+        else:
+            assert self.graph.memory is not None
+            own = self.graph.memory.buffers[value].size
+        end = b.add(first, b.add(last_entry, i64(own)))
+        arena_bytes = b.load(b.gep(self.fields["batches"], [i64(len(batch_symbols(self.graph)))]))
+        arena_end = b.add(b.ptrtoint(self.fields["arena"], I64), arena_bytes)
+        return first, b.select(b.icmp_unsigned("<", end, arena_end), end, arena_end)
+
     def _caller_slot(self, value: int) -> tuple[str, int] | None:
         """``("inputs", i)`` for a graph input, ``("outputs", i)`` for an output written in
         place (``entry.direct_outputs``), None for a value in the arena."""
@@ -188,6 +221,14 @@ class ArenaAddresses:
         table = b.bitcast(self.fields["params"], pointer.as_pointer())
         return b.load(b.gep(table, [i64(self.param_index[name])]))
 
+    def param_end(self, name: str) -> ir.Value:
+        """Bounds-checked: the last byte + 1 of parameter ``name``, from its bytes, which
+        follow the addresses in the parameters' table."""
+        b = self.builder
+        table = b.bitcast(self.fields["params"], I64.as_pointer())
+        nbytes = b.load(b.gep(table, [i64(len(self.param_index) + self.param_index[name])]))
+        return b.add(b.ptrtoint(self.param(name), I64), nbytes)
+
 
 class BoundAddresses:
     """A kernel's addresses, read from the table of ``i64`` words its caller passes: word 0 is
@@ -200,10 +241,16 @@ class BoundAddresses:
     share one function (``lower``), each call with its own table."""
 
     def __init__(
-        self, graph: Graph, builder: ir.IRBuilder, table: ir.Value, prologue: ir.Block
+        self,
+        graph: Graph,
+        builder: ir.IRBuilder,
+        table: ir.Value,
+        prologue: ir.Block,
+        bounds: bool = False,
     ) -> None:
         self.graph, self.builder = graph, builder
         self.prologue = prologue  # where the words are loaded: it dominates the whole kernel
+        self.bounds = bounds  # each value and parameter also has its extent (``words``)
         with builder.goto_block(prologue):
             self.table = builder.bitcast(table, I64.as_pointer())
             self.batch = builder.load(self.table, name="batch")
@@ -212,32 +259,51 @@ class BoundAddresses:
         self.loaded: dict[tuple[str, int | str], tuple[ir.Value, ...]] = {}
         self.words = 1
 
-    def _bind(
-        self, key: tuple[str, int | str], words: int, element: ir.Type | None
-    ) -> tuple[ir.Value, ...]:
-        """The ``words`` words of ``key``, the first as an ``element*`` (None: an integer)."""
+    @staticmethod
+    def words_of(kind: str, bounds: bool) -> int:
+        """A binding's words: a value's address and elements per entry (then, bounds-checked,
+        the first and last byte + 1 it takes in this pass), a parameter's address (then its
+        end), an integer."""
+        words = {"value": 2, "param": 1, "int": 1}[kind]
+        return words + {"value": 2, "param": 1, "int": 0}[kind] * bounds
+
+    def _bind(self, key: tuple[str, int | str], element: ir.Type | None) -> tuple[ir.Value, ...]:
+        """The words of ``key``, the first as an ``element*`` (None: an integer)."""
         if key not in self.loaded:
             b = self.builder
+            words = self.words_of(key[0], self.bounds)
             with b.goto_block(self.prologue):
                 loaded = [b.load(b.gep(self.table, [i64(self.words + i)])) for i in range(words)]
                 if element is not None:
-                    loaded[0] = b.inttoptr(loaded[0], element.as_pointer())
+                    loaded.insert(0, b.inttoptr(loaded[0], element.as_pointer()))
             self.words += words
             self.bindings.append(key)
             self.loaded[key] = tuple(loaded)
         return self.loaded[key]
 
     def value(self, value: int) -> tuple[ir.Value, ir.Value]:
-        base, per_entry = self._bind(("value", value), 2, value_element(self.graph, value))
+        base, _, per_entry, *_ = self._bind(("value", value), value_element(self.graph, value))
         return base, per_entry
 
     def param(self, name: str) -> ir.Value:
-        return self._bind(("param", name), 1, ELEMENTS[param_dtype(self.graph, name)])[0]
+        return self._bind(("param", name), ELEMENTS[param_dtype(self.graph, name)])[0]
+
+    def extents(self) -> dict[ir.Value, tuple[int, ir.Value, ir.Value]]:
+        """Bounds-checked: each value's and parameter's address -> (its binding's index,
+        first byte, last byte + 1) (``bounds.instrument``)."""
+        found: dict[ir.Value, tuple[int, ir.Value, ir.Value]] = {}
+        for index, key in enumerate(self.bindings):
+            words = self.loaded[key]
+            if key[0] == "value":
+                found[words[0]] = (index, words[3], words[4])
+            elif key[0] == "param":
+                found[words[0]] = (index, words[1], words[2])
+        return found
 
     def integer(self, name: str, value: int) -> ir.Value:
         """``value`` (an ``i64``) read from the table, not written into the code: kernels that
         differ only in it share one function. Bound as ``("int", "name=value")``."""
-        return self._bind(("int", f"{name}={value}"), 1, None)[0]
+        return self._bind(("int", f"{name}={value}"), None)[0]
 
 
 @dataclass

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from convdsl.backends.llvm import (
+    bounds,
     codegen,
     emit_conv_tile,
     emit_data,
@@ -160,9 +161,12 @@ class ModuleBuilder:
         threads: int,
         profile: bool = False,
         on_module: Callable[[str], None] | None = None,
+        bounds_check: bool = False,
     ) -> None:
         check_lowerable(graph)
         self.graph = graph
+        self.bounds_check = bounds_check
+        self.sites: dict[str, tuple[bounds.Site, ...]] = {}  # kernel function -> its checks
         self.on_module = on_module
         self.lanes = lanes  # the target's float lanes; a kernel's follow its dtype
         self.threads = threads
@@ -194,6 +198,8 @@ class ModuleBuilder:
             else:
                 self._kernel(node, str(index), (index, None))
         self.per_pass = images_per_pass(self.arena_bytes)  # the scratch is known now
+        if self.bounds_check:
+            self._add_module(bounds.runtime())
         build_entry(
             self.module,
             self.graph,
@@ -203,6 +209,7 @@ class ModuleBuilder:
             self.threads,
             self.profile,
             self.per_pass,
+            self.bounds_check,
         )
         if self.on_module:
             self.on_module(str(self.module))
@@ -244,7 +251,7 @@ class ModuleBuilder:
         frame_pointer(worker)
         prologue = worker.append_basic_block("prologue")
         builder = ir.IRBuilder(worker.append_basic_block("body"))
-        addresses = BoundAddresses(self.graph, builder, worker.args[0], prologue)
+        addresses = BoundAddresses(self.graph, builder, worker.args[0], prologue, self.bounds_check)
         ir.IRBuilder(prologue).branch(builder.block)
         k = self._kernel_builder(builder, addresses, self.graph.type_of(node.output).dtype)
         try:
@@ -261,20 +268,25 @@ class ModuleBuilder:
                 node.span,
             ) from exc
         builder.ret_void()
+        sites = bounds.instrument(worker, addresses.extents()) if self.bounds_check else ()
         if parts(node)[0].op in TILE_EMITTERS:
             light_pipeline(module)
         text = str(module)
         shape = text.replace(f'"{name}"', '"KERNEL"')  # the code, whatever its name
         if shape not in self.functions:
             self.functions[shape] = name
-            self.kernels.append(module)
-            if self.on_module:
-                self.on_module(text)
+            self.sites[name] = sites
+            self._add_module(module, text)
         bindings = tuple(addresses.bindings)
         function = self.functions[shape]
         self.workers.append(Worker(function, node, _describe(node), bindings, name, position))
         if signature is not None:
             self.built.setdefault(signature.key, kernel_reuse.Built(function, signature, bindings))
+
+    def _add_module(self, module: ir.Module, text: str | None = None) -> None:
+        self.kernels.append(module)
+        if self.on_module:
+            self.on_module(text or str(module))
 
     def _reading(self, part: Node) -> tuple[bool, bool]:
         """What of ``part`` the kernel reads at run time (``kernel_reuse.signature``)."""
@@ -651,6 +663,7 @@ class Lowered:
     arena_bytes: int
     workers: tuple[Worker, ...]
     per_pass: int
+    sites: dict[str, tuple[bounds.Site, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def modules(self) -> tuple[ir.Module, ...]:
@@ -670,12 +683,14 @@ def lower_graph(
     threads: int,
     profile: bool = False,
     on_module: Callable[[str], None] | None = None,
+    bounds_check: bool = False,
 ) -> Lowered:
     """Lower ``graph`` (the entry function: ``entry``); with ``profile``,
-    the entry also adds up each worker's wall time in the global ``PROFILE``. ``on_module``
+    the entry also adds up each worker's wall time in the global ``PROFILE``; with
+    ``bounds_check`` every kernel's loads and stores are checked (``bounds``). ``on_module``
     gets the text of each module as soon as it is built (``jit.Build.add``: compiling starts
     while the next is built): every distinct kernel, then the entry."""
-    builder = ModuleBuilder(graph, lanes, threads, profile, on_module)
+    builder = ModuleBuilder(graph, lanes, threads, profile, on_module, bounds_check)
     with _no_cyclic_gc():
         entry = builder.build()
     names = sorted(builder.param_index, key=builder.param_index.__getitem__)
@@ -687,4 +702,5 @@ def lower_graph(
         builder.arena_bytes,
         tuple(builder.workers),
         builder.per_pass,
+        builder.sites,
     )

@@ -28,7 +28,7 @@ from convdsl.backends.llvm.lower import Lowered
 from convdsl.backends.llvm.target import Target
 from convdsl.ir.graph import Graph
 
-FORMAT = "convdsl-lowering-2"
+FORMAT = "convdsl-lowering-3"
 
 
 @cache
@@ -42,7 +42,9 @@ def _compiler_digest() -> str:
     return digest.hexdigest()
 
 
-def lowering_key(graph: Graph, target: Target, threads: int, profile: bool) -> str | None:
+def lowering_key(
+    graph: Graph, target: Target, threads: int, profile: bool, bounds_check: bool = False
+) -> str | None:
     """The record's key, or None when the code cache is off."""
     if object_cache.cache_dir() is None:
         return None
@@ -58,6 +60,7 @@ def lowering_key(graph: Graph, target: Target, threads: int, profile: bool) -> s
         str(target.lanes),
         str(threads),
         str(profile),
+        str(bounds_check),
         repr(graph),
     )
     for part in parts:
@@ -84,6 +87,7 @@ def store(key: str, lowered: Lowered, module_keys: list[str]) -> None:
             for worker in lowered.workers
         ],
         "modules": module_keys,
+        "sites": {name: [list(site) for site in sites] for name, sites in lowered.sites.items()},
     }
     object_cache.store(key, json.dumps(record).encode(), suffix=".json")
 
@@ -107,6 +111,10 @@ def load(key: str, graph: Graph) -> tuple[Lowered, list[bytes]] | None:
             int(record["arena_bytes"]),
             workers,
             int(record["per_pass"]),
+            {
+                name: tuple((int(binding), str(access)) for binding, access in sites)
+                for name, sites in record["sites"].items()
+            },
         )
     except (ValueError, KeyError, TypeError, IndexError):
         return None
