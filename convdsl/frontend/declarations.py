@@ -8,8 +8,9 @@ from pathlib import PurePath
 from convdsl.diagnostics import DiagnosticSink, Span
 from convdsl.frontend import ast
 from convdsl.frontend.values import BUILTINS, LowerError
+from convdsl.ir import limits
 from convdsl.ir.ops import OPS
-from convdsl.ir.types import Dim, DType, TensorType
+from convdsl.ir.types import Dim, DType, TensorType, format_shape
 
 
 def collect_blocks(
@@ -81,6 +82,9 @@ def input_type(decl: ast.InputDecl) -> TensorType:
                     f"input '{decl.name}': dimension sizes must be positive, found {dim.value}",
                     dim.span,
                 )
+            too_large = limits.size_problem("dimension", dim.value)
+            if too_large is not None:
+                raise LowerError(f"input '{decl.name}': {too_large}", dim.span, hint=limits.HINT)
             dims.append(dim.value)
         elif position == 0 and dim.id != "_":
             dims.append(dim.id)
@@ -91,7 +95,13 @@ def input_type(decl: ast.InputDecl) -> TensorType:
                 dim.span,
                 hint="write its size as an integer",
             )
-    return TensorType(tuple(dims), dtype)
+    declared = TensorType(tuple(dims), dtype)
+    too_many = limits.elements_problem(
+        f"the shape {format_shape(declared.shape)}", declared.stored_elements, declared.batch
+    )
+    if too_many is not None:
+        raise LowerError(f"input '{decl.name}': {too_many}", decl.span, hint=limits.HINT)
+    return declared
 
 
 def _dtype_span(decl: ast.InputDecl) -> Span:

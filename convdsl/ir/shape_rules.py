@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from convdsl.ir import geometry
+from convdsl.ir import geometry, limits
 from convdsl.ir.graph import Attrs
 from convdsl.ir.types import TensorType, format_shape
 
@@ -50,7 +50,24 @@ class Inferred:
 Rule = Callable[[Attrs, Sequence[TensorType]], Inferred]
 
 
+def check_limits(inferred: Inferred, inputs: Sequence[TensorType]) -> None:
+    """Every array the layer reads, writes or builds within ``limits`` (after its rule)."""
+    params = [(spec.role, spec.shape) for spec in inferred.params]
+    _bounded(limits.layer_problem(inferred.attrs, inputs, inferred.outputs, params), None)
+
+
 # ---- helpers ---------------------------------------------------------------------------
+
+
+def _bounded(problem: str | None, arg: str | None) -> None:
+    """Raise a limit's ``problem`` (see ``convdsl.ir.limits``) at ``arg``."""
+    if problem is not None:
+        raise ShapeError(problem, arg=arg, hint=limits.HINT)
+
+
+def _windows_bounded(kernel: tuple[int, ...], dilation: tuple[int, ...]) -> None:
+    for k, d in zip(kernel, dilation, strict=True):
+        _bounded(limits.effective_kernel_problem(k, d), "dilation")
 
 
 def _expect_rank(x: TensorType, rank: int, what: str) -> None:
@@ -88,6 +105,7 @@ def per_axis(value: Any, rank: int, arg: str, minimum: int = 0) -> tuple[int, ..
     for v in values:
         if v < minimum:
             raise ShapeError(f"{arg}: expected values >= {minimum}, found {v}", arg=arg)
+        _bounded(limits.size_problem(arg, v), arg)
     return values
 
 
@@ -134,6 +152,8 @@ def explicit_pads(padding: Any, rank: int, arg: str = "padding") -> geometry.Pad
         pairs = tuple((int(p[0]), int(p[1])) for p in padding)
     if any(v < 0 for pair in pairs for v in pair):
         raise ShapeError(f"{arg}: expected values >= 0", arg=arg)
+    for v in (v for pair in pairs for v in pair):
+        _bounded(limits.size_problem(arg, v), arg)
     return pairs
 
 
@@ -176,6 +196,7 @@ def _conv_core(
     kernel = per_axis(attrs["kernel"], rank, "kernel", 1)
     stride = per_axis(attrs["stride"], rank, "stride", 1)
     dilation = per_axis(attrs["dilation"], rank, "dilation", 1)
+    _windows_bounded(kernel, dilation)
     channels = x.channels
     if groups < 1:
         raise ShapeError(f"groups: expected a positive integer, found {groups}", arg="groups")
@@ -183,6 +204,8 @@ def _conv_core(
         raise ShapeError(
             f"out_channels: expected a positive integer, found {out_channels}", arg="out_channels"
         )
+    _bounded(limits.size_problem("groups", groups), "groups")
+    _bounded(limits.size_problem("out_channels", out_channels), "out_channels")
     _check_groups(channels, out_channels, groups)
     pads = resolve_pads(attrs["padding"], x, kernel, stride, dilation)
     spatial = _window_out(x, kernel, stride, dilation, pads, name)
@@ -237,6 +260,9 @@ def depthwise(rank: int) -> Rule:
                 f"multiplier: expected a positive integer, found {attrs['multiplier']}",
                 arg="multiplier",
             )
+        _bounded(limits.size_problem("multiplier", attrs["multiplier"]), "multiplier")
+        wide = x.with_shape((x.batch, x.channels * attrs["multiplier"], *x.spatial))
+        _bounded(limits.dims_problem(wide), "multiplier")
         return _conv_core(
             attrs, x, rank, f"depthwise{rank}d", x.channels * attrs["multiplier"], x.channels
         )
@@ -253,6 +279,7 @@ def conv_transpose(rank: int) -> Rule:
         stride = per_axis(attrs["stride"], rank, "stride", 1)
         dilation = per_axis(attrs["dilation"], rank, "dilation", 1)
         output_padding = per_axis(attrs["output_padding"], rank, "output_padding", 0)
+        _windows_bounded(kernel, dilation)
         groups, out_channels, channels = attrs["groups"], attrs["out_channels"], x.channels
         if groups < 1:
             raise ShapeError(f"groups: expected a positive integer, found {groups}", arg="groups")
@@ -261,6 +288,8 @@ def conv_transpose(rank: int) -> Rule:
                 f"out_channels: expected a positive integer, found {out_channels}",
                 arg="out_channels",
             )
+        _bounded(limits.size_problem("groups", groups), "groups")
+        _bounded(limits.size_problem("out_channels", out_channels), "out_channels")
         _check_groups(channels, out_channels, groups)
         if attrs["padding"] == "same":
             if any(output_padding):
@@ -300,6 +329,10 @@ def conv_transpose(rank: int) -> Rule:
                     f"{x.axis_name(axis)} (full size {full})",
                     arg="padding",
                 )
+            _bounded(
+                limits.size_problem(f"output size on axis {x.axis_name(axis)}", size),
+                "stride" if s > 1 else "dilation" if d > 1 else "kernel",
+            )
             spatial.append(size)
         fan_in = max(channels // groups * math.prod(kernel) // math.prod(stride), 1)
         params = [ParamSpec("weight", (channels, out_channels // groups, *kernel), "he", fan_in)]
@@ -333,6 +366,7 @@ def pool(rank: int, kind: str) -> Rule:
         kernel = per_axis(attrs["kernel"], rank, "kernel", 1)
         stride = kernel if attrs["stride"] is None else per_axis(attrs["stride"], rank, "stride", 1)
         dilation = per_axis(attrs.get("dilation", 1), rank, "dilation", 1)
+        _windows_bounded(kernel, dilation)
         pads = resolve_pads(attrs["padding"], x, kernel, stride, dilation)
         for (b, a), k, d in zip(pads, kernel, dilation, strict=True):
             if max(b, a) >= geometry.effective_kernel(k, d):
@@ -452,8 +486,10 @@ def upscale(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
     if mode == "nearest" and attrs["align_corners"]:
         raise ShapeError("align_corners applies only to linear modes", arg="align_corners")
     spatial = tuple(n * f for n, f in zip(x.spatial, factors, strict=True))
+    out = x.with_shape((x.batch, x.channels, *spatial))
+    _bounded(limits.dims_problem(out), "factor")
     resolved = Attrs(factors=factors, mode=mode, align_corners=attrs["align_corners"])
-    return Inferred((x.with_shape((x.batch, x.channels, *spatial)),), resolved)
+    return Inferred((out,), resolved)
 
 
 def pixel_shuffle(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
@@ -462,6 +498,7 @@ def pixel_shuffle(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
     _expect_rank(x, 4, "pixel_shuffle")
     if r < 1:
         raise ShapeError(f"factor: expected a positive integer, found {r}", arg="factor")
+    _bounded(limits.size_problem("factor", r), "factor")
     if x.channels % (r * r):
         raise ShapeError(
             f"factor {r} needs channels divisible by {r}*{r} = {r * r}, found {x.channels} "
@@ -470,6 +507,7 @@ def pixel_shuffle(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
         )
     h, w = x.spatial
     out = x.with_shape((x.batch, x.channels // (r * r), h * r, w * r))
+    _bounded(limits.dims_problem(out), "factor")
     return Inferred((out,), attrs)
 
 
@@ -488,8 +526,10 @@ def pad(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
                     arg="pads",
                 )
     spatial = tuple(n + b + a for n, (b, a) in zip(x.spatial, pads, strict=True))
+    out = x.with_shape((x.batch, x.channels, *spatial))
+    _bounded(limits.dims_problem(out), "pads")
     resolved = Attrs(pads=pads, mode=attrs["mode"], value=float(attrs["value"]))
-    return Inferred((x.with_shape((x.batch, x.channels, *spatial)),), resolved)
+    return Inferred((out,), resolved)
 
 
 def crop(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:

@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from convdsl.diagnostics import Diagnostic, DiagnosticSink, Span, call_notes
+from convdsl.ir import limits
 from convdsl.ir.graph import Attrs, Expectation, Graph, Node, Param
 from convdsl.ir.ops import OPS
-from convdsl.ir.shape_rules import Inferred, ShapeError
+from convdsl.ir.shape_rules import Inferred, ShapeError, check_limits
 from convdsl.ir.types import AXIS_NAMES, Dim, TensorType, format_shape
 
 
@@ -23,28 +24,49 @@ def infer_shapes(graph: Graph) -> Graph:
     types: dict[int, TensorType | None] = {v.id: v.type for v in graph.values.values()}
     nodes: list[Node] = []
     params: dict[str, Param] = {}
+    held: list[tuple[Node, int]] = []  # each layer's arrays: elements of one batch entry
     for node in graph.nodes:
-        in_types = [types[v] for v in node.inputs]
-        if any(t is None for t in in_types):
+        known = [types[v] for v in node.inputs]
+        in_types = [t for t in known if t is not None]
+        if len(in_types) < len(known):
             continue  # an input failed already; its error has been reported
         try:
             inferred = OPS[node.op].infer(node.attrs, in_types)
+            check_limits(inferred, in_types)
         except ShapeError as err:
             sink.diagnostics.append(_diagnostic(node, err))
             continue
+        held.append((node, limits.entry_elements(inferred.attrs, in_types, inferred.outputs)))
         for value, out_type in zip(node.outputs, inferred.outputs, strict=True):
             types[value] = out_type
         resolved = _resolved(node, inferred)
         nodes.append(resolved)
         for spec in inferred.params:
             name = resolved.param(spec.role)
-            dtype = in_types[0].dtype  # type: ignore[union-attr]
+            dtype = in_types[0].dtype
             params[name] = Param(name, spec.shape, dtype, spec.init, spec.fan_in, node.span)
+    _check_network_size([graph.type_of(v) for v in graph.inputs], held, sink)
     for expectation in graph.expectations:
         _check_expectation(expectation, types.get(expectation.value), sink)
     sink.raise_if_errors()
     values = {vid: replace(value, type=types[vid]) for vid, value in graph.values.items()}
     return replace(graph, values=values, nodes=tuple(nodes), params=params)
+
+
+def _check_network_size(
+    inputs: list[TensorType], held: list[tuple[Node, int]], sink: DiagnosticSink
+) -> None:
+    """Report the layer at which one batch entry's arrays pass ``limits.MAX_NETWORK_ELEMENTS``."""
+    total = sum(t.stored_elements for t in inputs)
+    for node, elements in held:
+        total += elements
+        problem = limits.network_problem(total)
+        if problem is not None:
+            notes = call_notes((site.block, site.span) for site in node.call_sites)
+            sink.diagnostics.append(
+                Diagnostic(f"{node.op}: {problem}", node.span, hint=limits.HINT, notes=notes)
+            )
+            return
 
 
 def _diagnostic(node: Node, err: ShapeError) -> Diagnostic:
