@@ -27,6 +27,7 @@ from lark.tree import Meta
 
 from convdsl.diagnostics import ConvdslError, InternalError, Source, Span, error
 from convdsl.frontend import ast
+from convdsl.ir import limits
 
 _GRAMMAR_FILE = "convdsl.lark"
 
@@ -119,7 +120,14 @@ class _ToAst(Transformer_NonRecursive[Token, ast.Module]):
         return ast.Name(str(tok), _token_span(tok, self._source))
 
     def INT(self, tok: Token) -> ast.Int:
-        return ast.Int(int(tok), _token_span(tok, self._source))
+        span = _token_span(tok, self._source)
+        # Checked by length first: int() refuses literals of thousands of digits.
+        digits = len(str(limits.MAX_INTEGER))
+        value = int(tok) if len(tok.lstrip("0")) <= digits else limits.MAX_INTEGER + 1
+        too_large = limits.integer_problem(value)
+        if too_large is not None:
+            raise error(too_large, span)
+        return ast.Int(value, span)
 
     def FLOAT(self, tok: Token) -> ast.Float:
         return ast.Float(float(tok), _token_span(tok, self._source))

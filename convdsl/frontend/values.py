@@ -16,6 +16,7 @@ from typing import Any
 
 from convdsl.diagnostics import Diagnostic, Span
 from convdsl.frontend import ast
+from convdsl.ir import limits
 
 BUILTINS = ("range", "min", "max", "len")
 MAX_UNROLL = 10_000  # a loop longer than this is a typo, not a network
@@ -97,6 +98,9 @@ def arithmetic(expr: ast.BinOp, left: float, right: float) -> Any:
     result = ops[expr.op](left, right)
     if isinstance(result, float) and not math.isfinite(result):
         raise LowerError("arithmetic overflow", expr.span)
+    too_large = limits.integer_problem(result) if is_int(result) else None
+    if too_large is not None:
+        raise LowerError(too_large, expr.span)
     return result
 
 
