@@ -32,6 +32,7 @@ import numpy as np
 from convdsl import weights as weights_io
 from convdsl.backends.numpy.interpreter import NumpyExecutable
 from convdsl.diagnostics import ConvdslError, Diagnostic, DiagnosticSink, Source, error
+from convdsl.ir import limits
 from convdsl.ir.derived import materialize
 from convdsl.ir.graph import Graph, Param
 from convdsl.ir.types import AXIS_NAMES, TensorType, format_shape
@@ -174,7 +175,7 @@ class Network:
                 found = _describe_input(given[name], array)
                 sink.error(f"input '{name}': expected a numeric array ({t}), found {found}", span)
                 continue
-            problem = _shape_problem(t, array.shape, name, bindings)
+            problem = _shape_problem(t, array.shape, name, bindings, self.graph)
             if problem:
                 sink.error(
                     f"input '{name}': expected shape {format_shape(t.shape)}, found "
@@ -240,8 +241,14 @@ def _describe_input(value: Any, array: np.ndarray | None) -> str:
 
 
 def _shape_problem(
-    t: TensorType, shape: tuple[int, ...], name: str, bindings: dict[str, tuple[int, str]]
+    t: TensorType,
+    shape: tuple[int, ...],
+    name: str,
+    bindings: dict[str, tuple[int, str]],
+    graph: Graph,
 ) -> str:
+    """What is wrong with an input's ``shape`` (as `` (...)``), or ''. A symbol is bound on
+    first use; its size must keep every array of ``graph`` within ``limits``."""
     if len(shape) != t.rank:
         return f" (rank {len(shape)}, expected {t.rank})"
     for axis, (want, got) in enumerate(zip(t.shape, shape, strict=True)):
@@ -254,6 +261,10 @@ def _shape_problem(
             size, other = bindings[want]
             return f" ({want} is {got} here but {size} in input '{other}')"
         else:
+            fresh = want not in bindings
+            too_large = limits.batch_problem(got, limits.largest_entry(graph)) if fresh else None
+            if too_large is not None:
+                return f" ({want} is {got}: {too_large})"
             bindings[want] = (got, name)
     return ""
 
