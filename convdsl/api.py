@@ -23,6 +23,7 @@ column; anything else escaping is a bug in convdsl.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,13 +128,24 @@ class Network:
 
     def random_inputs(self, seed: int = 0, batch: int = 1) -> dict[str, np.ndarray]:
         """Standard-normal arrays for every input, symbolic dims bound to ``batch``."""
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise error(f"batch must be a positive integer, found {batch!r}")
+        too_large = limits.batch_problem(batch, limits.largest_entry(self.graph))
+        if too_large is not None:  # before anything is allocated
+            raise error(f"random inputs: {too_large}", hint=limits.HINT)
         rng = np.random.default_rng(seed)
-        return {
-            name: rng.standard_normal(
-                tuple(d if isinstance(d, int) else batch for d in t.shape)
-            ).astype(t.dtype.numpy)
-            for name, t in self.inputs.items()
-        }
+        shapes = {name: tuple(d if isinstance(d, int) else batch for d in t.shape)
+                  for name, t in self.inputs.items()}  # fmt: skip
+        try:
+            return {
+                name: rng.standard_normal(shapes[name]).astype(t.dtype.numpy)
+                for name, t in self.inputs.items()
+            }
+        except MemoryError:
+            gib = sum(8 * math.prod(shape) for shape in shapes.values()) / 2**30
+            raise error(
+                f"random inputs of batch {batch} need {gib:.1f} GiB, more than can be allocated"
+            ) from None
 
     def __call__(
         self, inputs: Mapping[str, Any] | None = None, **named: Any

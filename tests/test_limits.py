@@ -637,3 +637,20 @@ def test_integers_up_to_the_front_end_s_limit_still_compute() -> None:
     )
     net = convdsl.compile_string(text, backend="numpy")
     assert net.outputs["y"].shape == ("N", 1, 9)
+
+
+def test_random_inputs_refuse_a_batch_before_allocating(capsys: pytest.CaptureFixture) -> None:
+    """``--batch`` sizes the random inputs: too many entries is a user error, and so is a
+    batch whose arrays cannot be allocated (exit 2, never a MemoryError reported as a bug)."""
+    from convdsl import cli
+
+    quickstart = str(Path(__file__).resolve().parents[1] / "examples" / "quickstart.conv")
+    assert cli.main(["run", quickstart, "--backend", "numpy", "--batch", "100000000000"]) == 2
+    assert "random inputs: 100000000000 batch entries are too many" in capsys.readouterr().err
+    net = convdsl.compile_file(quickstart, backend="numpy")
+    # 192 GiB of float64: more than any machine this runs on can allocate at once (with Linux's
+    # default heuristic overcommit, a request past RAM + swap fails at once)
+    with pytest.raises(ConvdslError, match=r"random inputs of batch 8388608 need 192\.0 GiB"):
+        net.random_inputs(batch=2**23)
+    with pytest.raises(ConvdslError, match="batch must be a positive integer, found 0"):
+        net.random_inputs(batch=0)
