@@ -120,12 +120,15 @@ def test_random_networks_agree_with_the_interpreter(
     """The optimizer's random networks (skips into add, mul and concat, pads, crops, pools,
     upscales, strided and transposed convs, tiny odd planes, values read twice or also
     outputs), compiled for llvm: fused kernels, layouts and the memory plan as it makes them;
-    the batch run over at once or, as big networks do, one image per pass."""
+    the batch run over at once or, as big networks do, one image per pass. Bounds-checked: an
+    access outside its buffer fails with the kernel's name instead of corrupting memory."""
     reference = convdsl.compile_string(text, "random.conv", backend="numpy")
     weights = weights_far_from_identity(reference, seed)
     reference.set_weights(weights)
     with one_image_per_pass(one_image):
-        native = convdsl.compile_string(text, "random.conv", backend="llvm", weights=weights)
+        native = convdsl.compile_string(
+            text, "random.conv", backend="llvm", weights=weights, bounds_check=True
+        )
     inputs = reference.random_inputs(seed=seed, batch=batch)
     assert_agrees(native(inputs), reference(inputs))
 
