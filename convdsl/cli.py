@@ -231,18 +231,16 @@ def cmd_check(args: argparse.Namespace) -> None:
     Parse, lower, shape-check and optimize FILE, then print one row per layer as written
     (output shape, parameter count, multiply-accumulates per batch entry), the totals, and the
     inputs and outputs. --report adds what each optimizer pass did: fused kernels, what blocked
-    fusion, activation traffic and the planned activation memory. With the llvm backend (the
-    default) check also lowers and JIT-compiles FILE, without running it, so that what the
-    backend cannot compile is reported too (and the machine code is cached for the next run);
-    --backend numpy skips that.
+    fusion, activation traffic and the planned activation memory. With --backend llvm (the
+    default) check also makes sure the backend has a lowering for every layer, without
+    compiling any native code: checking takes as long as parsing and optimizing.
 
     convdsl check net.conv --verify --report
     """
     trace = report.PipelineTrace()
     source = read_source(args.file)
     graph = compile_source(source, args.opt_level, check=args.verify, after=trace)
-    # Lowered and JIT-compiled (no weights, no run) so that backend errors show here too.
-    check_backend(graph, args.backend, args.threads)
+    check_backend(graph, args.backend, args.threads)  # compiles nothing
     # The table shows the layers as written; the report says what the optimizer made of them.
     print("\n".join(summary_lines(trace.steps[0].after)))
     if args.report:

@@ -249,10 +249,21 @@ def test_f64_on_llvm_agrees_with_numpy_in_double() -> None:
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
-def test_cli_check_compiles_for_llvm(capsys: pytest.CaptureFixture[str]) -> None:
-    path = REPO / "examples" / "quickstart.conv"
+def test_cli_check_for_llvm_compiles_no_native_code(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checking is instant: the llvm backend's layouts and plan are made, nothing is built."""
+    from convdsl.backends.llvm import codegen, lower
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("check built native code")
+
+    monkeypatch.setattr(lower, "lower_graph", refuse)
+    monkeypatch.setattr(codegen, "compile_object", refuse)
+    path = REPO / "examples" / "fcn8s.conv"
     assert cli.main(["check", str(path), "--backend", "llvm", "-O0", "--threads", "1"]) == 0
-    assert capsys.readouterr().out.startswith("network quickstart\n")
+    assert capsys.readouterr().out.startswith("network fcn8s\n")
+    assert cli.main(["check", str(path), "--threads", "300"]) == 2
 
 
 def test_cli_checks_and_runs_f64_on_llvm_as_on_numpy(
