@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,8 @@ DEFAULT_BACKEND = "llvm"
 MAX_THREADS = 256
 """The most threads a network runs on: libgomp starts them all at once, and far more than
 the cores only slows a run, while thousands can pass the process's thread limit."""
+THREADS_VARIABLE = "CONVDSL_NUM_THREADS"
+"""The environment variable that sets the default thread count."""
 
 
 class Network:
@@ -61,12 +64,12 @@ class Network:
         weights: Mapping[str, np.ndarray] | None = None,
         seed: int = 0,
         weights_origin: str = "weights",
-        threads: int = 2,
+        threads: int | None = None,
         bounds_check: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise error(f"unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
-        check_threads(threads)
+        threads = resolve_threads(threads)
         graph = backend_graph(graph, backend)
         self.graph = graph
         self.backend = backend
@@ -200,12 +203,32 @@ class Network:
         return arrays
 
 
-def check_threads(threads: object) -> None:
-    """A ``ConvdslError`` unless ``threads`` is an integer from 1 to ``MAX_THREADS``."""
+def resolve_threads(threads: object = None) -> int:
+    """``threads`` checked (an integer from 1 to ``MAX_THREADS``), or when it is None the
+    default: ``$CONVDSL_NUM_THREADS`` if set, else the CPUs this process may run on."""
+    if threads is None:
+        return default_threads()
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise error(f"threads must be a positive integer, found {threads!r}")
     if threads > MAX_THREADS:
         raise error(f"threads must be at most {MAX_THREADS}, found {threads}")
+    return threads
+
+
+def default_threads() -> int:
+    """``$CONVDSL_NUM_THREADS`` if set, else the CPUs this process may run on (its affinity
+    mask: what a container or ``taskset`` allows, not the machine's count), at most
+    ``MAX_THREADS``."""
+    text = os.environ.get(THREADS_VARIABLE, "").strip()
+    if text:
+        if not text.isdigit() or not 1 <= int(text) <= MAX_THREADS:
+            raise error(f"{THREADS_VARIABLE}={text}: expected an integer from 1 to {MAX_THREADS}")
+        return int(text)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity mask
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_THREADS))
 
 
 def backend_graph(graph: Graph, backend: str) -> Graph:
@@ -216,13 +239,13 @@ def backend_graph(graph: Graph, backend: str) -> Graph:
     return graph
 
 
-def check_backend(graph: Graph, backend: str, threads: int = 2) -> None:
+def check_backend(graph: Graph, backend: str, threads: int | None = None) -> None:
     """Check that ``backend`` can run ``graph`` without compiling anything: every op has a
     lowering (the llvm backend's layouts and memory plan are made, as a run would), and the
     options are valid. Native code is built when the network is, not when it is checked."""
     if backend not in BACKENDS:
         raise error(f"unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
-    check_threads(threads)
+    resolve_threads(threads)
     if backend == "llvm":
         from convdsl.backends.llvm.lower import check_lowerable
 
@@ -287,13 +310,14 @@ def compile_string(
     weights: str | Path | Mapping[str, np.ndarray] | None = None,
     seed: int = 0,
     verify: bool = False,
-    threads: int = 2,
+    threads: int | None = None,
     bounds_check: bool = False,
 ) -> Network:
     """Compile ``.conv`` source text; ``name`` is the file name used in diagnostics.
 
     ``backend`` is ``"llvm"`` (default) or ``"numpy"``; ``threads`` is the llvm backend's
-    thread count (the numpy backend ignores it). ``bounds_check=True`` builds llvm code that
+    thread count (the numpy backend ignores it), by default ``$CONVDSL_NUM_THREADS`` or the
+    CPUs this process may run on. ``bounds_check=True`` builds llvm code that
     checks every load and store against its buffer and raises ``InternalError`` naming the
     kernel and the value instead of touching memory outside it (slow: for tests and for
     hunting a crash).
@@ -322,7 +346,7 @@ def compile_file(
     weights: str | Path | Mapping[str, np.ndarray] | None = None,
     seed: int = 0,
     verify: bool = False,
-    threads: int = 2,
+    threads: int | None = None,
     bounds_check: bool = False,
 ) -> Network:
     """Compile a ``.conv`` file (see ``compile_string``)."""

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from convdsl.api import Network, compile_file
+from convdsl.api import Network, compile_file, resolve_threads
 from convdsl.diagnostics import error
 from convdsl.ir.cost import graph_macs, node_macs, node_traffic
 
@@ -143,7 +143,7 @@ def bench_file(
     batch: int = 1,
     runs: int = 15,
     warmup: int = 3,
-    threads: int = 2,
+    threads: int | None = None,
     backends: Sequence[str] = BACKENDS,
     seed: int = 0,
     profile: bool = False,
@@ -152,8 +152,9 @@ def bench_file(
     reference for differences and speedups, so it runs even when not listed. ``profile``: also
     time every native kernel of the llvm backend (a separate build with timers around each
     kernel call, run ``runs`` times after the warm-ups)."""
-    if runs < 1 or warmup < 0 or threads < 1 or batch < 1:
-        raise error("--runs, --threads and --batch must be >= 1, --warmup >= 0")
+    if runs < 1 or warmup < 0 or batch < 1:
+        raise error("--runs and --batch must be >= 1, --warmup >= 0")
+    threads = resolve_threads(threads)
     net = compile_file(path, seed=seed, backend="numpy")  # the reference row
     inputs = net.random_inputs(seed=seed, batch=batch)
     reference = net(inputs)

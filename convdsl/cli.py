@@ -27,11 +27,13 @@ from convdsl.api import (
     BACKENDS,
     DEFAULT_BACKEND,
     MAX_THREADS,
+    THREADS_VARIABLE,
     Network,
     backend_graph,
     check_backend,
     compile_file,
     read_source,
+    resolve_threads,
 )
 from convdsl.diagnostics import ConvdslError, DiagnosticSink, error
 from convdsl.ir.cost import node_macs, node_param_count
@@ -301,9 +303,10 @@ def cmd_ir(args: argparse.Namespace) -> None:
 
         graph = backend_graph(compile_source(read_source(args.file), args.opt_level), "llvm")
         if args.llvm:
-            sys.stdout.write(inspect.llvm_ir(graph, args.threads))
+            sys.stdout.write(inspect.llvm_ir(graph, resolve_threads(args.threads)))
         else:
-            sys.stdout.write(inspect.kernel_assembly(graph, args.threads, args.asm))
+            threads = resolve_threads(args.threads)
+            sys.stdout.write(inspect.kernel_assembly(graph, threads, args.asm))
         return
     locations = not args.no_locations
     source = read_source(args.file)
@@ -399,8 +402,9 @@ def _add_backend_options(parser: argparse.ArgumentParser) -> None:
                         "caches its machine code in $CONVDSL_CACHE_DIR or ~/.cache/convdsl "
                         "(CONVDSL_CACHE_DIR=off disables; at most $CONVDSL_CACHE_MAX_MB, "
                         "default 1024)")  # fmt: skip
-    parser.add_argument("--threads", type=_threads, default=2, metavar="N",
-                        help="threads of the llvm backend (default 2)")  # fmt: skip
+    parser.add_argument("--threads", type=_threads, default=None, metavar="N",
+                        help=f"threads of the llvm backend (default: ${THREADS_VARIABLE}, else "
+                             "the CPUs this process may run on)")  # fmt: skip
 
 
 def _positive(text: str) -> int:
@@ -486,8 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print the LLVM IR the llvm backend generates")  # fmt: skip
     which.add_argument("--asm", metavar="KERNEL",
                        help="print the assembly of one kernel (layer name or kernelN)")  # fmt: skip
-    ir.add_argument("--threads", type=_threads, default=2, metavar="N",
-                    help="threads the generated code is built for (default 2)")  # fmt: skip
+    ir.add_argument("--threads", type=_threads, default=None, metavar="N",
+                    help="threads the code is built for (default as for run)")  # fmt: skip
 
     init = _subcommand(subs, "init-weights", cmd_init_weights, common)
     init.add_argument("-o", "--output", type=Path, required=True, metavar="W.npz",
@@ -502,8 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="timed runs per backend; prints the median (default 15)")  # fmt: skip
     bench.add_argument("--warmup", type=int, default=3, metavar="W",
                        help="untimed runs before timing (default 3)")  # fmt: skip
-    bench.add_argument("--threads", type=_threads, default=2, metavar="T",
-                       help="threads of llvm, torch and onnxruntime (default 2)")  # fmt: skip
+    bench.add_argument("--threads", type=_threads, default=None, metavar="T",
+                       help="threads of llvm, torch, onnxruntime (default as for run)")  # fmt: skip
     bench.add_argument("--backends", default="numpy,llvm,torch,onnxruntime", metavar="LIST",
                        help="comma-separated backends to time (default all: "
                        "numpy,llvm,torch,onnxruntime)")  # fmt: skip

@@ -218,7 +218,7 @@ def test_unknown_backend_lists_the_backends() -> None:
 
 def test_llvm_is_the_default_backend(capsys: pytest.CaptureFixture[str]) -> None:
     net = convdsl.compile_string("input x: f32[N, 1, 4]\noutput y = relu(x)\n")
-    assert (net.backend, net.threads) == ("llvm", 2)
+    assert (net.backend, net.threads) == ("llvm", len(os.sched_getaffinity(0)))
     assert type(net._executable).__name__ == "LlvmExecutable"
     assert cli.main(["run", "--help"]) == 0
     assert "(default llvm:" in " ".join(capsys.readouterr().out.split())
@@ -233,6 +233,26 @@ def test_bad_thread_count_is_a_user_error(capsys: pytest.CaptureFixture[str]) ->
     path = str(REPO / "examples" / "quickstart.conv")
     assert cli.main(["run", path, "--threads", "10000"]) == 2
     assert "--threads: expected at most 256, found 10000" in capsys.readouterr().err
+
+
+def test_the_thread_count_comes_from_the_environment_or_the_affinity_mask(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = "input x: f32[N, 1, 4]\noutput y = relu(x)\n"
+    monkeypatch.delenv("CONVDSL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5})  # taskset -c 0,3,5
+    assert convdsl.compile_string(src, backend="numpy").threads == 3
+    monkeypatch.setenv("CONVDSL_NUM_THREADS", "1")
+    assert convdsl.compile_string(src).threads == 1
+    assert convdsl.compile_string(src, threads=2).threads == 2  # the argument wins
+    for bad in ("0", "many", "257"):
+        monkeypatch.setenv("CONVDSL_NUM_THREADS", bad)
+        with pytest.raises(convdsl.ConvdslError, match=f"CONVDSL_NUM_THREADS={bad}: expected "
+                                                       "an integer from 1 to 256"):  # fmt: skip
+            convdsl.compile_string(src)
+    assert cli.main(["run", str(REPO / "examples" / "quickstart.conv")]) == 2
+    assert "error: CONVDSL_NUM_THREADS=257: expected" in capsys.readouterr().err
+    assert cli.main(["run", str(REPO / "examples" / "quickstart.conv"), "--threads", "1"]) == 0
 
 
 def test_f64_on_llvm_agrees_with_numpy_in_double() -> None:
