@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 BACKENDS = ("llvm", "numpy")
 DEFAULT_BACKEND = "llvm"
 MAX_THREADS = 256
-"""The most threads a network runs on: libgomp starts them all at once, and far more than
+"""The most threads a network runs on: its pool starts them at once, and far more than
 the cores only slows a run, while thousands can pass the process's thread limit."""
 THREADS_VARIABLE = "CONVDSL_NUM_THREADS"
 """The environment variable that sets the default thread count."""
@@ -84,7 +84,7 @@ class Network:
 
     def _build(self, params: Mapping[str, np.ndarray]) -> NumpyExecutable | LlvmExecutable:
         if self.backend == "llvm":
-            # Imported here: llvmlite and libgomp load only for networks that use them.
+            # Imported here: llvmlite loads only for networks that use it.
             from convdsl.backends.llvm.executable import LlvmExecutable
 
             return LlvmExecutable(

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import gc
 import itertools
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +37,7 @@ from convdsl.backends.llvm.entry import Worker
 from convdsl.backends.llvm.executable import LlvmExecutable, aligned_empty
 from convdsl.backends.llvm.jit import Jit
 from convdsl.backends.llvm.loops import F32P, I64, VOID, for_range, gep, loop_nest
-from convdsl.backends.llvm.parallel import WORKER_TYPE, call_parallel, load_libgomp, thread_share
+from convdsl.backends.llvm.parallel import WORKER_TYPE, call_parallel, work_chunks
 from convdsl.backends.llvm.target import host_target, lanes_for
 from convdsl.diagnostics import ConvdslError, InternalError
 from convdsl.ir.derived import materialize
@@ -509,29 +511,58 @@ def test_two_threads_give_the_same_bits_as_one() -> None:
     inputs = net.random_inputs(seed=3, batch=3)
     a, b = run_native(net, one, inputs), run_native(net, two, inputs)
     assert np.array_equal(a["out"], b["out"])
-    assert "GOMP_parallel" in two.llvm_ir and "GOMP_parallel" not in one.llvm_ir
+    assert "convdsl_parallel" in two.llvm_ir and "convdsl_parallel" not in one.llvm_ir
 
 
-def test_gomp_parallel_runs_each_share_on_its_own_thread() -> None:
-    """A worker records ``omp_get_thread_num`` for every item of its share."""
-    load_libgomp()
+def chunk_owners(items: int, parts: int, threads: int, calls: int) -> list[np.ndarray]:
+    """Run a worker that records, for each of ``items`` work items, which thread took it
+    (``gettid``), ``calls`` times on ``threads`` threads, its items cut into ``parts``."""
     module = ir.Module()
     worker = ir.Function(module, WORKER_TYPE, "worker")
     b = ir.IRBuilder(worker.append_basic_block("entry"))
-    out = b.bitcast(worker.args[0], I64.as_pointer())
-    lo, hi = thread_share(b, ir.Constant(I64, 101))
-    get_id = module.get_global("omp_get_thread_num")
-    with for_range(b, lo, hi) as i:
-        b.store(b.sext(b.call(get_id, []), I64), b.gep(out, [i]))
+    words = b.bitcast(worker.args[0], I64.as_pointer())  # [counter, out*]
+    out = b.inttoptr(b.load(b.gep(words, [ir.Constant(I64, 1)])), I64.as_pointer())
+    gettid = ir.Function(module, ir.FunctionType(ir.IntType(32), []), "gettid")
+    total, count = ir.Constant(I64, items), ir.Constant(I64, parts)
+    with work_chunks(b, total, words, count) as (lo, hi), for_range(b, lo, hi) as i:
+        b.store(b.sext(b.call(gettid, []), I64), b.gep(out, [i]))
     b.ret_void()
     entry = ir.Function(module, ir.FunctionType(VOID, [worker.args[0].type]), "entry")
     eb = ir.IRBuilder(entry.append_basic_block("entry"))
-    call_parallel(eb, worker, entry.args[0], ir.Constant(ir.IntType(32), 2))
+    call_parallel(eb, worker, entry.args[0], ir.Constant(ir.IntType(32), threads))
     eb.ret_void()
     jit = Jit.of([module])
-    owners = np.full(101, -1, np.int64)
-    ctypes.CFUNCTYPE(None, ctypes.c_void_p)(jit.address("entry"))(owners.ctypes.data)
-    assert owners[:51].tolist() == [0] * 51 and owners[51:].tolist() == [1] * 50
+    run = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(jit.address("entry"))
+    found = []
+    for _ in range(calls):
+        owners = np.full(items, -1, np.int64)
+        table = np.array([0, owners.ctypes.data], np.int64)
+        run(table.ctypes.data)
+        found.append(owners)
+    jit.stop_threads()
+    return found
+
+
+def test_the_pool_runs_every_item_once_and_its_threads_share_them() -> None:
+    """Every item is taken by exactly one thread, call after call; over many calls both the
+    caller and the pool's thread take some (a job does not wait for a late thread, so any
+    single call may be done by one)."""
+    calls = chunk_owners(items=10_001, parts=8, threads=2, calls=200)
+    assert all((owners > 0).all() for owners in calls)
+    assert len({int(tid) for owners in calls for tid in np.unique(owners)}) == 2
+    (alone,) = chunk_owners(items=37, parts=1, threads=1, calls=1)
+    assert len(np.unique(alone)) == 1 and alone[0] == threading.get_native_id()
+
+
+def test_the_pool_threads_end_with_the_network() -> None:
+    before = threading.active_count(), len(os.listdir("/proc/self/task"))
+    src = "input x: f32[N, 8, 64, 64]\noutput y = conv2d(x, 8, kernel=3, padding=same)\n"
+    net = convdsl.compile_string(src, threads=4)
+    net(net.random_inputs(batch=2))
+    assert len(os.listdir("/proc/self/task")) == before[1] + 3  # the caller is the fourth
+    del net
+    gc.collect()
+    assert len(os.listdir("/proc/self/task")) == before[1]
 
 
 # ---- loops and target -----------------------------------------------------------------------
@@ -1208,7 +1239,7 @@ def test_a_second_build_loads_the_cached_code_and_computes_the_same_bits(
     second = LlvmExecutable(net.graph, params, threads=2, profile=True)
     other_threads = LlvmExecutable(net.graph, params, threads=1)
     assert not first.jit.cached and second.jit.cached and not other_threads.jit.cached
-    # Only the entry differs with one thread (it calls the kernels without GOMP_parallel).
+    # Only the entry differs with one thread (it calls the kernels without the pool).
     assert other_threads.jit.compiled == 1 and len(list(tmp_path.glob("*.o"))) == 4
     x = net.random_inputs(seed=1, batch=3)["x"]
     (x_id,), ((_, y_id),) = net.graph.inputs, net.graph.outputs

@@ -43,7 +43,6 @@ from convdsl.backends.llvm.loops import (
     unflatten,
     vec_type,
 )
-from convdsl.backends.llvm.parallel import thread_share
 from convdsl.ir.graph import Node
 
 
@@ -451,8 +450,7 @@ def softmax_kernel(k: KernelBuilder, node: Node) -> None:
     span = SOFTMAX_VECTORS * lanes
     columns = -(-width // span)
     per_batch = math.prod(sizes[:-1]) * columns
-    lo, hi = thread_share(b, b.mul(k.batch, i64(per_batch)))
-    with for_range(b, lo, hi, name="item") as item:
+    with k.items(b.mul(k.batch, i64(per_batch)), name="item") as item:
         n, *outer, column = unflatten(b, item, (*sizes[:-1], columns))
         start = b.mul(column, i64(span))
 

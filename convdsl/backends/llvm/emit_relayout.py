@@ -27,7 +27,6 @@ from convdsl.backends.llvm.loops import (
     unflatten,
     wide_mask,
 )
-from convdsl.backends.llvm.parallel import thread_share
 from convdsl.ir.graph import Node
 from convdsl.ir.types import PhaseRows
 
@@ -57,8 +56,7 @@ def relayout_kernel(k: KernelBuilder, node: Node) -> None:
         ir.Constant(ir.VectorType(I32, lanes), [p + lane * s for lane in range(lanes)])
         for p in range(s)
     ]
-    first, last = thread_share(b, b.mul(k.batch, i64(rows)))
-    with for_range(b, first, last, name="row") as item:
+    with k.items(b.mul(k.batch, i64(rows)), name="row") as item:
         n, row = unflatten(b, item, (rows,))
         row_in = gep(b, k.entry(source, n), b.mul(row, i64(width)))
         row_out = gep(b, k.entry(target, n), b.mul(row, i64(s * layout.length)))

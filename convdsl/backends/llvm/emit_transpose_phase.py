@@ -48,7 +48,6 @@ from convdsl.backends.llvm.loops import (
     vec_type,
     wide_mask,
 )
-from convdsl.backends.llvm.parallel import thread_share
 from convdsl.ir.graph import Node
 
 # Stores one output vector (its point: one channel, ``lanes`` positions).
@@ -161,7 +160,7 @@ def conv_transpose_kernel(k: KernelBuilder, node: Node, store: Store | None = No
     ]
     outer_sizes = out_sizes[:-1]
     per_batch = a["out_channels"] // block * math.prod(outer_sizes)
-    lo, hi = thread_share(b, b.mul(k.batch, i64(per_batch)))
+    items = b.mul(k.batch, i64(per_batch))
     weight = packed_transposed(k, node.param("weight"), block)
     bias = k.param(node.param("bias")) if a["bias"] else None
     activation = ACTIVATIONS[a["activation"]]
@@ -174,7 +173,7 @@ def conv_transpose_kernel(k: KernelBuilder, node: Node, store: Store | None = No
         table, _, _ = axes[axis]
         flat = [v for ph in table for v in (ph.t0, ph.e0, ph.count)]
         tables.append(_table(b, flat))
-    with for_range(b, lo, hi, name="titem") as item:
+    with k.items(items, name="titem") as item:
         n = b.udiv(item, i64(per_batch))
         rest = b.urem(item, i64(per_batch))
         outer: list[ir.Value] = []

@@ -56,7 +56,7 @@ from convdsl.backends.llvm.loops import (
     i64,
     intrinsic,
 )
-from convdsl.backends.llvm.parallel import WORKER_TYPE, call_parallel
+from convdsl.backends.llvm.parallel import WORKER_TYPE, call_parallel, chunks
 from convdsl.ir.graph import Graph, Node
 from convdsl.ir.types import Dim
 
@@ -141,7 +141,7 @@ def build_entry(
     def call_workers(arena: ArenaAddresses, group: list[int]) -> None:
         for index in group:
             worker, table = workers[index], tables[index]
-            _fill_table(b, table, arena, worker, bounds)
+            _fill_table(b, table, arena, worker, bounds, threads)
             if running is not None:
                 b.store(i64(index), running)
             started = clock.now() if clock else None
@@ -203,7 +203,12 @@ def _table_size(worker: Worker, bounds: bool) -> int:
 
 
 def _fill_table(
-    b: ir.IRBuilder, table: ir.Value, arena: ArenaAddresses, worker: Worker, bounds: bool
+    b: ir.IRBuilder,
+    table: ir.Value,
+    arena: ArenaAddresses,
+    worker: Worker,
+    bounds: bool,
+    threads: int,
 ) -> None:
     """Store the words ``worker`` reads its addresses from (``BoundAddresses``) in ``table``."""
     words = [arena.batch]
@@ -216,6 +221,8 @@ def _fill_table(
         elif kind == "int":
             assert isinstance(key, str)
             words.append(i64(int(key.partition("=")[2])))
+        elif kind == "counter":
+            words += [i64(0), i64(chunks(threads))]  # no work item taken yet; how to cut it
         else:
             assert isinstance(key, str)
             words.append(b.ptrtoint(arena.param(key), I64))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import math
 import threading
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -138,6 +139,8 @@ class LlvmExecutable:
             self.jit = build.link()
             if key:
                 lowering_cache.store(key, self._lowered, build.keys)
+        # the runtime's threads end before the engine (and the code they run) goes
+        weakref.finalize(self, self.jit.stop_threads)
         self._arena_per_entry = self._lowered.arena_bytes
         self._run = _RUN(self.jit.address(ENTRY))
         self._profile = None

@@ -6,14 +6,14 @@ from it is in use.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Sequence
 from functools import cache
 
 import llvmlite.binding as llvm
 from llvmlite import ir
 
-from convdsl.backends.llvm import codegen, object_cache
-from convdsl.backends.llvm.parallel import load_libgomp, serial_runtime
+from convdsl.backends.llvm import codegen, object_cache, parallel
 from convdsl.backends.llvm.target import Target, host_target
 
 
@@ -74,7 +74,8 @@ class Build:
 class Jit:
     """Object files linked in one engine: ``address(name)`` gives a function's entry point.
     ``compiled`` says how many modules were compiled (not found in the cache), ``cached``
-    that none was. The threading runtime is libgomp, or one-thread stand-ins without it."""
+    that none was. Each engine has a threading runtime of its own (``parallel``): call
+    ``stop_threads`` before the engine goes."""
 
     def __init__(
         self, objects: Sequence[bytes], llvm_ir: str, compiled: int, target: Target
@@ -83,8 +84,7 @@ class Jit:
         self.compiled = compiled
         self.cached = compiled == 0
         self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), target_machine(target))
-        if load_libgomp() is None:
-            objects = [*objects, _serial_runtime_object(target)]
+        objects = [*objects, _runtime_object(target)]
         for code in objects:
             self.engine.add_object_file(llvm.ObjectFileRef.from_data(code))
         self.engine.finalize_object()
@@ -100,7 +100,12 @@ class Jit:
     def address(self, name: str) -> int:
         return int(self.engine.get_function_address(name))
 
+    def stop_threads(self) -> None:
+        """End the threading runtime's threads (before the code they run is freed)."""
+        ctypes.CFUNCTYPE(None)(self.address(parallel.STOP))()
+
 
 @cache
-def _serial_runtime_object(target: Target) -> bytes:
-    return codegen.compile_object(str(serial_runtime()), target_machine(target))
+def _runtime_object(target: Target) -> bytes:
+    """The threading runtime, compiled once per process."""
+    return codegen.compile_object(str(parallel.runtime(target.triple)), target_machine(target))

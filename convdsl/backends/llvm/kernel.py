@@ -24,6 +24,8 @@ function computes those addresses (``ArenaAddresses``) and hands each kernel a t
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,6 +37,7 @@ from convdsl.backends.llvm.loops import (
     F64,
     I1,
     I64,
+    for_range,
     gep,
     i64,
     load_vec,
@@ -42,6 +45,7 @@ from convdsl.backends.llvm.loops import (
     masked_store,
     store_vec,
 )
+from convdsl.backends.llvm.parallel import work_chunks
 from convdsl.diagnostics import InternalError
 from convdsl.ir.graph import Graph, Node
 from convdsl.ir.types import DType, TensorType
@@ -263,9 +267,24 @@ class BoundAddresses:
     def words_of(kind: str, bounds: bool) -> int:
         """A binding's words: a value's address and elements per entry (then, bounds-checked,
         the first and last byte + 1 it takes in this pass), a parameter's address (then its
-        end), an integer."""
-        words = {"value": 2, "param": 1, "int": 1}[kind]
-        return words + {"value": 2, "param": 1, "int": 0}[kind] * bounds
+        end), an integer, a work counter and the chunks to cut the work into."""
+        words = {"value": 2, "param": 1, "int": 1, "counter": 2}[kind]
+        return words + {"value": 2, "param": 1}.get(kind, 0) * bounds
+
+    def counter(self) -> tuple[ir.Value, ir.Value]:
+        """``i64*`` to a new word of the table that the entry sets to 0 before each call (the
+        next work item the kernel's threads take, ``parallel.work_chunks``), and the number
+        of chunks to cut the work into (the next word: set by the entry from its threads, so
+        the kernel's code does not depend on them)."""
+        key = ("counter", f"{len(self.bindings)}")
+        b = self.builder
+        with b.goto_block(self.prologue):
+            pointer = b.gep(self.table, [i64(self.words)])
+            parts = b.load(b.gep(self.table, [i64(self.words + 1)]))
+        self.words += 2
+        self.bindings.append(key)
+        self.loaded[key] = (pointer, parts)
+        return pointer, parts
 
     def _bind(self, key: tuple[str, int | str], element: ir.Type | None) -> tuple[ir.Value, ...]:
         """The words of ``key``, the first as an ``element*`` (None: an integer)."""
@@ -349,6 +368,17 @@ class KernelBuilder:
         return (strides[0], 1) if self.flat else strides
 
     # ---- addresses --------------------------------------------------------------------------
+
+    @contextmanager
+    def items(self, total: ir.Value, name: str = "item") -> Iterator[ir.Value]:
+        """``for item in range(total)``, the items shared out between the threads running the
+        kernel, chunk by chunk (``parallel.work_chunks``)."""
+        counter, parts = self.addresses.counter()
+        with (
+            work_chunks(self.builder, total, counter, parts) as (lo, hi),
+            for_range(self.builder, lo, hi, name=name) as item,
+        ):
+            yield item
 
     def entry(self, value: int, n: ir.Value) -> ir.Value:
         """``float*`` (``double*``) to batch entry ``n`` of ``value``."""

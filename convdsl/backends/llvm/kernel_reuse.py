@@ -90,7 +90,7 @@ def remapped(
             name, source, block = packed
             add_packing(name, source, block)
             bindings.append((kind, name))
-        elif kind == "int":
+        elif kind in ("int", "counter"):
             bindings.append((kind, key))  # a function of attributes and types: in the key
         else:
             return None

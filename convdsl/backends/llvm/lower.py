@@ -76,7 +76,7 @@ from convdsl.backends.llvm.loops import (
     unflatten,
     vec_type,
 )
-from convdsl.backends.llvm.parallel import WORKER_TYPE, thread_share
+from convdsl.backends.llvm.parallel import WORKER_TYPE
 from convdsl.diagnostics import ConvdslError, InternalError, error
 from convdsl.ir.graph import RELAYOUT, Graph, Node
 from convdsl.ir.ops import OPS, FusionClass
@@ -304,7 +304,13 @@ class ModuleBuilder:
         """A kernel computing in ``dtype``, with as many lanes as fill one register of it."""
         lanes = kernel_lanes(self.lanes, dtype)
         return KernelBuilder(
-            self.graph, builder, dtype, lanes, addresses, self.param_index, self.packings
+            self.graph,
+            builder,
+            dtype,
+            lanes,
+            addresses,
+            self.param_index,
+            self.packings,
         )
 
     def _points(self, k: KernelBuilder, node: Node) -> None:
@@ -335,8 +341,7 @@ class ModuleBuilder:
         blocks = out_type.channels // block
         per_batch = blocks * math.prod(outer_sizes)
         total = b.mul(k.batch, i64(per_batch))
-        lo, hi = thread_share(b, total)
-        with for_range(b, lo, hi, name="item") as item:
+        with k.items(total, name="item") as item:
             n, *outer, channel_block = unflatten(b, item, (*outer_sizes, blocks))
             channel = b.mul(channel_block, i64(block))
             self._row(k, node, Point(n, channel, block, tuple(outer), i64(0), 1))
@@ -351,8 +356,7 @@ class ModuleBuilder:
             channels = self.graph.type_of(value).channels
             if not self._in_slice(node, value):
                 rows = b.mul(k.batch, i64(channels * math.prod(outer_sizes)))
-                first, last = thread_share(b, rows)
-                with for_range(b, first, last, name="copy") as item:
+                with k.items(rows, name="copy") as item:
                     n, *outer, channel = unflatten(b, item, (*outer_sizes, channels))
                     point = Point(n, b.add(channel, i64(start)), 1, tuple(outer), i64(0), 1)
                     self._row(k, node, point)
@@ -417,9 +421,8 @@ class ModuleBuilder:
         segments = row_segments(width, lo, hi, plan.vectors, k.lanes)
         blocks_outer = not runtime and blocks_first(self.graph, anchor, plan, k.flat)
         masked_tail = all(p.op in MASKED_TAIL for p in parts(node))
-        first, last = thread_share(b, b.mul(k.batch, i64(per_batch)))
         with (
-            for_range(b, first, last, name="item") as item,
+            k.items(b.mul(k.batch, i64(per_batch)), name="item") as item,
             for_range(b, 0, chunk_count, name="chunk") as chunk,
         ):
             n, *outer, group = unflatten(b, item, (*sizes[:-1], groups))
@@ -483,8 +486,7 @@ class ModuleBuilder:
         weight = k.packed_param(anchor.param("weight"), block)
         rank = len(self.graph.type_of(node.output).spatial)
         accumulators = [entry_alloca(b, vec_type(block, k.element), f"gemv{u}") for u in range(4)]
-        first, last = thread_share(b, b.mul(k.batch, i64(blocks)))
-        with for_range(b, first, last, name="item") as item:
+        with k.items(b.mul(k.batch, i64(blocks)), name="item") as item:
             n, out_block = unflatten(b, item, (blocks,))
             x = k.entry(anchor.inputs[0], n)  # one position: channel ci is element ci
             rows = gep(b, weight, b.mul(out_block, i64(channels * block)))
