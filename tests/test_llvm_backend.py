@@ -523,8 +523,8 @@ def chunk_owners(items: int, parts: int, threads: int, calls: int) -> list[np.nd
     words = b.bitcast(worker.args[0], I64.as_pointer())  # [counter, out*]
     out = b.inttoptr(b.load(b.gep(words, [ir.Constant(I64, 1)])), I64.as_pointer())
     gettid = ir.Function(module, ir.FunctionType(ir.IntType(32), []), "gettid")
-    total, count = ir.Constant(I64, items), ir.Constant(I64, parts)
-    with work_chunks(b, total, words, count) as (lo, hi), for_range(b, lo, hi) as i:
+    total, count, side = ir.Constant(I64, items), ir.Constant(I64, parts), worker.args[1]
+    with work_chunks(b, total, words, count, side) as (lo, hi), for_range(b, lo, hi) as i:
         b.store(b.sext(b.call(gettid, []), I64), b.gep(out, [i]))
     b.ret_void()
     entry = ir.Function(module, ir.FunctionType(VOID, [worker.args[0].type]), "entry")

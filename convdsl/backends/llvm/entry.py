@@ -147,7 +147,7 @@ def build_entry(
             started = clock.now() if clock else None
             function, words = functions[worker.name], b.bitcast(table, PTR)
             if threads == 1:
-                b.call(function, [words])
+                b.call(function, [words, i64(0)])
             else:
                 call_parallel(b, function, words, ir.Constant(I32, threads))
             if clock and started is not None:

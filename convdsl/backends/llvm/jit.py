@@ -84,7 +84,7 @@ class Jit:
         self.compiled = compiled
         self.cached = compiled == 0
         self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), target_machine(target))
-        objects = [*objects, _runtime_object(target)]
+        objects = [*objects, _runtime_object(target, parallel.SPIN_CYCLES)]
         for code in objects:
             self.engine.add_object_file(llvm.ObjectFileRef.from_data(code))
         self.engine.finalize_object()
@@ -106,6 +106,6 @@ class Jit:
 
 
 @cache
-def _runtime_object(target: Target) -> bytes:
-    """The threading runtime, compiled once per process."""
+def _runtime_object(target: Target, spin_cycles: int) -> bytes:
+    """The threading runtime, compiled once per process (and setting of its spin)."""
     return codegen.compile_object(str(parallel.runtime(target.triple)), target_machine(target))

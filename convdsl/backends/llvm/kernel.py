@@ -251,8 +251,10 @@ class BoundAddresses:
         table: ir.Value,
         prologue: ir.Block,
         bounds: bool = False,
+        side: ir.Value | None = None,
     ) -> None:
         self.graph, self.builder = graph, builder
+        self.side = side if side is not None else i64(0)  # 0: the caller's thread, 1: the pool
         self.prologue = prologue  # where the words are loaded: it dominates the whole kernel
         self.bounds = bounds  # each value and parameter also has its extent (``words``)
         with builder.goto_block(prologue):
@@ -375,7 +377,7 @@ class KernelBuilder:
         kernel, chunk by chunk (``parallel.work_chunks``)."""
         counter, parts = self.addresses.counter()
         with (
-            work_chunks(self.builder, total, counter, parts) as (lo, hi),
+            work_chunks(self.builder, total, counter, parts, self.addresses.side) as (lo, hi),
             for_range(self.builder, lo, hi, name=name) as item,
         ):
             yield item

@@ -251,7 +251,9 @@ class ModuleBuilder:
         frame_pointer(worker)
         prologue = worker.append_basic_block("prologue")
         builder = ir.IRBuilder(worker.append_basic_block("body"))
-        addresses = BoundAddresses(self.graph, builder, worker.args[0], prologue, self.bounds_check)
+        addresses = BoundAddresses(
+            self.graph, builder, worker.args[0], prologue, self.bounds_check, worker.args[1]
+        )
         ir.IRBuilder(prologue).branch(builder.block)
         k = self._kernel_builder(builder, addresses, self.graph.type_of(node.output).dtype)
         try:

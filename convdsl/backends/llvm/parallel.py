@@ -7,9 +7,10 @@ until none is left, so a thread that runs takes what a descheduled one has not s
 entry calls ``convdsl_parallel(worker, table, threads)`` (``call_parallel``): it posts the job
 to the pool, runs the worker on the calling thread too, and waits only for the threads that
 joined the job to finish their chunk, never for a thread that has not woken up yet (which
-finds the job closed and goes back to sleep). Idle pool threads spin for ``SPINS`` pauses
-(kernels follow each other within microseconds) and then sleep on a futex, so a busy machine
-loses no core to them. ``threads=1`` runs every worker directly, with no pool at all.
+finds the job closed and goes back to sleep). Idle pool threads spin for ``SPIN_CYCLES``
+(kernels, and calls made in a loop, follow each other within microseconds) and then sleep on
+a futex, so a busy machine loses no core to them for long. ``threads=1`` runs every worker
+directly, with no pool at all.
 
 One pool per compiled network, started on its first parallel call, holds ``threads - 1``
 threads; a call made while another call of the same network holds the pool runs its kernels
@@ -29,12 +30,13 @@ from llvmlite import ir
 
 from convdsl.backends.llvm.loops import I32, I64, PTR, VOID, i64
 
-WORKER_TYPE = ir.FunctionType(VOID, [PTR])
+WORKER_TYPE = ir.FunctionType(VOID, [PTR, I64])  # (table, side): 0 the caller, 1 the pool
 PARALLEL = "convdsl_parallel"
 PARALLEL_TYPE = ir.FunctionType(VOID, [WORKER_TYPE.as_pointer(), PTR, I32])
 STOP = "convdsl_pool_stop"
 MAX_POOL = 256  # pool threads at most (``api.MAX_THREADS``)
-SPINS = 2000  # pauses an idle pool thread spins before it sleeps (~20-60 us)
+SPIN_CYCLES = 200_000  # how long an idle pool thread spins before it sleeps (TSC cycles)
+SPINS = 2000  # pauses instead, where there is no cycle counter to read (AArch64)
 CHUNKS_PER_THREAD = 4  # a kernel's items are cut into about threads x this many chunks
 FUTEX = {"x86_64": 202, "aarch64": 98}  # the futex syscall's number
 FUTEX_WAIT, FUTEX_WAKE = 128, 129  # FUTEX_PRIVATE_FLAG | FUTEX_WAIT, FUTEX_WAKE
@@ -59,26 +61,35 @@ def chunks(threads: int) -> int:
 
 @contextmanager
 def work_chunks(
-    builder: ir.IRBuilder, total: ir.Value, counter: ir.Value, parts: ir.Value
+    b: ir.IRBuilder, total: ir.Value, counter: ir.Value, parts: ir.Value, side: ir.Value
 ) -> Iterator[tuple[ir.Value, ir.Value]]:
-    """Chunks ``[lo, hi)`` of ``range(total)``, about ``parts`` of them, taken one after the
-    other from the shared ``counter`` (an ``i64*`` set to 0 before the kernel runs) until
-    none is left: the body is emitted once, in a loop."""
-    chunk = builder.sdiv(builder.add(total, builder.sub(parts, i64(1))), parts)
-    chunk = builder.select(builder.icmp_signed(">", chunk, i64(0)), chunk, i64(1))
-    head = builder.append_basic_block("chunk.take")
-    body = builder.append_basic_block("chunk.body")
-    done = builder.append_basic_block("chunk.done")
-    builder.branch(head)
-    builder.position_at_end(head)
-    lo = builder.atomic_rmw("add", counter, chunk, "monotonic", name="chunk.lo")
-    builder.cbranch(builder.icmp_signed("<", lo, total), body, done)
-    builder.position_at_end(body)
-    hi = builder.add(lo, chunk)
-    hi = builder.select(builder.icmp_signed("<", hi, total), hi, total, name="chunk.hi")
+    """Chunks ``[lo, hi)`` of ``range(total)``, ``parts`` of them, taken one after the other
+    until none is left: the body is emitted once, in a loop. ``counter`` (an ``i64*`` set to 0
+    before the kernel runs) counts the chunks taken from the front in its low 32 bits and from
+    the back in its high ones; the caller (``side`` 0) takes from the front, the pool (1) from
+    the back. One atomic add takes a chunk: it is ours if fewer than ``parts`` were taken
+    before it. So with two threads each computes the same half call after call, as a static
+    split would (its data still in its own cache), unless one is late and the other takes
+    more."""
+    size = b.sdiv(b.add(total, b.sub(parts, i64(1))), parts)
+    size = b.select(b.icmp_signed(">", size, i64(0)), size, i64(1))
+    back = b.icmp_signed("!=", side, i64(0))
+    step = b.select(back, i64(1 << 32), i64(1))
+    head, body, done = (b.append_basic_block(n) for n in ("chunk.take", "chunk.body", "chunk.done"))
+    b.branch(head)
+    b.position_at_end(head)
+    taken = b.atomic_rmw("add", counter, step, "monotonic", name="chunk.taken")
+    front, behind = b.and_(taken, i64(0xFFFFFFFF)), b.lshr(taken, i64(32))
+    mine = b.select(back, b.sub(b.sub(parts, i64(1)), behind), front, name="chunk")
+    b.cbranch(b.icmp_signed("<", b.add(front, behind), parts), body, done)
+    b.position_at_end(body)
+    lo = b.mul(mine, size)
+    lo = b.select(b.icmp_signed("<", lo, total), lo, total, name="chunk.lo")
+    hi = b.add(lo, size)
+    hi = b.select(b.icmp_signed("<", hi, total), hi, total, name="chunk.hi")
     yield lo, hi
-    builder.branch(head)
-    builder.position_at_end(done)
+    b.branch(head)
+    b.position_at_end(done)
 
 
 def runtime(triple: str) -> ir.Module:
@@ -134,6 +145,22 @@ class _Runtime:
                 pause = ir.Function(self.module, ir.FunctionType(VOID, []), "llvm.x86.sse2.pause")
             b.call(pause, [])
 
+    def _clock(self, b: ir.IRBuilder, otherwise: ir.Value) -> ir.Value:
+        """The time-stamp counter on x86, else ``otherwise`` (a count of pauses)."""
+        if not self.x86:
+            return otherwise
+        try:
+            counter = self.module.get_global("llvm.readcyclecounter")
+        except KeyError:
+            counter = ir.Function(self.module, ir.FunctionType(I64, []), "llvm.readcyclecounter")
+        return b.call(counter, [])
+
+    def _spinning(self, b: ir.IRBuilder, started: ir.Value) -> ir.Value:
+        """Whether a spin that began at ``started`` (``_clock``) should go on."""
+        if not self.x86:
+            return b.icmp_signed("<", started, i64(SPINS))
+        return b.icmp_unsigned("<", b.sub(self._clock(b, i64(0)), started), i64(SPIN_CYCLES))
+
     def _futex(self, b: ir.IRBuilder, operation: int, value: ir.Value) -> None:
         word = b.bitcast(self.generation, PTR)
         b.call(self.syscall, [i64(self.futex_number), word, i64(operation), value, i64(0)])
@@ -157,7 +184,7 @@ class _Runtime:
         )
         b.branch(wait)
         b.position_at_end(wait)
-        b.store(i64(0), spins)
+        b.store(self._clock(b, i64(0)), spins)
         b.branch(check)
         b.position_at_end(check)
         stopping = b.icmp_signed("!=", self._load(b, self.stop), i64(0))
@@ -168,9 +195,10 @@ class _Runtime:
             b.branch(finish)
         b.cbranch(new, join, idle)
         b.position_at_end(idle)
-        count = b.load(spins)
-        b.store(b.add(count, i64(1)), spins)
-        with b.if_then(b.icmp_signed("<", count, i64(SPINS))):
+        started = b.load(spins)
+        if not self.x86:  # no clock: count the pauses
+            b.store(b.add(started, i64(1)), spins)
+        with b.if_then(self._spinning(b, started)):
             self._pause(b)
             b.branch(check)
         b.branch(sleep)
@@ -186,7 +214,7 @@ class _Runtime:
         b.position_at_end(run)
         b.store(generation, seen)
         function = b.load_atomic(self.job_function, "seq_cst", 8)
-        b.call(function, [b.load_atomic(self.job_data, "seq_cst", 8)])
+        b.call(function, [b.load_atomic(self.job_data, "seq_cst", 8), i64(1)])
         b.branch(leave)
         b.position_at_end(leave)
         b.atomic_rmw("sub", self.active, i64(1), "seq_cst")
@@ -204,12 +232,12 @@ class _Runtime:
         alone, pool, done = _blocks(f, "alone", "pool", "done")
         single = b.icmp_signed("<=", threads, ir.Constant(I32, 1))
         with b.if_then(single):
-            b.call(worker, [data])
+            b.call(worker, [data, i64(0)])
             b.ret_void()
         taken = b.cmpxchg(self.owner, i64(0), i64(1), "seq_cst", "seq_cst")
         b.cbranch(b.extract_value(taken, 1), pool, alone)
         b.position_at_end(alone)
-        b.call(worker, [data])
+        b.call(worker, [data, i64(0)])
         b.ret_void()
         b.position_at_end(pool)
         wanted = b.sext(b.sub(threads, ir.Constant(I32, 1)), I64)
@@ -222,7 +250,7 @@ class _Runtime:
         b.atomic_rmw("add", self.generation, ir.Constant(I32, 1), "seq_cst")  # open: odd
         with b.if_then(b.icmp_signed(">", self._load(b, self.sleepers), i64(0))):
             self._futex(b, FUTEX_WAKE, i64(MAX_POOL))
-        b.call(worker, [data])
+        b.call(worker, [data, i64(0)])
         b.atomic_rmw("add", self.generation, ir.Constant(I32, 1), "seq_cst")  # closed: even
         self._wait_idle(b, f)
         self._store(b, i64(0), self.owner)
@@ -255,19 +283,20 @@ class _Runtime:
         thread that joined may have been descheduled mid-chunk)."""
         head, spin, end = _blocks(f, "idle.head", "idle.spin", "idle.end")
         before = b.block
+        started = self._clock(b, i64(0))
         b.branch(head)
         b.position_at_end(head)
         count = b.phi(I64, name="spins")
-        count.add_incoming(i64(0), before)
+        count.add_incoming(started, before)
         busy = b.icmp_signed("!=", self._load(b, self.active), i64(0))
         b.cbranch(busy, spin, end)
         b.position_at_end(spin)
-        with b.if_else(b.icmp_signed("<", count, i64(SPINS))) as (then, otherwise):
+        with b.if_else(self._spinning(b, count)) as (then, otherwise):
             with then:
                 self._pause(b)
             with otherwise:
                 b.call(self.sched_yield, [])
-        count.add_incoming(b.add(count, i64(1)), b.block)
+        count.add_incoming(count if self.x86 else b.add(count, i64(1)), b.block)
         b.branch(head)
         b.position_at_end(end)
 
