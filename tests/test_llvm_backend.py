@@ -554,6 +554,17 @@ def test_the_pool_runs_every_item_once_and_its_threads_share_them() -> None:
     assert len(np.unique(alone)) == 1 and alone[0] == threading.get_native_id()
 
 
+def test_off_linux_the_backend_runs_on_one_thread_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(executable.sys, "platform", "darwin")
+    src = "input x: f32[N, 2, 9]\noutput y = conv1d(x, 3, kernel=3)\n"
+    with pytest.warns(UserWarning, match="threads need Linux"):
+        net = convdsl.compile_string(src, threads=2)
+    assert net._executable.threads == 1
+    assert "convdsl_parallel" not in net._executable.llvm_ir
+
+
 def test_the_pool_threads_end_with_the_network() -> None:
     before = threading.active_count(), len(os.listdir("/proc/self/task"))
     src = "input x: f32[N, 8, 64, 64]\noutput y = conv2d(x, 8, kernel=3, padding=same)\n"

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import ctypes
 import math
+import sys
 import threading
+import warnings
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -117,6 +119,13 @@ class LlvmExecutable:
     ) -> None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, found {threads}")
+        if threads > 1 and not sys.platform.startswith("linux"):
+            warnings.warn(
+                f"the llvm backend's threads need Linux (futex); running on one thread, not "
+                f"{threads}",
+                stacklevel=3,
+            )
+            threads = 1
         self.graph = graph
         self.threads = threads
         self.target = host_target()
