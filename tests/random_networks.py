@@ -273,7 +273,12 @@ def nd_pool(b: Component, src: str, shape: Dims) -> str:
         geometry.pool_output_size(n, k, s, d, *p, ceil_mode)
         for n, k, s, d, p in zip(spatial, kernel, steps, dilation, pads, strict=True)
     ]
-    if min(out) < 1:
+    windows = zip(spatial, kernel, steps, dilation, pads, out, strict=True)
+    padding_only = any(  # a dilated window can skip a short input: the checker refuses it
+        geometry.padding_only_window(n, k, s, d, p[0], o) is not None if o > 0 else False
+        for n, k, s, d, p, o in windows
+    )
+    if min(out) < 1 or padding_only:
         return b.emit(f"{kind}_pool{rank}d({src}, 1)", shape)  # an identity
     text = f"{kind}_pool{rank}d({src}, {b.ints(kernel)}"
     if stride is not None:

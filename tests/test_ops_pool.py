@@ -257,3 +257,20 @@ def test_random_pool2d_matches_torch(
     assert_close(
         out["y"], pool_reference(kind, x, kernel, s, dilation, pads, ceil_mode, include_pad)
     )
+
+
+@pytest.mark.parametrize(
+    ("src", "window"),
+    [
+        # taps at -1, 1, 3 around an input of one: the window spans it and misses it
+        ("max_pool2d(x, [3, 1], padding=[[1, 3], [0, 0]], dilation=[2, 2])", "window 0 along H"),
+        ("max_pool1d(y, 2, stride=1, padding=2, dilation=3)", "window 1 along L"),
+    ],
+)
+def test_a_window_that_sees_only_padding_is_refused(src: str, window: str) -> None:
+    """A max over padding alone would be -inf (and inf or NaN after any later layer), so the
+    checker refuses it, as PyTorch refuses such paddings; with dilation a window can span a
+    short input and still miss it."""
+    text = f"input x: f32[N, 3, 1, 1]\ninput y: f32[N, 2, 2]\noutput z = {src}\n"
+    with pytest.raises(convdsl.ConvdslError, match=f"{window} sees only padding"):
+        convdsl.compile_string(text, backend="numpy")
