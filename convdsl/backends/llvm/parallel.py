@@ -244,7 +244,7 @@ class _Runtime:
         wanted = b.select(b.icmp_signed("<", wanted, i64(MAX_POOL)), wanted, i64(MAX_POOL))
         started = b.load(self.started)
         with b.if_then(b.icmp_signed("<", started, wanted)):
-            self._start_threads(b, started, wanted)
+            self._start_threads(b, wanted)
         b.store_atomic(worker, self.job_function, "seq_cst", 8)
         b.store_atomic(data, self.job_data, "seq_cst", 8)
         b.atomic_rmw("add", self.generation, ir.Constant(I32, 1), "seq_cst")  # open: odd
@@ -258,9 +258,9 @@ class _Runtime:
         b.position_at_end(done)
         b.ret_void()
 
-    def _start_threads(self, b: ir.IRBuilder, started: ir.Value, wanted: ir.Value) -> None:
-        """Create pool threads ``started`` to ``wanted - 1``; one that cannot be created is
-        left out (the job then has fewer helpers, never fewer items done)."""
+    def _start_threads(self, b: ir.IRBuilder, wanted: ir.Value) -> None:
+        """Create pool threads from the count started so far to ``wanted``; when one cannot be
+        created, stop trying (the jobs then have fewer helpers, never fewer items done)."""
         f = b.function
         head, body, end = _blocks(f, "start.head", "start.body", "start.end")
         b.branch(head)
