@@ -236,9 +236,11 @@ class ArenaAddresses:
 
 class BoundAddresses:
     """A kernel's addresses, read from the table of ``i64`` words its caller passes: word 0 is
-    the batch size, then, in the order the kernel first uses them, two words per value (its
-    entry 0 as an address, elements per entry), one per parameter (its address) and one per
-    integer attribute read at run time (``integer``).
+    the batch size, then, in the order the kernel first uses them, the words of each binding
+    (``words_of``): per value its entry 0 as an address and elements per entry, per parameter
+    its address, per integer attribute read at run time (``integer``) its value, per work
+    counter (``counter``) the counter and the chunks to cut the work into; a bounds-checked
+    build adds each value's and parameter's extent.
 
     So a kernel's code depends only on shapes and attributes, never on where the memory plan
     put its values or which parameter it reads: kernels of the same shape print the same and
