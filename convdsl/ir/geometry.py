@@ -10,8 +10,6 @@ window is ``d * (k - 1) + 1``: dilation spaces the taps, it never inflates the w
 
 from __future__ import annotations
 
-import math
-
 Pads = tuple[tuple[int, int], ...]
 
 
@@ -87,22 +85,3 @@ def pool_output_size(
     if (out - 1) * s >= n + before:
         out -= 1
     return out
-
-
-def padding_only_window(n: int, k: int, s: int, d: int, before: int, out: int) -> int | None:
-    """The first of ``out`` pooling windows (taps at ``o * s - before + t * d``, ``t < k``) whose
-    taps all miss ``[0, n)``, or None: a max over it would be -inf, an average of no input 0/0.
-
-    A window starting at or past 0 hits the input unless it starts past its end (only the last
-    can, with ``ceil_mode``). One starting before 0 reaches past 0 when ``before`` is smaller
-    than the window (checked first), and then its first tap at or past 0 is at ``start mod d``:
-    with dilation it can still jump over an input shorter than ``d``. That repeats with period
-    ``d / gcd(s, d)`` in ``o``, so at most that many windows are looked at."""
-    if before >= effective_kernel(k, d):
-        return 0
-    leading = min(out, -(-before // s))  # windows that start before 0
-    for o in range(min(leading, d // math.gcd(s, d))):
-        if (o * s - before) % d >= n:
-            return o
-    last = (out - 1) * s - before
-    return out - 1 if out > leading and last >= n else None

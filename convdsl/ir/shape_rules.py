@@ -383,16 +383,6 @@ def pool(rank: int, kind: str) -> Rule:
         # an error; _window_out then names the axis (its floor-mode size is < 1 too).
         if min(spatial) < 1:
             _window_out(x, kernel, stride, dilation, pads, name)
-        sizes = zip(x.spatial, kernel, stride, dilation, pads, spatial, strict=True)
-        for axis, (n, k, s, d, (b, _), out) in enumerate(sizes):
-            window = geometry.padding_only_window(n, k, s, d, b, out)
-            if window is not None:
-                raise ShapeError(
-                    f"window {window} along {x.axis_name(axis)} sees only padding: its taps, "
-                    f"from {window * s - b} in steps of {d}, all miss the input of size {n}",
-                    arg="padding",
-                    hint="use less padding or dilation, or a larger input",
-                )
         resolved = dict(kernel=kernel, stride=stride, pads=pads, ceil_mode=attrs["ceil_mode"])
         if kind == "max":
             resolved["dilation"] = dilation
