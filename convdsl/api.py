@@ -25,9 +25,11 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -40,10 +42,13 @@ from convdsl.ir.graph import Graph, Param
 from convdsl.ir.types import AXIS_NAMES, TensorType, format_shape
 from convdsl.passes.layout import choose_layouts
 from convdsl.passes.memory import plan_memory
-from convdsl.passes.pipeline import compile_source
+from convdsl.passes.pipeline import frontend, run_passes, specialize_checked
+from convdsl.passes.specialize import check_sizes
 
 if TYPE_CHECKING:
     from convdsl.backends.llvm.executable import LlvmExecutable
+
+Executable = Union[NumpyExecutable, "LlvmExecutable"]
 
 BACKENDS = ("llvm", "numpy")
 DEFAULT_BACKEND = "llvm"
@@ -54,8 +59,19 @@ THREADS_VARIABLE = "CONVDSL_NUM_THREADS"
 """The environment variable that sets the default thread count."""
 
 
+MAX_SPECIALIZATIONS = 8
+"""Input sizes whose compiled code a network keeps at once (least recently used goes first;
+compiling it again reads the code cache)."""
+
+
 class Network:
-    """A checked network bound to parameters and a backend; call it with named arrays."""
+    """A checked network bound to parameters and a backend; call it with named arrays.
+
+    A network whose inputs leave sizes open (``f32[N, 3, H, W]``) is compiled for the sizes of
+    each call's arrays the first time they are seen, and keeps the code for the last
+    ``MAX_SPECIALIZATIONS`` sizes; ``graph`` is then the symbolic graph ``check`` shows and
+    ``untyped`` the front end's graph it is specialized from.
+    """
 
     def __init__(
         self,
@@ -66,31 +82,80 @@ class Network:
         weights_origin: str = "weights",
         threads: int | None = None,
         bounds_check: bool = False,
+        *,
+        untyped: Graph | None = None,
+        opt_level: int = 2,
+        verify: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise error(f"unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
         threads = resolve_threads(threads)
-        graph = backend_graph(graph, backend)
+        if graph.is_symbolic and untyped is None:
+            raise error("a network with symbolic sizes needs its untyped graph to specialize")
+        if not graph.is_symbolic:
+            graph = backend_graph(graph, backend)
         self.graph = graph
+        self.untyped = untyped
         self.backend = backend
         self.threads = threads
         self.bounds_check = bounds_check
+        self.opt_level = opt_level
+        self.verify = verify
+        self.fixed_sizes: dict[str, int] = {}
+        """The input sizes the source left open and ``compile_*(sizes=...)`` fixed."""
         self.weights: dict[str, np.ndarray] = (
             weights_io.init_params(graph.params, seed)
             if weights is None
             else weights_io.check_weights(weights, graph.params, weights_origin)
         )
-        self._executable = self._build(materialize(graph, self.weights))
+        self._lock = threading.Lock()
+        self._specialized: OrderedDict[tuple[int, ...], tuple[Graph, Executable]] = OrderedDict()
+        self._executable: Executable | None = None
+        if not graph.is_symbolic:
+            self._executable = self._build(graph, materialize(graph, self.weights))
 
-    def _build(self, params: Mapping[str, np.ndarray]) -> NumpyExecutable | LlvmExecutable:
+    def _build(self, graph: Graph, params: Mapping[str, np.ndarray]) -> Executable:
         if self.backend == "llvm":
             # Imported here: llvmlite loads only for networks that use it.
             from convdsl.backends.llvm.executable import LlvmExecutable
 
             return LlvmExecutable(
-                self.graph, params, threads=self.threads, bounds_check=self.bounds_check
+                graph, params, threads=self.threads, bounds_check=self.bounds_check
             )
-        return NumpyExecutable(self.graph, params)
+        return NumpyExecutable(graph, params)
+
+    @property
+    def sizes(self) -> list[str]:
+        """The input size names the network is specialized over (``["H", "W"]``), or []."""
+        return self.graph.size_names()
+
+    def specialize(self, **sizes: int) -> Graph:
+        """The graph this network runs for input ``sizes`` (``H=224, W=224``), compiled once
+        per sizes; a size that breaks a constraint of the network is a ``ConvdslError``
+        naming the layer, the sizes and the constraint."""
+        return self._for_sizes(sizes)[0]
+
+    def _for_sizes(self, sizes: Mapping[str, int]) -> tuple[Graph, Executable]:
+        if self._executable is not None:
+            return self.graph, self._executable
+        assert self.untyped is not None
+        names = self.sizes
+        check_sizes(names, sizes)
+        key = tuple(int(sizes[name]) for name in names)
+        with self._lock:
+            found = self._specialized.get(key)
+            if found is not None:
+                self._specialized.move_to_end(key)
+                return found
+            bound = dict(zip(names, key, strict=True))
+            untyped = specialize_checked(self.untyped, bound)
+            graph = run_passes(untyped, opt_level=self.opt_level, check=self.verify)
+            graph = backend_graph(graph, self.backend)
+            built = (graph, self._build(graph, materialize(graph, self.weights)))
+            self._specialized[key] = built
+            while len(self._specialized) > MAX_SPECIALIZATIONS:
+                self._specialized.popitem(last=False)
+            return built
 
     # ---- inspection ------------------------------------------------------------------------
 
@@ -118,31 +183,43 @@ class Network:
 
     def set_weights(self, arrays: Mapping[str, np.ndarray], origin: str = "weights") -> None:
         self.weights = weights_io.check_weights(arrays, self.graph.params, origin)
-        params = materialize(self.graph, self.weights)
-        if isinstance(self._executable, NumpyExecutable):
-            self._executable = NumpyExecutable(self.graph, params)
-        else:
-            self._executable.bind(params)  # no recompile: only the parameter table changes
+        with self._lock:
+            if self._executable is not None:
+                self._executable = self._rebind(self.graph, self._executable)
+            for key, (graph, executable) in self._specialized.items():
+                self._specialized[key] = (graph, self._rebind(graph, executable))
+
+    def _rebind(self, graph: Graph, executable: Executable) -> Executable:
+        params = materialize(graph, self.weights)
+        if isinstance(executable, NumpyExecutable):
+            return NumpyExecutable(graph, params)
+        executable.bind(params)  # no recompile: only the parameter table changes
+        return executable
 
     def save_weights(self, path: str | Path, overwrite: bool = False) -> None:
         weights_io.save_npz(path, self.weights, overwrite=overwrite)
 
     # ---- running ---------------------------------------------------------------------------
 
-    def random_inputs(self, seed: int = 0, batch: int = 1) -> dict[str, np.ndarray]:
-        """Standard-normal arrays for every input, symbolic dims bound to ``batch``."""
+    def random_inputs(
+        self, seed: int = 0, batch: int = 1, sizes: Mapping[str, int] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Standard-normal arrays for every input, the batch bound to ``batch`` and the input
+        sizes (``H``, ``W``) to ``sizes``."""
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise error(f"batch must be a positive integer, found {batch!r}")
-        too_large = limits.batch_problem(batch, limits.largest_entry(self.graph))
+        graph = self._for_sizes(sizes or {})[0]  # checks the sizes first
+        too_large = limits.batch_problem(batch, limits.largest_entry(graph))
         if too_large is not None:  # before anything is allocated
             raise error(f"random inputs: {too_large}", hint=limits.HINT)
         rng = np.random.default_rng(seed)
+        types = {graph.values[v].name: graph.type_of(v) for v in graph.inputs}
         shapes = {name: tuple(d if isinstance(d, int) else batch for d in t.shape)
-                  for name, t in self.inputs.items()}  # fmt: skip
+                  for name, t in types.items()}  # fmt: skip
         try:
             return {
                 name: rng.standard_normal(shapes[name]).astype(t.dtype.numpy)
-                for name, t in self.inputs.items()
+                for name, t in types.items()
             }
         except MemoryError:
             gib = sum(8 * math.prod(shape) for shape in shapes.values()) / 2**30
@@ -160,47 +237,57 @@ class Network:
                 f"found {type(inputs).__name__}"
             )
         given = {**(inputs or {}), **named}
-        by_id = self._check_inputs(given)
-        results = self._executable.run(by_id)
-        return {name: results[v] for name, v in self.graph.outputs}
+        sizes: dict[str, int] = {}
+        if self._executable is None:  # the input sizes pick the specialization
+            bindings = _check_inputs(self.graph, given, convert=False)[1]
+            sizes = {name: bindings[name][0] for name in self.sizes}
+        graph, executable = self._for_sizes(sizes)
+        by_id = _check_inputs(graph, given)[0]
+        results = executable.run(by_id)
+        return {name: results[v] for name, v in graph.outputs}
 
     run = __call__
 
-    def _check_inputs(self, given: Mapping[str, Any]) -> dict[int, np.ndarray]:
-        sink = DiagnosticSink()
-        bindings: dict[str, tuple[int, str]] = {}
-        arrays: dict[int, np.ndarray] = {}
-        expected = {self.graph.values[v].name: v for v in self.graph.inputs}
-        for name in given:
-            if name not in expected:
-                close = difflib.get_close_matches(str(name), list(expected), n=1)
-                sink.error(
-                    f"unexpected input '{name}'; the network's inputs are {', '.join(expected)}",
-                    hint=f"did you mean '{close[0]}'?" if close else None,
-                )
-        for name, value_id in expected.items():
-            declared = self.graph.values[value_id]
-            span = declared.span
-            t = self.graph.type_of(value_id)
-            if name not in given:
-                sink.error(f"missing input '{name}' ({t})", span)
-                continue
-            array = _as_array(given[name])
-            if array is None or array.dtype.kind not in "fiub":
-                found = _describe_input(given[name], array)
-                sink.error(f"input '{name}': expected a numeric array ({t}), found {found}", span)
-                continue
-            problem = _shape_problem(t, array.shape, name, bindings, self.graph)
-            if problem:
-                sink.error(
-                    f"input '{name}': expected shape {format_shape(t.shape)}, found "
-                    f"{format_shape(array.shape)}{problem}",
-                    span,
-                )
-                continue
+
+def _check_inputs(
+    graph: Graph, given: Mapping[str, Any], convert: bool = True
+) -> tuple[dict[int, np.ndarray], dict[str, tuple[int, str]]]:
+    """The arrays by value id, checked against ``graph``'s inputs, and the size each symbol
+    was bound to (with the input that bound it). ``convert=False`` only checks."""
+    sink = DiagnosticSink()
+    bindings: dict[str, tuple[int, str]] = {}
+    arrays: dict[int, np.ndarray] = {}
+    expected = {graph.values[v].name: v for v in graph.inputs}
+    for name in given:
+        if name not in expected:
+            close = difflib.get_close_matches(str(name), list(expected), n=1)
+            sink.error(
+                f"unexpected input '{name}'; the network's inputs are {', '.join(expected)}",
+                hint=f"did you mean '{close[0]}'?" if close else None,
+            )
+    for name, value_id in expected.items():
+        span = graph.values[value_id].span
+        t = graph.type_of(value_id)
+        if name not in given:
+            sink.error(f"missing input '{name}' ({t})", span)
+            continue
+        array = _as_array(given[name])
+        if array is None or array.dtype.kind not in "fiub":
+            found = _describe_input(given[name], array)
+            sink.error(f"input '{name}': expected a numeric array ({t}), found {found}", span)
+            continue
+        problem = _shape_problem(t, array.shape, name, bindings, graph)
+        if problem:
+            sink.error(
+                f"input '{name}': expected shape {format_shape(t.shape)}, found "
+                f"{format_shape(array.shape)}{problem}",
+                span,
+            )
+            continue
+        if convert:
             arrays[value_id] = np.ascontiguousarray(array, dtype=t.dtype.numpy)
-        sink.raise_if_errors()
-        return arrays
+    sink.raise_if_errors()
+    return arrays, bindings
 
 
 def resolve_threads(threads: object = None) -> int:
@@ -249,7 +336,7 @@ def check_backend(graph: Graph, backend: str, threads: int | None = None) -> Non
     if backend == "llvm":
         from convdsl.backends.llvm.lower import check_lowerable
 
-        check_lowerable(backend_graph(graph, backend))
+        check_lowerable(graph if graph.is_symbolic else backend_graph(graph, backend))
 
 
 def _as_array(value: Any) -> np.ndarray | None:
@@ -275,24 +362,30 @@ def _shape_problem(
     graph: Graph,
 ) -> str:
     """What is wrong with an input's ``shape`` (as `` (...)``), or ''. A symbol is bound on
-    first use; its size must keep every array of ``graph`` within ``limits``."""
+    first use; a batch must keep every array of ``graph`` within ``limits`` (checked once the
+    graph is specialized), a size must be within ``limits.MAX_EXTENT``."""
     if len(shape) != t.rank:
         return f" (rank {len(shape)}, expected {t.rank})"
     for axis, (want, got) in enumerate(zip(t.shape, shape, strict=True)):
         if isinstance(want, int):
             if want != got:
                 return f" ({_dim_name(t, axis)} is {got}, expected {want})"
-        elif got < 1:
-            return f" ({want} must be at least 1)"
-        elif want in bindings and bindings[want][0] != got:
-            size, other = bindings[want]
-            return f" ({want} is {got} here but {size} in input '{other}')"
-        else:
-            fresh = want not in bindings
-            too_large = limits.batch_problem(got, limits.largest_entry(graph)) if fresh else None
+            continue
+        symbol = str(want)
+        if got < 1:
+            return f" ({symbol} must be at least 1)"
+        if symbol in bindings and bindings[symbol][0] != got:
+            size, other = bindings[symbol]
+            return f" ({symbol} is {got} here but {size} in input '{other}')"
+        if symbol not in bindings:
+            if isinstance(want, str):
+                largest = None if graph.is_symbolic else limits.largest_entry(graph)
+                too_large = None if largest is None else limits.batch_problem(got, largest)
+            else:
+                too_large = limits.size_problem(symbol, got)
             if too_large is not None:
-                return f" ({want} is {got}: {too_large})"
-            bindings[want] = (got, name)
+                return f" ({symbol} is {got}: {too_large})"
+            bindings[symbol] = (got, name)
     return ""
 
 
@@ -312,8 +405,13 @@ def compile_string(
     verify: bool = False,
     threads: int | None = None,
     bounds_check: bool = False,
+    sizes: Mapping[str, int] | None = None,
 ) -> Network:
     """Compile ``.conv`` source text; ``name`` is the file name used in diagnostics.
+
+    A network whose inputs leave sizes open (``f32[N, 3, H, W]``) compiles for the sizes of
+    the arrays it is called with (once per sizes); ``sizes={"H": 224, "W": 224}`` fixes them
+    now instead, and the network then takes only those.
 
     ``backend`` is ``"llvm"`` (default) or ``"numpy"``; ``threads`` is the llvm backend's
     thread count (the numpy backend ignores it), by default ``$CONVDSL_NUM_THREADS`` or the
@@ -324,10 +422,13 @@ def compile_string(
     """
     if backend not in BACKENDS:  # before compiling: a typo should not cost a compile
         raise error(f"unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
-    graph = compile_source(Source(name, text), opt_level=opt_level, check=verify)
+    untyped = frontend(Source(name, text))
+    if sizes:
+        untyped = specialize_checked(untyped, sizes)
+    graph = run_passes(untyped, opt_level=opt_level, check=verify)
     arrays = weights_io.read_npz(weights) if isinstance(weights, str | Path) else weights
     origin = str(weights) if isinstance(weights, str | Path) else "weights"
-    return Network(
+    net = Network(
         graph,
         backend=backend,
         weights=arrays,
@@ -335,7 +436,12 @@ def compile_string(
         weights_origin=origin,
         threads=threads,
         bounds_check=bounds_check,
+        untyped=untyped if graph.is_symbolic else None,
+        opt_level=opt_level,
+        verify=verify,
     )
+    net.fixed_sizes = {name: int(size) for name, size in (sizes or {}).items()}
+    return net
 
 
 def compile_file(
@@ -348,6 +454,7 @@ def compile_file(
     verify: bool = False,
     threads: int | None = None,
     bounds_check: bool = False,
+    sizes: Mapping[str, int] | None = None,
 ) -> Network:
     """Compile a ``.conv`` file (see ``compile_string``)."""
     return compile_string(
@@ -360,6 +467,7 @@ def compile_file(
         verify=verify,
         threads=threads,
         bounds_check=bounds_check,
+        sizes=sizes,
     )
 
 

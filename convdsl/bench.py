@@ -147,6 +147,7 @@ def bench_file(
     backends: Sequence[str] = BACKENDS,
     seed: int = 0,
     profile: bool = False,
+    sizes: Mapping[str, int] | None = None,
 ) -> BenchResult:
     """Time ``backends`` on the network in ``path``; the NumPy interpreter is always the
     reference for differences and speedups, so it runs even when not listed. ``profile``: also
@@ -155,7 +156,10 @@ def bench_file(
     if runs < 1 or warmup < 0 or batch < 1:
         raise error("--runs and --batch must be >= 1, --warmup >= 0")
     threads = resolve_threads(threads)
-    net = compile_file(path, seed=seed, backend="numpy")  # the reference row
+    net = compile_file(path, seed=seed, backend="numpy", sizes=sizes)  # the reference row
+    if net.sizes:
+        names = ",".join(f"{name}=..." for name in net.sizes)
+        raise error("timing needs the input sizes", hint=f"give them: --shape {names}")
     inputs = net.random_inputs(seed=seed, batch=batch)
     reference = net(inputs)
     macs = graph_macs(net.graph)
@@ -261,7 +265,9 @@ def _time(run: Runner, runs: int, warmup: int) -> float:
 def _prepare_llvm(
     path: str | Path, net: Network, inputs: Mapping[str, np.ndarray], threads: int
 ) -> Runner:
-    native = compile_file(path, backend="llvm", threads=threads, weights=net.weights)
+    native = compile_file(
+        path, backend="llvm", threads=threads, weights=net.weights, sizes=net.fixed_sizes
+    )
     return lambda: native(inputs)
 
 
@@ -269,7 +275,9 @@ def _torch_module(path: str | Path, net: Network) -> TorchNetwork:
     """The -O0 graph (ops as written) as a PyTorch module with the network's weights."""
     from convdsl.bench_torch import TorchNetwork
 
-    graph = compile_file(path, backend="numpy", opt_level=0, weights=net.weights).graph
+    graph = compile_file(
+        path, backend="numpy", opt_level=0, weights=net.weights, sizes=net.fixed_sizes
+    ).graph
     return TorchNetwork(graph, net.weights).eval()
 
 

@@ -39,9 +39,11 @@ from convdsl.diagnostics import ConvdslError, DiagnosticSink, error
 from convdsl.ir.cost import node_macs, node_param_count
 from convdsl.ir.graph import Graph
 from convdsl.ir.printer import print_graph
+from convdsl.ir.symbolic import Expr
 from convdsl.ir.types import format_shape
 from convdsl.passes import report
 from convdsl.passes.pipeline import PASSES, compile_source, frontend
+from convdsl.passes.specialize import describe, describe_cond, essential
 
 Handler = Callable[[argparse.Namespace], None]
 
@@ -85,6 +87,11 @@ def human(count: int, unit: str) -> str:
     return f"{count} {unit}".rstrip()
 
 
+def count(value: int | Expr) -> str:
+    """``1,234`` for an int, the expression for a count that depends on the sizes."""
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
 def layer_rows(graph: Graph) -> list[tuple[str, str, str, int, int]]:
     """(layer, op, output shape, parameters, MACs per batch entry) for every node."""
     return [
@@ -104,23 +111,37 @@ def summary_lines(graph: Graph) -> list[str]:
     rows = layer_rows(graph)
     table = format_table(
         ("layer", "op", "output shape", "params", "MACs"),
-        [(name, op, shape, f"{params:,}", f"{macs:,}") for name, op, shape, params, macs in rows],
+        [(name, op, shape, f"{params:,}", count(macs)) for name, op, shape, params, macs in rows],
         (False, False, False, True, True),
     )
     # Counted from shapes: `check` never allocates the (possibly huge) weights.
     params = sum(math.prod(p.shape) for p in graph.params.values())
     macs = sum(row[4] for row in rows)
     inputs = [(graph.values[v].name, v) for v in graph.inputs]
-    return [
+    total = human(macs, "MAC") if isinstance(macs, int) else f"{macs} MAC"
+    lines = [
         f"network {graph.name}",
         *table,
         "",
         f"layers:  {len(rows)}",
         f"params:  {human(params, '')}",
-        f"MACs:    {human(macs, 'MAC')} per batch entry",
+        f"MACs:    {total} per batch entry",
         f"inputs:  {_signature(graph, inputs)}",
         f"outputs: {_signature(graph, graph.outputs)}",
     ]
+    if graph.is_symbolic:
+        lines += size_lines(graph)
+    return lines
+
+
+def size_lines(graph: Graph) -> list[str]:
+    """The sizes a network written for any size accepts, and the layers that constrain them."""
+    accepted = describe(graph) or "any"
+    lines = [f"sizes:   {accepted}"]
+    for constraint in essential(graph.constraints):
+        where = f"{Path(constraint.span.source.name).name}:{constraint.span.line}"
+        lines.append(f"  {where}: {constraint.what} needs {describe_cond(constraint.cond)}")
+    return lines
 
 
 def _signature(graph: Graph, named: Sequence[tuple[str, int]]) -> str:
@@ -203,6 +224,32 @@ def _batch_of(given: dict[str, np.ndarray], net: Network) -> int:
     return 1
 
 
+def _sizes_of(given: dict[str, np.ndarray], net: Network, shape: dict[str, int]) -> dict[str, int]:
+    """The input sizes: --shape, and those of the --input arrays (which must agree)."""
+    sizes = dict(shape)
+    origin = dict.fromkeys(shape, "--shape")
+    for name, array in given.items():
+        declared = net.inputs[name].shape
+        if array.ndim != len(declared):
+            continue  # the run reports the rank
+        for dim, size in zip(declared[2:], array.shape[2:], strict=True):
+            if isinstance(dim, Expr) and str(dim) in net.sizes:
+                if str(dim) in sizes and sizes[str(dim)] != size:
+                    raise error(
+                        f"size {dim} is {size} in --input {name} but {sizes[str(dim)]} in "
+                        f"{origin[str(dim)]}"
+                    )
+                sizes[str(dim)] = int(size)
+                origin[str(dim)] = f"--input {name}"
+    missing = [name for name in net.sizes if name not in sizes]
+    if missing and len(given) < len(net.inputs):
+        raise error(
+            f"random inputs need the input sizes {', '.join(missing)}",
+            hint=f"give them: --shape {','.join(f'{n}=...' for n in missing)}, or --input arrays",
+        )
+    return sizes
+
+
 def _refuse_overwrite(path: Path, force: bool) -> None:
     # Checked before compiling and running, so a long run is not lost to a bad file name.
     if path.suffix != ".npz":
@@ -241,8 +288,14 @@ def cmd_check(args: argparse.Namespace) -> None:
     """
     trace = report.PipelineTrace()
     source = read_source(args.file)
-    graph = compile_source(source, args.opt_level, check=args.verify, after=trace)
+    graph = compile_source(source, args.opt_level, args.verify, trace, args.shape)
     check_backend(graph, args.backend, args.threads)  # compiles nothing
+    if args.report and graph.is_symbolic:
+        names = ",".join(f"{name}=..." for name in graph.size_names())
+        raise error(
+            "--report shows the optimized network, which depends on the input sizes",
+            hint=f"give them: --shape {names}",
+        )
     # The table shows the layers as written; the report says what the optimizer made of them.
     print("\n".join(summary_lines(trace.steps[0].after)))
     if args.report:
@@ -253,7 +306,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     """Run the network on given or random inputs.
 
     Compile FILE and run it. Inputs not given with --input are seeded standard-normal arrays,
-    their symbolic batch bound to --batch (default: the batch of the given inputs, else 1).
+    their symbolic batch bound to --batch (default: the batch of the given inputs, else 1),
+    and their sizes, for a network written for any size, to those of the given inputs or
+    --shape.
     Prints the shape, dtype, min, max and mean of each output. The llvm backend (the default)
     runs it as native code on --threads threads; --backend numpy runs the reference
     interpreter.
@@ -274,7 +329,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     )
     given = parse_input_flags(args.input, net)
     batch = args.batch if args.batch is not None else _batch_of(given, net)
-    inputs = {**net.random_inputs(seed=args.seed, batch=batch), **given}
+    sizes = _sizes_of(given, net, args.shape) if net.sizes else args.shape
+    random = net.random_inputs(seed=args.seed, batch=batch, sizes=sizes)
+    inputs = {**random, **given}
     outputs = net(inputs)
     print("\n".join(stats_lines(outputs)))
     if args.output is not None:
@@ -301,7 +358,13 @@ def cmd_ir(args: argparse.Namespace) -> None:
     if args.llvm or args.asm is not None:
         from convdsl.backends.llvm import inspect
 
-        graph = backend_graph(compile_source(read_source(args.file), args.opt_level), "llvm")
+        graph = compile_source(read_source(args.file), args.opt_level, sizes=args.shape)
+        if graph.is_symbolic:
+            names = ",".join(f"{name}=..." for name in graph.size_names())
+            raise error(
+                "native code depends on the input sizes", hint=f"give them: --shape {names}"
+            )
+        graph = backend_graph(graph, "llvm")
         if args.llvm:
             sys.stdout.write(inspect.llvm_ir(graph, resolve_threads(args.threads)))
         else:
@@ -316,7 +379,13 @@ def cmd_ir(args: argparse.Namespace) -> None:
     if args.after is not None:
         _check_pass_name(args.after, args.opt_level)
     trace = report.PipelineTrace()
-    graph = compile_source(source, args.opt_level, check=args.verify, after=trace)
+    graph = compile_source(source, args.opt_level, args.verify, trace, args.shape)
+    if graph.is_symbolic and args.after not in (None, "shapes"):
+        names = ",".join(f"{name}=..." for name in graph.size_names())
+        raise error(
+            f"pass {args.after} runs on the network specialized to its input sizes",
+            hint=f"give them: --shape {names}",
+        )
     if args.all:
         sys.stdout.write(report.all_passes_text(trace, show_locations=locations))
         return
@@ -376,7 +445,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     backends = bench.parse_backends(args.backends)
     result = bench.bench_file(args.file, batch=args.batch, runs=args.runs, warmup=args.warmup,
                               threads=args.threads, backends=backends,
-                              profile=args.profile)  # fmt: skip
+                              profile=args.profile, sizes=args.shape)  # fmt: skip
     print("\n".join(bench.report_lines(result)))
 
 
@@ -390,6 +459,9 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
                         "1 adds simplification and folding, 2 (default) adds fusion and "
                         "memory planning")  # fmt: skip
     parser.add_argument("--verify", action="store_true", help="verify the IR after every pass")
+    parser.add_argument("--shape", type=_sizes, default={}, metavar="H=224,W=224",
+                        help="for a network written for any input size: the sizes to compile "
+                        "it for (run takes them from its --input arrays too)")  # fmt: skip
 
 
 def _add_backend_options(parser: argparse.ArgumentParser) -> None:
@@ -405,6 +477,20 @@ def _add_backend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=_threads, default=None, metavar="N",
                         help=f"threads of the llvm backend (default: ${THREADS_VARIABLE}, else "
                              "the CPUs this process may run on)")  # fmt: skip
+
+
+def _sizes(text: str) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for item in text.split(","):
+        name, sep, value = item.strip().partition("=")
+        if not sep or not name.isidentifier() or not value.strip().isdigit():
+            raise argparse.ArgumentTypeError(
+                f"expected NAME=SIZE pairs like H=224,W=224, found '{item}'"
+            )
+        if name in sizes:
+            raise argparse.ArgumentTypeError(f"size {name} is given twice")
+        sizes[name] = int(value)
+    return sizes
 
 
 def _positive(text: str) -> int:
@@ -513,6 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "numpy,llvm,torch,onnxruntime)")  # fmt: skip
     bench.add_argument("--profile", action="store_true",
                        help="also time every native kernel of the llvm backend")  # fmt: skip
+    bench.add_argument("--shape", type=_sizes, default={}, metavar="H=224,W=224",
+                       help="the input sizes of a network written for any size")  # fmt: skip
     return parser
 
 

@@ -868,11 +868,11 @@ DECLARATIONS = [
         output y = relu(x)
         """,
         (
-            "net.conv:1:17: error: input 'x': only the batch (first) dimension may be symbolic; "
-            "found 'C' at position 2",
+            "net.conv:1:17: error: input 'x': the channel count (dim 2) must be a fixed size, "
+            "found 'C'",
             "   1 | input x: f32[N, C, 16, 16]",
             "     |                 ^",
-            "  hint: write its size as an integer",
+            "  hint: the weights of the first layer depend on it; write it as an integer",
         ),
     ),
     Golden(

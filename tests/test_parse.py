@@ -410,7 +410,7 @@ def test_parenthesised_operand_span_includes_its_parentheses() -> None:
             7,
         ),
         ("x = f(a b)", "unexpected name 'b'; expected ')', '=', ',', '(' or an operator", 1, 9),
-        ("x = 1 : [N, 2 + 1]", "unexpected '+'; expected ']' or ','", 1, 15),
+        ("x = 1 : [N, 2 +]", "unexpected ']'; expected an expression", 1, 16),
         ("f(x) = 3", "unexpected '('; expected '=' or ','", 1, 2),
         (
             "x = (a)(b)",

@@ -91,9 +91,10 @@ Expr = Name | Int | Float | String | ListExpr | BinOp | Neg | Call
 
 @dataclass(frozen=True, slots=True)
 class ShapeAnnotation:
-    """``: [N, 64, 56, 56]`` after a statement: the shape its writer expects; ``_`` matches any."""
+    """``: [N, 64, H/2, 56]`` after a statement: the shape its writer expects; ``_`` matches any.
+    Each dim is an expression of integers, block parameters and input size names."""
 
-    dims: tuple[Name | Int, ...]
+    dims: tuple[Expr, ...]
     span: Span
 
 

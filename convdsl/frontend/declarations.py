@@ -10,6 +10,7 @@ from convdsl.frontend import ast
 from convdsl.frontend.values import BUILTINS, LowerError
 from convdsl.ir import limits
 from convdsl.ir.ops import OPS
+from convdsl.ir.symbolic import symbol
 from convdsl.ir.types import Dim, DType, TensorType, format_shape
 
 
@@ -60,8 +61,10 @@ def collect_blocks(
     return blocks, broken
 
 
-def input_type(decl: ast.InputDecl) -> TensorType:
-    """The type an ``input`` declares: f32/f64, 3 to 5 dims, only the batch symbolic."""
+def input_type(decl: ast.InputDecl, batch_names: set[str] = frozenset()) -> TensorType:  # type: ignore[assignment]
+    """The type an ``input`` declares: f32/f64, 3 to 5 dims; the batch (first) and spatial dims
+    may be names (``N``; ``H``, ``W``), the channels are a fixed size. ``batch_names`` are the
+    names any input uses for its batch: a spatial dim may not reuse one."""
     dtype = DType.parse(decl.dtype)
     if dtype is None:
         raise LowerError(
@@ -86,16 +89,32 @@ def input_type(decl: ast.InputDecl) -> TensorType:
             if too_large is not None:
                 raise LowerError(f"input '{decl.name}': {too_large}", dim.span, hint=limits.HINT)
             dims.append(dim.value)
-        elif position == 0 and dim.id != "_":
-            dims.append(dim.id)
-        else:
+        elif dim.id == "_":
             raise LowerError(
-                f"input '{decl.name}': only the batch (first) dimension may be symbolic; "
-                f"found '{dim.id}' at position {position + 1}",
+                f"input '{decl.name}': '_' cannot be an input's size; name the dim (N, H, W...) "
+                "or give its size",
                 dim.span,
-                hint="write its size as an integer",
             )
+        elif position == 0:
+            dims.append(dim.id)
+        elif position == 1:
+            raise LowerError(
+                f"input '{decl.name}': the channel count (dim 2) must be a fixed size, found "
+                f"'{dim.id}'",
+                dim.span,
+                hint="the weights of the first layer depend on it; write it as an integer",
+            )
+        elif dim.id in batch_names:
+            raise LowerError(
+                f"input '{decl.name}': '{dim.id}' names a batch size (the first dim of an "
+                "input); a spatial size needs a name of its own",
+                dim.span,
+            )
+        else:
+            dims.append(symbol(dim.id))
     declared = TensorType(tuple(dims), dtype)
+    if declared.is_symbolic:
+        return declared  # its arrays are bounded when the sizes are bound
     too_many = limits.elements_problem(
         f"the shape {format_shape(declared.shape)}", declared.stored_elements, declared.batch
     )

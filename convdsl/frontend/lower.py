@@ -19,6 +19,7 @@ from convdsl.diagnostics import Diagnostic, DiagnosticSink, Span, call_notes
 from convdsl.frontend import ast
 from convdsl.frontend.bind import bind_op_args
 from convdsl.frontend.declarations import collect_blocks, end_of, input_type, network_name
+from convdsl.frontend.sizes import AnnotationDim, annotation_dim, size_names
 from convdsl.frontend.values import (
     BUILTINS,
     POISON,
@@ -35,7 +36,7 @@ from convdsl.frontend.values import (
 )
 from convdsl.ir.graph import Attrs, CallSite, Expectation, Graph, Node, Value
 from convdsl.ir.ops import OPS
-from convdsl.ir.types import Dim, TensorType
+from convdsl.ir.types import TensorType
 
 MAX_BLOCK_DEPTH = 64
 
@@ -88,6 +89,7 @@ class Lowerer:
         self.output_names: set[str] = set()  # declared outputs, including ones that failed
         self.globals = Scope(prefix="")
         self.frames: list[_Frame] = []
+        self.batch_names, self.size_names = size_names(module)
 
     # ---- driver --------------------------------------------------------------------------
 
@@ -159,7 +161,7 @@ class Lowerer:
         self.declares_input = True
         if decl.name in self.globals.vars:
             raise self._redefined(decl.name, decl.name_span)
-        value = self._new_value(decl.name, input_type(decl), decl.name_span)
+        value = self._new_value(decl.name, input_type(decl, self.batch_names), decl.name_span)
         self.inputs.append(value)
         self.globals.vars[decl.name] = Tensor(value)
 
@@ -233,13 +235,13 @@ class Lowerer:
             raise LowerError(
                 f"a shape annotation needs a tensor, found {describe(result)}", annotation.span
             )
-        dims: list[Dim] = []
+        dims: list[AnnotationDim] = []
         for dim in annotation.dims:
             # A name bound to an integer (a block parameter such as `ch`) stands for its value.
-            bound = _int_or_none(scope, dim.id) if isinstance(dim, ast.Name) else dim.value
-            if bound is POISON:
+            value = annotation_dim(dim, self.size_names, lambda name: _int_or_none(scope, name))
+            if value is POISON:
                 return
-            dims.append(dim.id if bound is None else bound)  # type: ignore[union-attr]
+            dims.append(value)
         self.expectations.append(
             Expectation(result.value, tuple(dims), annotation.span, self._call_sites())
         )

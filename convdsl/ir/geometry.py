@@ -3,12 +3,17 @@
 Every stage that needs a window geometry (the shape checker, the NumPy interpreter, later
 backends) calls these functions; none re-derives them. All sizes are per spatial axis.
 
+Sizes may be symbolic (``convdsl.ir.symbolic``): the formulas use only ``+ - * //`` and
+``symbolic.maximum``, never a branch on a size, so one formula serves fixed and symbolic sizes.
+
 Notation: ``n`` input length, ``k`` kernel size, ``s`` stride, ``d`` dilation,
 ``before``/``after`` padding at the start/end of the axis. The *effective kernel* of a dilated
 window is ``d * (k - 1) + 1``: dilation spaces the taps, it never inflates the weights.
 """
 
 from __future__ import annotations
+
+from convdsl.ir.symbolic import maximum, minimum
 
 Pads = tuple[tuple[int, int], ...]
 
@@ -33,7 +38,7 @@ def same_padding(n: int, k: int, s: int, d: int) -> tuple[int, int]:
     total = max((ceil(n/s) - 1) * s + d*(k-1) + 1 - n, 0); before = total // 2.
     """
     out = -(-n // s)
-    total = max((out - 1) * s + effective_kernel(k, d) - n, 0)
+    total = maximum((out - 1) * s + effective_kernel(k, d) - n, 0)
     return total // 2, total - total // 2
 
 
@@ -82,6 +87,6 @@ def pool_output_size(
     if not ceil_mode:
         return span // s + 1
     out = -(-span // s) + 1
-    if (out - 1) * s >= n + before:
-        out -= 1
-    return out
+    # Minus one when the last window would start at or past n + before: [a >= b] for ints
+    # is min(max(a - b + 1, 0), 1).
+    return out - minimum(maximum((out - 1) * s - (n + before) + 1, 0), 1)

@@ -18,6 +18,7 @@ from typing import Any
 
 from convdsl.diagnostics import Source, Span
 from convdsl.ir.memory_plan import MemoryPlan
+from convdsl.ir.symbolic import Cond, Expr, Ratio
 from convdsl.ir.types import Dim, DType, TensorType
 
 
@@ -158,10 +159,22 @@ class DerivedParam:
 
 @dataclass(frozen=True, slots=True)
 class Expectation:
-    """A shape annotation (``: [N, 64, 56, 56]``) on a statement; ``_`` dims match anything."""
+    """A shape annotation (``: [N, 64, H/2, 56]``) on a statement; ``_`` dims match anything,
+    a ``Ratio`` a size that is exactly that quotient."""
 
     value: int
-    dims: tuple[Dim, ...]
+    dims: tuple[Dim | Ratio, ...]
+    span: Span = field(compare=False)
+    call_sites: tuple[CallSite, ...] = field(default=(), compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SizeConstraint:
+    """A condition on the input sizes that a layer (or an annotation) needs, found by shape
+    inference over symbolic sizes: ``cond`` must hold for the network to be valid."""
+
+    cond: Cond
+    what: str  # the op, or "annotation"
     span: Span = field(compare=False)
     call_sites: tuple[CallSite, ...] = field(default=(), compare=False)
 
@@ -178,6 +191,7 @@ class Graph:
     expectations: tuple[Expectation, ...] = ()
     derived: Mapping[str, DerivedParam] = field(default_factory=dict)
     memory: MemoryPlan | None = None  # set by the memory-planning pass
+    constraints: tuple[SizeConstraint, ...] = ()  # set by shape inference over symbolic sizes
 
     def type_of(self, value: int) -> TensorType:
         """The inferred type of a value (only valid after shape inference)."""
@@ -202,6 +216,23 @@ class Graph:
             for v in dict.fromkeys(node.inputs):
                 readers[v].append(node)
         return readers
+
+    @property
+    def is_symbolic(self) -> bool:
+        """Whether an input has a symbolic spatial size: the graph must be specialized to
+        concrete sizes (``passes.specialize``) before the optimizing passes and a backend."""
+        return any(
+            self.values[v].type is not None and self.type_of(v).is_symbolic for v in self.inputs
+        )
+
+    def size_names(self) -> list[str]:
+        """The input size names (``H``, ``W``...) in order of first appearance."""
+        names: dict[str, None] = {}
+        for v in self.inputs:
+            value_type = self.values[v].type
+            for dim in value_type.shape[2:] if value_type is not None else ():
+                names.update(dict.fromkeys(sorted(dim.symbols())) if isinstance(dim, Expr) else {})
+        return list(names)
 
     def input_names(self) -> list[str]:
         return [self.values[v].name for v in self.inputs]

@@ -81,8 +81,9 @@ def integer_problem(value: int) -> str | None:
 
 
 def size_problem(what: str, value: int) -> str | None:
-    """``dilation 4294967297 is too large: ...`` for an integer past ``MAX_EXTENT``."""
-    if value <= MAX_EXTENT:
+    """``dilation 4294967297 is too large: ...`` for an integer past ``MAX_EXTENT``. A symbolic
+    size is checked once it is bound (the network is specialized with concrete sizes)."""
+    if not isinstance(value, int) or value <= MAX_EXTENT:
         return None
     return f"{what} {value} is too large: at most {_power(MAX_EXTENT)}"
 

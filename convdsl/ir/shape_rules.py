@@ -16,6 +16,7 @@ from typing import Any
 
 from convdsl.ir import geometry, limits
 from convdsl.ir.graph import Attrs
+from convdsl.ir.symbolic import maximum
 from convdsl.ir.types import TensorType, format_shape
 
 
@@ -369,9 +370,9 @@ def pool(rank: int, kind: str) -> Rule:
         _windows_bounded(kernel, dilation)
         pads = resolve_pads(attrs["padding"], x, kernel, stride, dilation)
         for (b, a), k, d in zip(pads, kernel, dilation, strict=True):
-            if max(b, a) >= geometry.effective_kernel(k, d):
+            if maximum(b, a) >= geometry.effective_kernel(k, d):
                 raise ShapeError(
-                    f"padding {max(b, a)} is as large as the window ({k}): a window could see "
+                    f"padding {maximum(b, a)} is as large as the window ({k}): a window could see "
                     "only padding",
                     arg="padding",
                 )
@@ -381,7 +382,7 @@ def pool(rank: int, kind: str) -> Rule:
         )
         # ceil_mode lets a window overhang the end (as in PyTorch), so only an empty output is
         # an error; _window_out then names the axis (its floor-mode size is < 1 too).
-        if min(spatial) < 1:
+        if any(size < 1 for size in spatial):
             _window_out(x, kernel, stride, dilation, pads, name)
         resolved = dict(kernel=kernel, stride=stride, pads=pads, ceil_mode=attrs["ceil_mode"])
         if kind == "max":

@@ -1,9 +1,11 @@
-"""Tensor types of the IR: a dtype and a shape whose dims are ints or one symbolic batch name.
+"""Tensor types of the IR: a dtype and a shape of ints and symbolic dims.
 
 Logically always channels-first, ``[batch, channels, *spatial]``; a value the layout pass
-converts is *stored* differently (``PhaseRows``), which its type says. Only the batch dimension
-may be symbolic (``N``); it stays a name through shape checking and is bound when the network
-runs.
+converts is *stored* differently (``PhaseRows``), which its type says. Two kinds of dims may be
+symbolic. The batch is a name (``N``) all the way to the backends, which bind it per call.
+A spatial dim may be an expression of input sizes (``H//2``, a ``symbolic.Expr``) in the graph
+``check`` sees; a network is *specialized* to concrete sizes before any pass after shape
+inference runs (``passes.specialize``), so optimizing passes and backends see ints there.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from enum import Enum
 
 import numpy as np
 
-Dim = int | str
-"""A dimension: a static size, or a symbol such as ``"N"`` (batch only)."""
+from convdsl.ir.symbolic import Expr, substitute
+
+Dim = int | str | Expr
+"""A dimension: a static size, the batch symbol (``"N"``), or a spatial size expression."""
 
 AXIS_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
 """How error messages name the spatial axes of 1-, 2- and 3-D tensors."""
@@ -72,7 +76,14 @@ class TensorType:
 
     @property
     def spatial(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.shape[2:])
+        """The spatial sizes: ints, or in a symbolic graph ``Expr``s, which compute and compare
+        like ints (``convdsl.ir.symbolic``)."""
+        return tuple(self.shape[2:])  # type: ignore[arg-type]
+
+    @property
+    def is_symbolic(self) -> bool:
+        """Whether a spatial size is an expression of the input sizes (not yet specialized)."""
+        return any(isinstance(d, Expr) for d in self.shape[1:])
 
     @property
     def spatial_rank(self) -> int:
@@ -98,19 +109,23 @@ class TensorType:
         return f"{self.dtype.value}{format_shape(self.shape)}{layout}"
 
 
-def format_shape(shape: tuple[Dim, ...]) -> str:
+def format_shape(shape: tuple[object, ...]) -> str:
     """``[N,64,56,56]``: the form every message and the IR printer use."""
     return "[" + ",".join(str(d) for d in shape) + "]"
 
 
 def bind_shape(shape: tuple[Dim, ...], bindings: dict[str, int]) -> tuple[int, ...]:
-    """The concrete shape once symbols are bound (``N`` -> 8)."""
-    return tuple(d if isinstance(d, int) else bindings[d] for d in shape)
+    """The concrete shape once symbols are bound (``N`` -> 8, ``H//2`` -> 112)."""
+    return tuple(
+        d if isinstance(d, int) else substitute(d, bindings) if isinstance(d, Expr) else bindings[d]
+        for d in shape
+    )
 
 
 def num_elements(shape: tuple[Dim, ...]) -> int:
-    """Elements per batch entry when the batch is symbolic, all elements otherwise."""
+    """Elements per batch entry when the batch is symbolic, all elements otherwise (an ``Expr``
+    when sizes are symbolic)."""
     total = 1
     for d in shape:
-        total *= d if isinstance(d, int) else 1
+        total *= 1 if isinstance(d, str) else d  # type: ignore[assignment]
     return total

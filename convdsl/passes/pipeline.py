@@ -7,7 +7,7 @@ after each pass when asked (tests, ``--verify``), naming the pass that broke an 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from convdsl.diagnostics import ConvdslError, DiagnosticSink, Source
@@ -25,6 +25,7 @@ from convdsl.passes.simplify import (
     eliminate_dead_code,
     remove_identities,
 )
+from convdsl.passes.specialize import check_sizes, explain, specialize
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +123,16 @@ def run_passes(
     check: bool = False,
     after: Callable[[Pass, Graph], None] | None = None,
 ) -> Graph:
-    """Run every pass enabled at ``opt_level`` in order; ``check`` verifies after each one."""
+    """Run every pass enabled at ``opt_level`` in order; ``check`` verifies after each one.
+
+    A graph whose inputs have symbolic sizes stops after shape inference: it is what ``check``
+    shows, and it is specialized to concrete sizes (``passes.specialize``) before it runs.
+    """
     for compiler_pass in PASSES:
         if compiler_pass.min_opt_level > opt_level:
             continue
+        if compiler_pass is not PASSES[0] and graph.is_symbolic:
+            break
         graph = compiler_pass.run(graph)
         if check:
             verify(graph, after_pass=compiler_pass.name)
@@ -139,6 +146,26 @@ def compile_source(
     opt_level: int = 2,
     check: bool = False,
     after: Callable[[Pass, Graph], None] | None = None,
+    sizes: Mapping[str, int] | None = None,
 ) -> Graph:
-    """Source text to the optimized, typed graph; ``after`` sees the graph after each pass."""
-    return run_passes(frontend(source), opt_level=opt_level, check=check, after=after)
+    """Source text to the optimized, typed graph; ``after`` sees the graph after each pass.
+    ``sizes`` binds the input sizes of a network written for any size (``{"H": 224}``)."""
+    untyped = frontend(source)
+    if sizes:
+        untyped = specialize_checked(untyped, sizes)
+    return run_passes(untyped, opt_level=opt_level, check=check, after=after)
+
+
+def specialize_checked(untyped: Graph, sizes: Mapping[str, int]) -> Graph:
+    """``untyped`` specialized to ``sizes``: every size name given, within the limits, and the
+    network valid at those sizes (else a ``ConvdslError`` naming the sizes and the broken
+    constraint)."""
+    generic = infer_shapes(untyped)
+    check_sizes(generic.size_names(), sizes)
+    bound = {name: int(value) for name, value in sizes.items()}
+    specialized = specialize(untyped, bound)
+    try:
+        infer_shapes(specialized)
+    except ConvdslError as err:
+        raise explain(err, generic, bound) from None
+    return specialized

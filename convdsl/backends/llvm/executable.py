@@ -209,7 +209,7 @@ class LlvmExecutable:
                     bindings[dim] = size
         types = [self.graph.type_of(v) for _, v in self.graph.outputs]
         outputs = [aligned_array(bind_shape(t.shape, bindings), t.dtype.numpy) for t in types]
-        sizes = [d if isinstance(d, int) else bindings[d] for d in self._groups]
+        sizes = [d if isinstance(d, int) else bindings[str(d)] for d in self._groups]
         images = min(max(sizes, default=1), self._lowered.per_pass)
         bound = self._bound  # one read: ``bind`` from another thread replaces it whole
         arena = self.arenas.take(self._arena_per_entry * images)

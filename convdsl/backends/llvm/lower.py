@@ -122,16 +122,26 @@ def parts(node: Node) -> tuple[Node, ...]:
 
 
 def check_lowerable(graph: Graph) -> None:
-    """Raise a ``ConvdslError`` for the first op this backend cannot lower."""
+    """Raise a ``ConvdslError`` for the first op this backend cannot lower. A graph with
+    symbolic sizes (not yet specialized, so without layouts or memory plan) is checked op by
+    op."""
+    if graph.is_symbolic:
+        for node in graph.nodes:
+            _check_op(node)
+        return
     if graph.memory is None:
         raise InternalError("the llvm backend needs a memory plan (compile at -O2)")
     for node in graph.nodes:
         for part in parts(node):
-            if part.op not in EMITTERS and part.op not in TILE_EMITTERS and part.op != RELAYOUT:
-                raise error(f"llvm backend cannot lower {part.op} yet", part.span)
+            _check_op(part)
             strided = part.op in TILE_EMITTERS and part.attrs["stride"][-1] > 1
             if strided and graph.type_of(part.inputs[0]).layout is None:
                 raise InternalError(f"{part.name} reads a dense input: run choose-layouts")
+
+
+def _check_op(part: Node) -> None:
+    if part.op not in EMITTERS and part.op not in TILE_EMITTERS and part.op != RELAYOUT:
+        raise error(f"llvm backend cannot lower {part.op} yet", part.span)
 
 
 def fits_point_model(graph: Graph, node: Node) -> bool:
