@@ -34,6 +34,8 @@ SMALL = {1: 512, 2: 96, 3: 20}
 """Sizes 1..SMALL[k] are enumerated per symbol when a condition involves k symbols."""
 LARGE = 2**24
 """Where the periodic regime is sampled (two periods from a multiple of the period)."""
+RANDOM_POINTS = 8192
+"""Sample points drawn for a condition on more than 3 sizes."""
 MAX_PERIOD = 2048
 """Periods longer than this are sampled over MAX_PERIOD sizes only."""
 
@@ -523,17 +525,22 @@ class Domain:
     constraints: list[Cond] = field(default_factory=list)
 
     def points(self, names: frozenset[str], period: int) -> dict[str, np.ndarray]:
-        """Every combination of sample sizes of ``names`` satisfying the constraints on them."""
+        """Combinations of sample sizes of ``names`` satisfying the constraints on them: every
+        combination for up to 3 names, ``RANDOM_POINTS`` drawn ones (a fixed seed) for more."""
         ordered = sorted(names)
-        count = min(len(ordered), 3)
-        small = np.arange(1, SMALL.get(count, 8) + 1, dtype=np.int64)
+        count = len(ordered)
+        small = np.arange(1, SMALL.get(count, SMALL[3]) + 1, dtype=np.int64)
         period = min(period, MAX_PERIOD if count == 1 else 64)
         base = LARGE // period * period if count == 1 else 2**12 // period * period + period
         large = np.arange(base, base + 2 * period, dtype=np.int64)
         axis = np.concatenate([small, large])
-        grids = np.meshgrid(*([axis] * len(ordered)), indexing="ij")
-        env = {name: grid.ravel() for name, grid in zip(ordered, grids, strict=True)}
-        keep = np.ones(axis.size ** len(ordered), dtype=bool)
+        if count <= 3:
+            grids = np.meshgrid(*([axis] * count), indexing="ij")
+            env = {name: grid.ravel() for name, grid in zip(ordered, grids, strict=True)}
+        else:
+            rng = np.random.default_rng(0)
+            env = {name: rng.choice(axis, RANDOM_POINTS) for name in ordered}
+        keep = np.ones(next(iter(env.values())).size, dtype=bool)
         for cond in self.constraints:
             if cond.symbols() <= names:
                 keep &= cond.holds(env)

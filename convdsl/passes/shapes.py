@@ -116,8 +116,7 @@ def _record(
     for cond in needs:
         constraints.append(SizeConstraint(cond, what, span, call_sites))
         domain.constraints.append(cond)
-    names = frozenset().union(*(cond.symbols() for cond in needs))
-    if not domain.empty(names):
+    if not any(domain.empty(cond.symbols()) for cond in needs):
         return None
     return Diagnostic(
         f"{what}: no input size satisfies every constraint: this needs "
