@@ -27,10 +27,13 @@ def main() -> None:
     parser.add_argument("file", help="a .conv file")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top", type=int, default=8, help="slowest modules to list")
+    parser.add_argument("--shape", default="", metavar="H=224,W=224",
+                        help="input sizes of a network written for any size")  # fmt: skip
     args = parser.parse_args()
 
     start = time.perf_counter()
-    net = convdsl.compile_file(args.file, backend="numpy")
+    sizes = {k: int(v) for k, v in (item.split("=") for item in args.shape.split(",") if item)}
+    net = convdsl.compile_file(args.file, backend="numpy", sizes=sizes)
     graph = backend_graph(net.graph, "llvm")
     front = time.perf_counter() - start
     target = host_target()

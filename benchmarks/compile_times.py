@@ -20,16 +20,22 @@ import tempfile
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SIZES = {"fcn8s": "H=224,W=224", "wavenet": "L=16000"}  # the examples written for any size
 PROGRAM = (
     "import sys, time, convdsl; start = time.perf_counter(); "
-    "convdsl.compile_file(sys.argv[1], backend='llvm'); print(time.perf_counter() - start)"
+    "sizes = {k: int(v) for k, v in (i.split('=') for i in sys.argv[2].split(',') if i)}; "
+    "convdsl.compile_file(sys.argv[1], backend='llvm', sizes=sizes); "
+    "print(time.perf_counter() - start)"
 )
 
 
 def build_seconds(path: Path, cache: str) -> float:
     env = {**os.environ, "CONVDSL_CACHE_DIR": cache}
     done = subprocess.run(
-        [sys.executable, "-c", PROGRAM, str(path)], env=env, capture_output=True, text=True
+        [sys.executable, "-c", PROGRAM, str(path), SIZES.get(path.stem, "")],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if done.returncode != 0:
         raise SystemExit(f"{path.name}: {done.stderr.strip()}")

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     vs_ort, slowdowns = [], []
     for workload in chosen:
         print(f"{workload.id}: {workload.what} ...", file=sys.stderr, flush=True)
-        net = compile_file(workload.file, backend="numpy")
+        net = compile_file(workload.file, backend="numpy", sizes=dict(workload.sizes))
         inputs = net.random_inputs(seed=0, batch=workload.batch)
         runners = {}
         for name in ("llvm", "onnxruntime"):

@@ -37,7 +37,10 @@ class Workload:
     what: str
     file: Path
     batch: int = 1
+    sizes: tuple[tuple[str, int], ...] = ()  # input sizes of a network written for any size
 
+
+FCN_SIZES = (("H", 224), ("W", 224))
 
 WORKLOADS = (
     Workload("L1", "conv2d 3x3 s1 same 64->64 @56x56", SUITE / "l1_conv3x3.conv"),
@@ -49,10 +52,14 @@ WORKLOADS = (
     Workload("L7", "conv3d 3x3x3 same 16->32 @32^3", SUITE / "l7_conv3d.conv"),
     Workload("L8", "conv_transpose2d k4 s2 p1 64->32 @56x56", SUITE / "l8_transposed.conv"),
     Workload("L9", "bilinear x2 256ch @28x28 + skip add", SUITE / "l9_upscale_add.conv"),
-    Workload("N1", "FCN-8s 3x224x224, batch 1", EXAMPLES / "fcn8s.conv"),
-    Workload("N1b8", "FCN-8s 3x224x224, batch 8", EXAMPLES / "fcn8s.conv", batch=8),
+    Workload("N1", "FCN-8s 3x224x224, batch 1", EXAMPLES / "fcn8s.conv", sizes=FCN_SIZES),
+    Workload(
+        "N1b8", "FCN-8s 3x224x224, batch 8", EXAMPLES / "fcn8s.conv", batch=8, sizes=FCN_SIZES
+    ),
     Workload("N2", "ESPCN r=3 3x64x64", EXAMPLES / "espcn.conv"),
-    Workload("N3", "WaveNet 10 layers, 32ch, L=16000", EXAMPLES / "wavenet.conv"),
+    Workload(
+        "N3", "WaveNet 10 layers, 32ch, L=16000", EXAMPLES / "wavenet.conv", sizes=(("L", 16000),)
+    ),
     Workload("N4", "MobileNet-v1-style 3x224x224", EXAMPLES / "mobilenet.conv"),
     Workload("N5", "3-D encoder-decoder 1x64^3", SUITE / "n5_volume.conv"),
 )
@@ -116,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     for workload in chosen:
         print(f"{workload.id}: {workload.what} ...", file=sys.stderr, flush=True)
         result = bench_file(workload.file, batch=workload.batch, runs=runs, warmup=warmup,
-                            threads=args.threads, backends=backends)  # fmt: skip
+                            threads=args.threads, backends=backends,
+                            sizes=dict(workload.sizes))  # fmt: skip
         for row in result.rows:
             if not row.ok:
                 print(f"  {row.backend}: {row.status}", file=sys.stderr)

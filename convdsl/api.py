@@ -69,8 +69,7 @@ class Network:
 
     A network whose inputs leave sizes open (``f32[N, 3, H, W]``) is compiled for the sizes of
     each call's arrays the first time they are seen, and keeps the code for the last
-    ``MAX_SPECIALIZATIONS`` sizes; ``graph`` is then the symbolic graph ``check`` shows and
-    ``untyped`` the front end's graph it is specialized from.
+    ``MAX_SPECIALIZATIONS`` sizes; ``graph`` is then the symbolic graph ``check`` shows.
     """
 
     def __init__(
@@ -83,19 +82,15 @@ class Network:
         threads: int | None = None,
         bounds_check: bool = False,
         *,
-        untyped: Graph | None = None,
         opt_level: int = 2,
         verify: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise error(f"unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
         threads = resolve_threads(threads)
-        if graph.is_symbolic and untyped is None:
-            raise error("a network with symbolic sizes needs its untyped graph to specialize")
         if not graph.is_symbolic:
             graph = backend_graph(graph, backend)
         self.graph = graph
-        self.untyped = untyped
         self.backend = backend
         self.threads = threads
         self.bounds_check = bounds_check
@@ -138,7 +133,7 @@ class Network:
     def _for_sizes(self, sizes: Mapping[str, int]) -> tuple[Graph, Executable]:
         if self._executable is not None:
             return self.graph, self._executable
-        assert self.untyped is not None
+        assert self.graph.written is not None
         names = self.sizes
         check_sizes(names, sizes)
         key = tuple(int(sizes[name]) for name in names)
@@ -148,7 +143,7 @@ class Network:
                 self._specialized.move_to_end(key)
                 return found
             bound = dict(zip(names, key, strict=True))
-            untyped = specialize_checked(self.untyped, bound)
+            untyped = specialize_checked(self.graph.written, bound)
             graph = run_passes(untyped, opt_level=self.opt_level, check=self.verify)
             graph = backend_graph(graph, self.backend)
             built = (graph, self._build(graph, materialize(graph, self.weights)))
@@ -436,7 +431,6 @@ def compile_string(
         weights_origin=origin,
         threads=threads,
         bounds_check=bounds_check,
-        untyped=untyped if graph.is_symbolic else None,
         opt_level=opt_level,
         verify=verify,
     )

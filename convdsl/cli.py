@@ -140,6 +140,9 @@ def size_lines(graph: Graph) -> list[str]:
     lines = [f"sizes:   {accepted}"]
     for constraint in essential(graph.constraints):
         where = f"{Path(constraint.span.source.name).name}:{constraint.span.line}"
+        if constraint.call_sites:
+            site = constraint.call_sites[-1]
+            where += f" (in {site.block}, called at line {site.span.line})"
         lines.append(f"  {where}: {constraint.what} needs {describe_cond(constraint.cond)}")
     return lines
 

@@ -60,6 +60,10 @@ def example_weights(net: Network, seed: int) -> dict[str, np.ndarray]:
     return {name: array.astype(np.float32) for name, array in weights.items()}
 
 
+SIZES = {"fcn8s": {"H": 96, "W": 64}, "wavenet": {"L": 3000}}
+"""Sizes for the examples written for any size (both networks stay symbolic: each specializes)."""
+
+
 @pytest.fixture(scope="module", params=EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def pair(request: pytest.FixtureRequest) -> tuple[Network, Network]:
     """(llvm, numpy) networks of one example, bound to the same random weights."""
@@ -74,7 +78,7 @@ def test_every_example_agrees_with_the_interpreter(pair: tuple[Network, Network]
     assert (native.backend, reference.backend) == ("llvm", "numpy")
     batches = (1, 2) if native.name in TWO_BATCHES else (1,)
     for batch in batches:
-        inputs = reference.random_inputs(seed=batch, batch=batch)
+        inputs = reference.random_inputs(seed=batch, batch=batch, sizes=SIZES.get(native.name))
         assert_agrees(native(inputs), reference(inputs))
 
 
@@ -86,7 +90,10 @@ def test_every_example_called_from_four_threads_at_once_gives_the_serial_results
     alone (bit for bit: a call's arithmetic does not depend on what runs beside it)."""
     native, _ = pair
     batches = (1, 2) if native.name in TWO_BATCHES else (1,)
-    inputs = [native.random_inputs(seed=s, batch=batches[s % len(batches)]) for s in range(6)]
+    sizes = SIZES.get(native.name)
+    inputs = [
+        native.random_inputs(seed=s, batch=batches[s % len(batches)], sizes=sizes) for s in range(6)
+    ]
     expected = [native(x) for x in inputs]
     calls = 12 if native.name in TWO_BATCHES else 4
     start = threading.Barrier(4)
@@ -104,7 +111,8 @@ def test_every_example_called_from_four_threads_at_once_gives_the_serial_results
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         wrong = [w for found in pool.map(caller, range(4)) for w in found]
     assert not wrong, f"{len(wrong)} of {4 * calls} results differ, e.g. {wrong[0]}"
-    assert len(native._executable.arenas.sizes) >= 2  # the calls did run at once
+    executable = native._for_sizes(sizes or {})[1]
+    assert len(executable.arenas.sizes) >= 2  # the calls did run at once
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -283,6 +291,8 @@ def test_cli_check_for_llvm_compiles_no_native_code(
     path = REPO / "examples" / "fcn8s.conv"
     assert cli.main(["check", str(path), "--backend", "llvm", "-O0", "--threads", "1"]) == 0
     assert capsys.readouterr().out.startswith("network fcn8s\n")
+    assert cli.main(["check", str(path), "--shape", "H=224,W=224", "--threads", "1"]) == 0
+    assert "[N,21,224,224]" in capsys.readouterr().out
     assert cli.main(["check", str(path), "--threads", "300"]) == 2
 
 

@@ -31,12 +31,15 @@ EXAMPLE_NAMES = [path.stem for path in EXAMPLE_FILES]
 EXPECTED_OUTPUTS: dict[str, dict[str, tuple[int | str, ...]]] = {
     "quickstart": {"out": ("N", 3, 32, 32)},
     "espcn": {"hr": ("N", 3, 192, 192)},  # 64 * r, r = 3
-    "wavenet": {"probs": ("N", 256, 16000)},  # 256 mu-law classes per sample
+    "wavenet": {"probs": ("N", 256, "L")},  # 256 mu-law classes per sample, any length
     "mobilenet": {"probs": ("N", 1000, 1, 1)},
-    "fcn8s": {"score": ("N", 21, 224, 224)},  # 21 PASCAL VOC classes at input size
+    "fcn8s": {"score": ("N", 21, "H", "W")},  # 21 PASCAL VOC classes at input size
     "unet": {"mask": ("N", 2, 64, 64)},
     "unet3d": {"logits": ("N", 2, 32, 32, 32), "probs": ("N", 2, 32, 32, 32)},
 }
+
+SIZES: dict[str, dict[str, int]] = {"fcn8s": {"H": 224, "W": 224}, "wavenet": {"L": 16000}}
+"""The sizes the examples written for any input size run at here."""
 
 RTOL = 1e-4
 ATOL = 1e-4
@@ -57,12 +60,13 @@ def compiled(name: str) -> Network:
 def first_run(name: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Batch-1 inputs (seed 0) and the outputs of the seed-0 network on them."""
     net = compiled(name)
-    inputs = net.random_inputs(seed=0, batch=1)
+    inputs = net.random_inputs(seed=0, batch=1, sizes=SIZES.get(name))
     return inputs, net(inputs)
 
 
-def concrete(shape: tuple[int | str, ...], batch: int) -> tuple[int, ...]:
-    return tuple(batch if d == "N" else d for d in shape)
+def concrete(shape: tuple[int | str, ...], batch: int, name: str) -> tuple[int, ...]:
+    sizes = {"N": batch, **SIZES.get(name, {})}
+    return tuple(sizes[d] if isinstance(d, str) else d for d in shape)
 
 
 # ---- every example -------------------------------------------------------------------------
@@ -73,7 +77,9 @@ def test_declares_the_outputs_of_its_architecture(name: str) -> None:
     assert name in EXPECTED_OUTPUTS, f"add the outputs of examples/{name}.conv to EXPECTED_OUTPUTS"
     net = compiled(name)
     assert net.name == name  # the `network` header matches the file name
-    assert {k: t.shape for k, t in net.outputs.items()} == EXPECTED_OUTPUTS[name]
+    written = {k: tuple(d if isinstance(d, int) else str(d) for d in t.shape)
+               for k, t in net.outputs.items()}  # fmt: skip
+    assert written == EXPECTED_OUTPUTS[name]
 
 
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
@@ -81,7 +87,7 @@ def test_runs_to_finite_outputs_of_the_declared_shape(name: str) -> None:
     _, outputs = first_run(name)
     assert set(outputs) == set(EXPECTED_OUTPUTS[name])
     for out_name, array in outputs.items():
-        assert array.shape == concrete(EXPECTED_OUTPUTS[name][out_name], 1), out_name
+        assert array.shape == concrete(EXPECTED_OUTPUTS[name][out_name], 1, name), out_name
         assert array.dtype == np.float32
         assert np.isfinite(array).all(), out_name
         assert array.std() > 0, f"{out_name} is constant"
@@ -120,7 +126,7 @@ def test_batch_of_two_matches_two_single_runs(name: str) -> None:
     for item in range(2):
         single = net({k: v[item : item + 1] for k, v in inputs.items()})
         for out_name, array in batched.items():
-            assert array.shape == concrete(EXPECTED_OUTPUTS[name][out_name], 2)
+            assert array.shape == concrete(EXPECTED_OUTPUTS[name][out_name], 2, name)
             np.testing.assert_allclose(
                 array[item : item + 1], single[out_name], rtol=1e-5, atol=1e-6
             )
@@ -155,11 +161,9 @@ def test_wavenet_is_causal_with_a_receptive_field_of_1025_samples() -> None:
 
 @functools.cache
 def wavenet_short() -> Network:
-    """The wavenet example over 1100 samples instead of 16000, for the slower checks."""
-    text = (EXAMPLES_DIR / "wavenet.conv").read_text(encoding="utf-8")
-    assert text.count("16000") >= 2
-    return convdsl.compile_string(
-        text.replace("16000", "1100"), "wavenet_1100.conv", verify=True, backend="numpy"
+    """The wavenet example compiled for 1100 samples, for the slower checks."""
+    return convdsl.compile_file(
+        EXAMPLES_DIR / "wavenet.conv", verify=True, backend="numpy", sizes={"L": 1100}
     )
 
 
@@ -291,8 +295,9 @@ def fcn8s_torch(p: Params, image: torch.Tensor) -> dict[str, torch.Tensor]:
         up + p.conv(pools[3], "score_pool4"), "upscore_pool4", stride=2, padding=1
     )
     up8 = p.conv_transpose(up + p.conv(pools[2], "score_pool3"), "upscore8", stride=8)
-    assert up8.shape[-2:] == (232, 232)
-    return {"score": up8[..., 4:228, 4:228]}
+    height, width = image.shape[-2:]
+    assert up8.shape[-2:] == (height + 8, width + 8)
+    return {"score": up8[..., 4 : height + 4, 4 : width + 4]}
 
 
 def unet_torch(p: Params, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -343,6 +348,25 @@ ORACLES: dict[str, tuple[Oracle, Callable[[], Network]]] = {
 }
 
 
+@pytest.mark.parametrize(("height", "width"), [(64, 96), (160, 32)])
+def test_fcn8s_segments_other_image_sizes_as_pytorch_does(height: int, width: int) -> None:
+    net = compiled("fcn8s")
+    image = np.random.default_rng(height).standard_normal((2, 3, height, width), np.float32)
+    with torch.no_grad():
+        expected = fcn8s_torch(Params(net.weights), torch.from_numpy(image))["score"].numpy()
+    got = net(image=image)["score"]
+    assert got.shape == (2, 21, height, width)
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_fcn8s_refuses_a_size_five_pools_do_not_divide() -> None:
+    with pytest.raises(convdsl.ConvdslError) as info:
+        compiled("fcn8s")(image=np.zeros((1, 3, 224, 200), np.float32))
+    (first, *_) = info.value.diagnostics
+    assert first.message.startswith("with H=224, W=200: ")
+    assert first.hint is not None and "W % 32 == 0" in first.hint
+
+
 @pytest.mark.parametrize("name", sorted(ORACLES))
 def test_matches_pytorch(name: str) -> None:
     oracle, make_net = ORACLES[name]
@@ -350,7 +374,7 @@ def test_matches_pytorch(name: str) -> None:
     if net is compiled(name):
         inputs, outputs = first_run(name)  # fcn8s is costly: reuse the run checked above
     else:
-        inputs = net.random_inputs(seed=0)
+        inputs = net.random_inputs(seed=0, sizes=SIZES.get(name) if net.sizes else None)
         outputs = net(inputs)
     (x,) = inputs.values()
     params = Params(net.weights)

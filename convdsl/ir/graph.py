@@ -192,6 +192,9 @@ class Graph:
     derived: Mapping[str, DerivedParam] = field(default_factory=dict)
     memory: MemoryPlan | None = None  # set by the memory-planning pass
     constraints: tuple[SizeConstraint, ...] = ()  # set by shape inference over symbolic sizes
+    written: Graph | None = None
+    """A graph with symbolic sizes keeps the front end's graph it was inferred from: the one
+    ``passes.specialize`` binds to concrete sizes."""
 
     def type_of(self, value: int) -> TensorType:
         """The inferred type of a value (only valid after shape inference)."""

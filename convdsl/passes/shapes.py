@@ -65,8 +65,14 @@ def infer_shapes(graph: Graph) -> Graph:
         _check_expectation(expectation, types.get(expectation.value), sink, domain, constraints)
     sink.raise_if_errors()
     values = {vid: replace(value, type=types[vid]) for vid, value in graph.values.items()}
+    written = graph if graph.is_symbolic else None
     return replace(
-        graph, values=values, nodes=tuple(nodes), params=params, constraints=tuple(constraints)
+        graph,
+        values=values,
+        nodes=tuple(nodes),
+        params=params,
+        constraints=tuple(constraints),
+        written=written,
     )
 
 
@@ -80,7 +86,9 @@ def _infer(node: Node, in_types: list[TensorType], domain: Domain) -> tuple[Infe
     choices: list[bool] = []
     first_error: ShapeError | None = None
     for _ in range(MAX_BRANCHES):
-        assumptions = Assumptions(domain, choices)
+        # Decided over all sizes, not only those earlier layers allow: each layer's condition
+        # is recorded in its own terms (``specialize.essential`` drops the implied ones).
+        assumptions = Assumptions(Domain(), choices)
         try:
             with assuming(assumptions):
                 inferred = OPS[node.op].infer(node.attrs, in_types)
@@ -184,7 +192,7 @@ def _check_expectation(
     needs: list[Cond] = []
     matches = len(dims) == found.rank
     if matches:
-        assumptions = Assumptions(domain, [True] * len(dims))
+        assumptions = Assumptions(Domain(), [True] * len(dims))
         with assuming(assumptions):
             matches = all(
                 _dim_matches(want, got) for want, got in zip(dims, found.shape, strict=True)

@@ -116,13 +116,24 @@ def describe_cond(cond: Cond) -> str:
 
 
 def essential(constraints: tuple[SizeConstraint, ...]) -> list[SizeConstraint]:
-    """The constraints not implied by the others (the first of two equivalent ones goes)."""
+    """The constraints not implied by the others, in source order. The weakest (allowing the
+    most sizes) go first, so ``H % 32 == 0`` stays rather than ``H % 32 < 8`` and ``H % 8 == 0``
+    which together say the same; of equal ones the first (where the limit arises) stays."""
     kept = list(constraints)
-    for constraint in constraints:
+    order = sorted(enumerate(constraints), key=lambda item: (-_share(item[1].cond), -item[0]))
+    for _, constraint in order:
         others = [c.cond for c in kept if c is not constraint]
         if decide(constraint.cond, Domain(others)) is True:
             kept.remove(constraint)
     return kept
+
+
+def _share(cond: Cond) -> float:
+    """The fraction of sample sizes ``cond`` allows."""
+    period = cond.diff.period() if isinstance(cond.diff, Expr) else 1
+    sample = Domain().points(cond.symbols(), period)
+    size = next(iter(sample.values())).size if sample else 1
+    return float(np.mean(cond.holds(sample))) if size else 1.0
 
 
 def _describe_one(name: str, conds: list[Cond]) -> str:
