@@ -85,3 +85,13 @@ def pool_output_size(
     if (out - 1) * s >= n + before:
         out -= 1
     return out
+
+
+def broadcast_size(a: int | str, b: int | str) -> int | str | None:
+    """NumPy's broadcasting of one dim: equal sizes, or 1 against any size, give that size;
+    anything else (two different sizes, a symbol against another size) None."""
+    if a == b or b == 1:
+        return a
+    if a == 1:
+        return b
+    return None
