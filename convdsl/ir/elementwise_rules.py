@@ -71,7 +71,10 @@ def _axis_name(rank: int, axis: int) -> str:
 
 def _fix_hint(a: TensorType, b: TensorType) -> str | None:
     """What usually makes two branches fit. ``{x}`` and ``{y}`` become the operands as the
-    user wrote them (see passes/shapes.py)."""
+    user wrote them (see passes/shapes.py). None where a 1 against another size shows that
+    broadcasting was meant."""
+    if any((m == 1) != (n == 1) for m, n in zip(a.shape, b.shape, strict=True)):
+        return None
     if a.shape[:2] == b.shape[:2]:
         if all(m >= n for m, n in zip(a.spatial, b.spatial, strict=True)):
             return "crop the larger one to match: crop({x}, like={y})"
