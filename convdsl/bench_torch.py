@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +50,9 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,
     "silu": F.silu,
     "hard_swish": F.hardswish,
+    "selu": F.selu,
+    "softplus": F.softplus,
+    "mish": F.mish,
 }
 
 
@@ -207,6 +211,17 @@ def _unary(fn: Callable[..., Tensor], *attr_names: str) -> OpFn:
     return run
 
 
+def _binary(fn: Callable[[Any, Any], Tensor]) -> OpFn:
+    """An operand that is a number is the attribute of its argument (``y=0.5``)."""
+
+    def run(node: Node, xs: Sequence[Tensor], weights: Weights, out: tuple[int, ...]) -> Tensor:
+        tensors = iter(xs)
+        x, y = (node.attrs[arg] if arg in node.attrs else next(tensors) for arg in ("x", "y"))
+        return fn(x, y)
+
+    return run
+
+
 def _spatial(x: Tensor) -> tuple[int, ...]:
     return tuple(range(2, x.dim()))
 
@@ -217,8 +232,10 @@ OP_FUNCTIONS: dict[str, OpFn] = {
     **{f"conv_transpose{r}d": _conv_transpose for r in (1, 2, 3)},
     **{f"max_pool{r}d": _max_pool for r in (1, 2, 3)},
     **{f"avg_pool{r}d": _avg_pool for r in (1, 2, 3)},
-    "add": lambda node, xs, weights, out: xs[0] + xs[1],
-    "mul": lambda node, xs, weights, out: xs[0] * xs[1],
+    "add": _binary(lambda x, y: x + y),
+    "sub": _binary(lambda x, y: x - y),
+    "mul": _binary(lambda x, y: x * y),
+    "div": _binary(lambda x, y: x / y),
     "relu": _unary(F.relu),
     "relu6": _unary(F.relu6),
     "leaky_relu": _unary(F.leaky_relu, "alpha"),
@@ -229,6 +246,11 @@ OP_FUNCTIONS: dict[str, OpFn] = {
     "silu": _unary(F.silu),
     "hard_sigmoid": _unary(F.hardsigmoid),
     "hard_swish": _unary(F.hardswish),
+    "clip": _unary(torch.clamp, "min", "max"),
+    "selu": _unary(F.selu),
+    "softplus": _unary(F.softplus, "beta", "threshold"),
+    "mish": _unary(F.mish),
+    "prelu": lambda node, xs, weights, out: F.prelu(xs[0], weights[node.param("weight")]),
     "softmax": lambda node, xs, weights, out: torch.softmax(xs[0], dim=1),
     "batch_norm": _batch_norm,
     "global_avg_pool": lambda node, xs, w, out: xs[0].mean(dim=_spatial(xs[0]), keepdim=True),

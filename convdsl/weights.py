@@ -6,7 +6,8 @@ deterministic per parameter name (seed + CRC32 of the name), so adding a layer l
 other layer's initial weights unchanged.
 
 Initializers: ``he`` (conv weights: normal, std sqrt(2 / fan_in)), ``bias`` (uniform in
-±1/sqrt(fan_in), as PyTorch), ``zeros`` and ``ones`` (batch norm: identity at start).
+±1/sqrt(fan_in), as PyTorch), ``zeros`` and ``ones`` (batch norm: identity at start), ``prelu``
+(0.25, as ``torch.nn.PReLU``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def init_param(param: Param, seed: int) -> np.ndarray:
         array = rng.uniform(-bound, bound, param.shape)
     elif param.init == "ones":
         array = np.ones(param.shape)
+    elif param.init == "prelu":
+        array = np.full(param.shape, 0.25)
     else:
         array = np.zeros(param.shape)
     return array.astype(dtype)

@@ -277,6 +277,7 @@ def argument_rows(section: Section) -> dict[str, list[str]]:
 KIND_WORDS = {
     ArgKind.TENSOR: "tensor",
     ArgKind.TENSORS: "tensors",
+    ArgKind.OPERAND: "tensor or number",
     ArgKind.SHAPE_OF: "tensor (shape only)",
     ArgKind.INT: "int",
     ArgKind.FLOAT: "number",

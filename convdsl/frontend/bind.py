@@ -94,7 +94,9 @@ def bind_op_args(
         converted = _convert(spec, value, span, opdef.name)
         if spec.kind is ArgKind.TENSORS:
             inputs.extend(t.value for t in converted)
-        elif spec.kind is ArgKind.TENSOR:
+        elif spec.kind is ArgKind.TENSOR or (
+            spec.kind is ArgKind.OPERAND and isinstance(converted, Tensor)
+        ):
             inputs.append(converted.value)
         elif spec.kind is ArgKind.SHAPE_OF:
             if converted is not None:
@@ -140,6 +142,11 @@ def _convert(spec: ArgSpec, value: Any, span: Span, op: str) -> Any:
         for item in value if isinstance(value, tuple) else ():
             if isinstance(item, Keyword):
                 raise LowerError(f"unknown name '{item.name}'", item.span, hint=item.hint)
+    elif kind is ArgKind.OPERAND:
+        if isinstance(value, Tensor):
+            return value
+        if is_int(value) or isinstance(value, float):
+            return float(value)
     elif kind is ArgKind.INT:
         if is_int(value):
             return value

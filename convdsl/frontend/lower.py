@@ -39,6 +39,8 @@ from convdsl.ir.ops import OPS
 from convdsl.ir.types import TensorType
 
 MAX_BLOCK_DEPTH = 64
+TENSOR_OPERATORS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+"""The operators defined on tensors, and the ops they write."""
 
 
 @dataclass
@@ -270,6 +272,9 @@ class Lowerer:
                 return POISON
             if is_number(operand):
                 return -operand
+            if isinstance(operand, Tensor):  # -x is x * -1, as exact as a negation
+                operands = {"x": (operand, _span(expr.operand)), "y": (-1.0, expr.span)}
+                return self._arithmetic_node("mul", operands, name, expr.span)
             raise LowerError(f"cannot negate {describe(operand)}", expr.span)
         if isinstance(expr, ast.BinOp):
             return self._binop(expr, scope, name)
@@ -295,21 +300,30 @@ class Lowerer:
             return POISON
         if is_number(left) and is_number(right):
             return arithmetic(expr, left, right)
-        if isinstance(left, Tensor) and isinstance(right, Tensor):
-            op = {"+": "add", "*": "mul"}.get(expr.op)
+        operands = {"x": (left, _span(expr.left)), "y": (right, _span(expr.right))}
+        if all(isinstance(v, Tensor) or is_number(v) for v, _ in operands.values()):
+            op = TENSOR_OPERATORS.get(expr.op)
             if op is None:
                 raise LowerError(
-                    f"'{expr.op}' is not defined between tensors; only + and * are", expr.span
+                    f"'{expr.op}' between {describe(left)} and {describe(right)} is not defined; "
+                    f"on tensors, {', '.join(TENSOR_OPERATORS)} are",
+                    expr.span,
                 )
-            operands = {"x": _span(expr.left), "y": _span(expr.right)}
-            return self._make_node(
-                op, [left.value, right.value], Attrs(), name, expr.span, operands
-            )
+            return self._arithmetic_node(op, operands, name, expr.span)
         raise LowerError(
-            f"'{expr.op}' between {describe(left)} and {describe(right)} is not defined "
-            "(convdsl does not broadcast numbers over tensors)",
+            f"'{expr.op}' between {describe(left)} and {describe(right)} is not defined",
             expr.span,
         )
+
+    def _arithmetic_node(
+        self, op: str, operands: dict[str, tuple[Any, Span]], name: str, span: Span
+    ) -> Tensor:
+        """``op`` (add, sub, mul, div) on a tensor and a tensor or a number: a number is kept
+        as the attribute of its argument (``convdsl.ir.elementwise_rules``)."""
+        inputs = [v.value for v, _ in operands.values() if isinstance(v, Tensor)]
+        numbers = {arg: float(v) for arg, (v, _) in operands.items() if not isinstance(v, Tensor)}
+        spans = {arg: where for arg, (_, where) in operands.items()}
+        return self._make_node(op, inputs, Attrs(numbers), name, span, spans)
 
     def _call(self, call: ast.Call, scope: Scope, name: str) -> Any:
         if call.func in self.blocks:
@@ -520,7 +534,7 @@ def _label(expr: ast.Expr) -> str:
     if isinstance(expr, ast.Call):
         return expr.func
     if isinstance(expr, ast.BinOp):
-        return {"+": "add", "*": "mul"}.get(expr.op, "expr")
+        return TENSOR_OPERATORS.get(expr.op, "expr")
     return "arg"
 
 

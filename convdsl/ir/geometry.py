@@ -90,3 +90,13 @@ def pool_output_size(
     # Minus one when the last window would start at or past n + before: [a >= b] for ints
     # is min(max(a - b + 1, 0), 1).
     return out - minimum(maximum((out - 1) * s - (n + before) + 1, 0), 1)
+
+
+def broadcast_size(a: int | str, b: int | str) -> int | str | None:
+    """NumPy's broadcasting of one dim: equal sizes, or 1 against any size, give that size;
+    anything else (two different sizes, a symbol against another size) None."""
+    if a == b or b == 1:
+        return a
+    if a == 1:
+        return b
+    return None

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from convdsl.ir import elementwise_rules as ew_rules
 from convdsl.ir import shape_rules as rules
 
 
 class ArgKind(Enum):
     TENSOR = "a tensor"
     TENSORS = "tensors"  # variadic positional tensors (concat)
+    OPERAND = "a tensor or a number"  # a number is kept as the attribute of the argument
     SHAPE_OF = "a tensor (used for its shape)"
     INT = "an integer"
     FLOAT = "a number"
@@ -43,7 +45,7 @@ class ArgSpec:
 
     @property
     def is_tensor(self) -> bool:
-        return self.kind in (ArgKind.TENSOR, ArgKind.TENSORS, ArgKind.SHAPE_OF)
+        return self.kind in (ArgKind.TENSOR, ArgKind.TENSORS, ArgKind.SHAPE_OF, ArgKind.OPERAND)
 
 
 class FusionClass(Enum):
@@ -72,7 +74,19 @@ class OpDef:
 
 # ---- argument lists shared by families ----------------------------------------------------
 
-ACTIVATIONS = ("none", "relu", "relu6", "sigmoid", "tanh", "gelu", "silu", "hard_swish")
+ACTIVATIONS = (
+    "none",
+    "relu",
+    "relu6",
+    "sigmoid",
+    "tanh",
+    "gelu",
+    "silu",
+    "hard_swish",
+    "selu",
+    "softplus",
+    "mish",
+)
 """Activations a conv can apply in its epilogue (``activation=relu``)."""
 
 _X = ArgSpec("x", ArgKind.TENSOR)
@@ -145,6 +159,18 @@ def _unary(name: str, doc: str, *extra: ArgSpec) -> OpDef:
     return OpDef(name, (_X, *extra), rules.unary, FusionClass.ELEMENTWISE, doc)
 
 
+def _binary(name: str, what: str, written: str) -> OpDef:
+    operands = (ArgSpec("x", ArgKind.OPERAND), ArgSpec("y", ArgKind.OPERAND))
+    return OpDef(
+        name,
+        operands,
+        ew_rules.binary(divides=name == "div"),
+        FusionClass.ELEMENTWISE,
+        f"elementwise {what} of two tensors broadcast together, or of a tensor and a number "
+        f"(also written {written})",
+    )
+
+
 def _table() -> dict[str, OpDef]:
     ops: list[OpDef] = []
     for rank in (1, 2, 3):
@@ -186,20 +212,10 @@ def _table() -> dict[str, OpDef]:
             ),
         ]
     ops += [
-        OpDef(
-            "add",
-            (_X, ArgSpec("y", ArgKind.TENSOR)),
-            rules.same_shape,
-            FusionClass.ELEMENTWISE,
-            "elementwise sum of two tensors of the same shape (also written a + b)",
-        ),
-        OpDef(
-            "mul",
-            (_X, ArgSpec("y", ArgKind.TENSOR)),
-            rules.same_shape,
-            FusionClass.ELEMENTWISE,
-            "elementwise product of two tensors of the same shape (also written a * b)",
-        ),
+        _binary("add", "sum", "a + b"),
+        _binary("sub", "difference", "a - b"),
+        _binary("mul", "product", "a * b"),
+        _binary("div", "quotient", "a / b"),
         _unary("relu", "max(x, 0)"),
         _unary("relu6", "min(max(x, 0), 6)"),
         _unary("leaky_relu", "x if x >= 0 else alpha * x", _kw("alpha", ArgKind.FLOAT, 0.01)),
@@ -214,6 +230,29 @@ def _table() -> dict[str, OpDef]:
         _unary("silu", "x * sigmoid(x) (swish)"),
         _unary("hard_sigmoid", "relu6(x + 3) / 6"),
         _unary("hard_swish", "x * relu6(x + 3) / 6"),
+        OpDef(
+            "clip",
+            (_X, ArgSpec("min", ArgKind.FLOAT, None), ArgSpec("max", ArgKind.FLOAT, None)),
+            ew_rules.clip,
+            FusionClass.ELEMENTWISE,
+            "min(max(x, min), max), either bound optional (torch.clamp)",
+        ),
+        _unary("selu", "scale * (x if x > 0 else alpha * (exp(x) - 1)), PyTorch's constants"),
+        OpDef(
+            "softplus",
+            (_X, _kw("beta", ArgKind.FLOAT, 1.0), _kw("threshold", ArgKind.FLOAT, 20.0)),
+            ew_rules.softplus,
+            FusionClass.ELEMENTWISE,
+            "x if beta * x > threshold else log1p(exp(beta * x)) / beta",
+        ),
+        _unary("mish", "x * tanh(log1p(exp(x)))"),
+        OpDef(
+            "prelu",
+            (_X, _kw("shared", ArgKind.BOOL, False)),
+            ew_rules.prelu,
+            FusionClass.ELEMENTWISE,
+            "x if x >= 0 else weight[c] * x, a learned slope per channel (one if shared)",
+        ),
         OpDef("softmax", (_X,), rules.unary, FusionClass.REDUCE, "softmax over the channel axis"),
         OpDef(
             "batch_norm",

@@ -36,7 +36,7 @@ class ParamSpec:
 
     role: str
     shape: tuple[int, ...]
-    init: str  # "he", "bias", "zeros", "ones"
+    init: str  # "he", "bias", "zeros", "ones", "prelu" (0.25)
     fan_in: int = 1
 
 
@@ -408,28 +408,6 @@ def unary(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
     if x.rank < 2:
         raise ShapeError(f"expected a tensor [N, C, ...], found {format_shape(x.shape)}", arg="x")
     return Inferred((x,), attrs)
-
-
-def same_shape(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
-    a, b = inputs
-    if a.shape != b.shape:
-        hint = None
-        # "{x}" and "{y}" become the operands as the user wrote them (see passes/shapes.py).
-        if a.rank == b.rank and a.shape[:2] == b.shape[:2]:
-            if all(m >= n for m, n in zip(a.spatial, b.spatial, strict=True)):
-                hint = "crop the larger one to match: crop({x}, like={y})"
-            elif all(m <= n for m, n in zip(a.spatial, b.spatial, strict=True)):
-                hint = "crop the larger one to match: crop({y}, like={x})"
-            else:
-                hint = "crop or pad them to a common size"
-        elif a.rank == b.rank and a.shape[2:] == b.shape[2:]:
-            hint = "a 1x1 convolution can change the channel count"
-        raise ShapeError(
-            f"shapes differ: {format_shape(a.shape)} vs {format_shape(b.shape)}", hint=hint
-        )
-    if a.dtype != b.dtype:
-        raise ShapeError(f"dtypes differ: {a.dtype.value} vs {b.dtype.value}")
-    return Inferred((a,), attrs)
 
 
 def batch_norm(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:

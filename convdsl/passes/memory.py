@@ -14,8 +14,8 @@ with an arena of ``arena_bytes * B`` where ``B`` is the largest dim 0 bound at r
 Sharing. Values join in a tree through ``Buffer.shares``:
 
 - in place: an elementwise kernel (an ELEMENTWISE op, or a fused kernel whose parts all are)
-  writes its output over an input of the same size that dies there (its last reader is this
-  kernel and it is not a graph output); the output's buffer ``shares`` that input.
+  writes its output over an input of the same shape and size that dies there (its last reader
+  is this kernel and it is not a graph output); the output's buffer ``shares`` that input.
 - concat without a copy: each input of an (unfused) ``concat`` that is written by a kernel,
   read by this concat alone and not a graph output (the concat listing each input once) is
   written straight into its channel slice of the concat's output, with whatever it shares in
@@ -162,8 +162,11 @@ def _inplace_links(graph: Graph, live: Liveness) -> dict[int, int]:
         if not is_elementwise(node):
             continue
         for value in dict.fromkeys(node.inputs):
+            # the same shape, not only the same bytes per batch entry: a batch-1 operand
+            # broadcast over the batch is read by every entry, so it cannot be overwritten
+            same_shape = graph.type_of(value).shape == graph.type_of(node.output).shape
             same_size = live.size.get(value) == live.size[node.output]
-            if same_size and _dies_at(live, value, index):
+            if same_shape and same_size and _dies_at(live, value, index):
                 links[node.output] = value
                 break
     return links

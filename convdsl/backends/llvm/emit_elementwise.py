@@ -1,11 +1,13 @@
-"""Elementwise ops on vectors: activations (also used as conv epilogues), add/mul, batch norm.
+"""Elementwise ops on vectors: activations (also used as conv epilogues), add/sub/mul/div
+(operands broadcast: ``emit_broadcast``; a number operand is a constant), batch norm, prelu.
 
 ``ACTIVATIONS`` maps an activation name to a function ``(builder, x, attrs) -> y`` over
 ``<lanes x float>`` or ``<lanes x double>``; the op emitters apply it to each channel vector of
 a point. Functions without an LLVM instruction: for float, ``exp`` and ``tanh`` are inline
 polynomials (``vexp``) tuned to float32 accuracy; for double, they are libm's ``exp`` (through
 ``llvm.exp``) and ``tanh``, since precision is what f64 is for. expm1 and erf (elu, exact gelu)
-call libm per lane in both: correct first, fast later.
+call libm per lane in both: correct first, fast later; so do log1p (softplus, mish) and
+expm1 (selu).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from llvmlite import ir
 
+from convdsl.backends.llvm import emit_broadcast
 from convdsl.backends.llvm.kernel import KernelBuilder, Point
 from convdsl.backends.llvm.loops import (
     I32,
@@ -23,6 +26,7 @@ from convdsl.backends.llvm.loops import (
     fconst,
     fma,
     fsplat,
+    i64,
     intrinsic,
     splat,
     suffix,
@@ -188,6 +192,36 @@ def hard_swish(b: ir.IRBuilder, x: ir.Value, attrs: Mapping[str, Any]) -> ir.Val
     return b.fmul(x, hard_sigmoid(b, x, attrs))
 
 
+def clip(b: ir.IRBuilder, x: ir.Value, attrs: Mapping[str, Any]) -> ir.Value:
+    """``torch.clamp``: NaN stays NaN; with ``min > max`` every element is ``max``."""
+    if attrs["min"] is not None:
+        x = _max(b, x, attrs["min"])
+    return x if attrs["max"] is None else _min(b, x, attrs["max"])
+
+
+SELU_ALPHA = 1.6732632423543772
+SELU_SCALE = 1.0507009873554805
+
+
+def selu(b: ir.IRBuilder, x: ir.Value, attrs: Mapping[str, Any]) -> ir.Value:
+    return b.fmul(_const(x, SELU_SCALE), elu(b, x, {"alpha": SELU_ALPHA}))
+
+
+def softplus(b: ir.IRBuilder, x: ir.Value, attrs: Mapping[str, Any]) -> ir.Value:
+    """PyTorch's: ``x`` where ``beta * x > threshold``, else ``log1p(exp(beta * x)) / beta``;
+    the exp sees at most the threshold, so it never overflows."""
+    beta, threshold = attrs.get("beta", 1.0), attrs.get("threshold", 20.0)
+    scaled = b.fmul(x, _const(x, beta))
+    bounded = _min(b, scaled, threshold)
+    below = b.fdiv(libm(b, "log1p", exp(b, bounded)), _const(x, beta))
+    return b.select(b.fcmp_ordered(">", scaled, _const(x, threshold)), x, below)
+
+
+def mish(b: ir.IRBuilder, x: ir.Value, attrs: Mapping[str, Any]) -> ir.Value:
+    """PyTorch's ``x * tanh(log1p(exp(x)))``; a large ``x`` gives ``tanh(log1p(big)) = 1``."""
+    return b.fmul(x, tanh(b, libm(b, "log1p", exp(b, x)), attrs))
+
+
 ACTIVATIONS: dict[str, Unary] = {
     "none": lambda b, x, attrs: x,
     "relu": relu,
@@ -200,14 +234,20 @@ ACTIVATIONS: dict[str, Unary] = {
     "silu": silu,
     "hard_sigmoid": hard_sigmoid,
     "hard_swish": hard_swish,
+    "clip": clip,
+    "selu": selu,
+    "softplus": softplus,
+    "mish": mish,
 }
 
 # Expanded to tens of instructions per vector (polynomials, calls into the C library).
-COSTLY = frozenset({"elu", "sigmoid", "tanh", "gelu", "silu"})
+COSTLY = frozenset({"elu", "sigmoid", "tanh", "gelu", "silu", "selu", "softplus", "mish"})
 
 BINARY: dict[str, Callable[[ir.IRBuilder, ir.Value, ir.Value], ir.Value]] = {
     "add": lambda b, x, y: b.fadd(x, y),
+    "sub": lambda b, x, y: b.fsub(x, y),
     "mul": lambda b, x, y: b.fmul(x, y),
+    "div": lambda b, x, y: b.fdiv(x, y),
 }
 
 
@@ -217,9 +257,31 @@ def emit_unary(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
 
 
 def emit_binary(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
+    """A tensor operand read at ``point`` (broadcast if smaller: ``emit_broadcast``), a number
+    operand (the attribute of its argument) as a constant of the kernel's dtype."""
     function = BINARY[node.op]
-    left, right = (k.operand(v, point) for v in node.inputs)
+    tensors = iter(node.inputs)
+    operands = []
+    for arg in ("x", "y"):
+        if arg in node.attrs:
+            constant = fsplat(node.attrs[arg], point.lanes, k.element)
+            operands.append([constant] * point.block)
+        else:
+            operands.append(emit_broadcast.operand(k, next(tensors), point, node.output))
+    left, right = operands
     return [function(k.builder, x, y) for x, y in zip(left, right, strict=True)]
+
+
+def emit_prelu(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
+    """``x >= 0 ? x : slope * x``, the slope of each channel of the block (or the one shared)."""
+    b = k.builder
+    slopes = k.param(node.param("weight"))
+    results = []
+    for j, x in enumerate(k.operand(node.inputs[0], point)):
+        channel = i64(0) if node.attrs["shared"] else b.add(point.c, i64(j))
+        slope = splat(b, b.load(b.gep(slopes, [channel])), point.lanes)
+        results.append(b.select(b.fcmp_ordered(">=", x, _const(x, 0.0)), x, b.fmul(x, slope)))
+    return results
 
 
 def emit_batch_norm(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
@@ -253,4 +315,5 @@ EMITTERS = {
     **{name: emit_unary for name in ACTIVATIONS if name != "none"},
     **{name: emit_binary for name in BINARY},
     "batch_norm": emit_batch_norm,
+    "prelu": emit_prelu,
 }

@@ -170,6 +170,9 @@ class ArenaAddresses:
             table = b.bitcast(self.fields[field], pointer.as_pointer())
             elements = i64(entry_elements(self.graph.type_of(value)))
             start = b.load(b.gep(table, [i64(slot)]))
+            if self.graph.type_of(value).batch == 1:
+                # its one image, also for a pass of a larger batch reading it broadcast
+                return start, elements
             return b.gep(start, [b.mul(self.images.first, elements)]), elements
         if value in self.scratch:
             offset, entry_bytes = self.scratch[value]

@@ -31,6 +31,7 @@ from llvmlite import ir
 from convdsl.backends.llvm import (
     bounds,
     codegen,
+    emit_broadcast,
     emit_conv_tile,
     emit_data,
     emit_elementwise,
@@ -132,6 +133,9 @@ def check_lowerable(graph: Graph) -> None:
     if graph.memory is None:
         raise InternalError("the llvm backend needs a memory plan (compile at -O2)")
     for node in graph.nodes:
+        refused = emit_broadcast.batch_problem(graph, node)
+        if refused is not None:
+            raise error(refused[1], refused[0].span)
         for part in parts(node):
             _check_op(part)
             strided = part.op in TILE_EMITTERS and part.attrs["stride"][-1] > 1
@@ -400,10 +404,12 @@ class ModuleBuilder:
             self._channel_vector_kernel(k, node, anchor)
             return
         phase_rows = self.graph.type_of(anchor.inputs[0]).layout is not None
-        flat = None if phase_rows else flat_pointwise(self.graph, anchor, k.lanes)
+        # an operand broadcast on some spatial axes only needs the rows (``emit_broadcast``)
+        rows = phase_rows or not emit_broadcast.flattens(self.graph, node)
+        flat = None if rows else flat_pointwise(self.graph, anchor, k.lanes)
         if flat is not None:
             anchor, k.flat = flat, True
-        elif anchor.output not in self.dilation_stacks:
+        elif anchor.output not in self.dilation_stacks and not rows:
             k.plane = flat_plane(self.graph, anchor, k.lanes)
             k.flat = k.plane is not None
         out_type = self.graph.type_of(node.output)

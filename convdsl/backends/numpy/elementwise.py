@@ -1,4 +1,5 @@
-"""Pointwise and per-channel kernels: activations, inference batch norm, add/mul, concat, softmax.
+"""Pointwise and per-channel kernels: activations, inference batch norm, add/sub/mul/div
+(broadcasting as NumPy does), concat, softmax.
 
 All keep the input dtype. Anything with an ``exp`` is written so that large ``|x|`` neither
 overflows nor warns.
@@ -70,6 +71,46 @@ def elu(x: np.ndarray, *, alpha: float) -> np.ndarray:
     return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
 
 
+def clip(x: np.ndarray, *, min: float | None, max: float | None) -> np.ndarray:
+    """``torch.clamp``: NaN stays NaN; with ``min > max`` every element is ``max``."""
+    if min is not None:
+        x = np.maximum(x, np.asarray(min, x.dtype))
+    if max is not None:
+        x = np.minimum(x, np.asarray(max, x.dtype))
+    return x
+
+
+SELU_ALPHA = 1.6732632423543772
+SELU_SCALE = 1.0507009873554805
+
+
+def selu(x: np.ndarray) -> np.ndarray:
+    """PyTorch's (and ONNX's) ``selu``: ``scale * elu(x, alpha)``."""
+    return (SELU_SCALE * elu(x, alpha=SELU_ALPHA)).astype(x.dtype)
+
+
+def softplus(x: np.ndarray, *, beta: float, threshold: float) -> np.ndarray:
+    """PyTorch's ``softplus``: ``x`` where ``beta * x > threshold``, else
+    ``log1p(exp(beta * x)) / beta`` (its exp never sees more than the threshold)."""
+    scaled = x * np.asarray(beta, x.dtype)
+    below = np.log1p(np.exp(np.minimum(scaled, np.asarray(threshold, x.dtype)))) / beta
+    return np.where(scaled > threshold, x, below.astype(x.dtype))
+
+
+def mish(x: np.ndarray) -> np.ndarray:
+    """PyTorch's ``mish``: ``x * tanh(log1p(exp(x)))``, with no threshold (an ``exp`` that
+    overflows gives ``tanh(inf) = 1``)."""
+    with np.errstate(over="ignore"):
+        return x * np.tanh(np.log1p(np.exp(x)))
+
+
+def prelu(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``x`` where ``x >= 0``, else the slope of its channel (or the one shared slope) times
+    ``x``, as ``torch.nn.functional.prelu``."""
+    slopes = weight.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 2))
+    return np.where(x >= 0, x, x * slopes)
+
+
 def softmax(x: np.ndarray) -> np.ndarray:
     """Softmax over the channel axis, shifted by the channel max."""
     e = np.exp(x - x.max(axis=1, keepdims=True))
@@ -96,8 +137,18 @@ def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a + b
 
 
+def sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a - b
+
+
 def mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a * b
+
+
+def div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a / b``; dividing by a zero element gives inf or NaN as in PyTorch, silently."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return a / b
 
 
 def concat(xs: Sequence[np.ndarray]) -> np.ndarray:

@@ -30,6 +30,9 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "gelu": lambda x: k.gelu(x, approximate="none"),
     "silu": k.silu,
     "hard_swish": k.hard_swish,
+    "selu": k.selu,
+    "softplus": lambda x: k.softplus(x, beta=1.0, threshold=20.0),
+    "mish": k.mish,
 }
 
 
@@ -97,6 +100,22 @@ def _batch_norm(node: Node, xs: Sequence[Array], params: Params) -> Array:
     return k.batch_norm(xs[0], weight, bias, mean, var, eps=node.attrs["eps"])
 
 
+def _binary(fn: Callable[[Array, Array], Array]) -> OpFn:
+    """add, sub, mul, div: each operand an input or, if a number, the attribute of its
+    argument (``y=0.5``: ``x * 0.5``); NumPy broadcasts the rest."""
+
+    def run(node: Node, xs: Sequence[Array], params: Params) -> Array:
+        tensors = iter(xs)
+        x, y = (node.attrs[arg] if arg in node.attrs else next(tensors) for arg in ("x", "y"))
+        return fn(x, y)
+
+    return run
+
+
+def _prelu(node: Node, xs: Sequence[Array], params: Params) -> Array:
+    return k.prelu(xs[0], params[node.param("weight")])
+
+
 def _unary(fn: Callable[..., Array], *attr_names: str) -> OpFn:
     def run(node: Node, xs: Sequence[Array], params: Params) -> Array:
         return fn(xs[0], **{name: node.attrs[name] for name in attr_names})
@@ -119,8 +138,10 @@ OP_FUNCTIONS: dict[str, OpFn] = {
     **{f"conv_transpose{r}d": _conv_transpose for r in (1, 2, 3)},
     **{f"max_pool{r}d": _max_pool for r in (1, 2, 3)},
     **{f"avg_pool{r}d": _avg_pool for r in (1, 2, 3)},
-    "add": lambda node, xs, params: k.add(xs[0], xs[1]),
-    "mul": lambda node, xs, params: k.mul(xs[0], xs[1]),
+    "add": _binary(k.add),
+    "sub": _binary(k.sub),
+    "mul": _binary(k.mul),
+    "div": _binary(k.div),
     "relu": _unary(k.relu),
     "relu6": _unary(k.relu6),
     "leaky_relu": _unary(k.leaky_relu, "alpha"),
@@ -131,6 +152,11 @@ OP_FUNCTIONS: dict[str, OpFn] = {
     "silu": _unary(k.silu),
     "hard_sigmoid": _unary(k.hard_sigmoid),
     "hard_swish": _unary(k.hard_swish),
+    "clip": _unary(k.clip, "min", "max"),
+    "selu": _unary(k.selu),
+    "softplus": _unary(k.softplus, "beta", "threshold"),
+    "mish": _unary(k.mish),
+    "prelu": _prelu,
     "softmax": _unary(k.softmax),
     "batch_norm": _batch_norm,
     "global_avg_pool": _unary(k.global_avg_pool),
