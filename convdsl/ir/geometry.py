@@ -14,6 +14,7 @@ window is ``d * (k - 1) + 1``: dilation spaces the taps, it never inflates the w
 from __future__ import annotations
 
 from convdsl.ir.symbolic import maximum, minimum
+from convdsl.ir.types import Dim
 
 Pads = tuple[tuple[int, int], ...]
 
@@ -92,11 +93,14 @@ def pool_output_size(
     return out - minimum(maximum((out - 1) * s - (n + before) + 1, 0), 1)
 
 
-def broadcast_size(a: int | str, b: int | str) -> int | str | None:
+def broadcast_size(a: Dim, b: Dim) -> Dim | None:
     """NumPy's broadcasting of one dim: equal sizes, or 1 against any size, give that size;
-    anything else (two different sizes, a symbol against another size) None."""
-    if a == b or b == 1:
+    anything else (two different sizes, a batch symbol against another size) None. A fixed 1
+    is tested first, so a size expression against 1 broadcasts without a condition on it."""
+    if isinstance(b, int) and b == 1:
         return a
-    if a == 1:
+    if isinstance(a, int) and a == 1:
         return b
+    if a == b:
+        return a
     return None
