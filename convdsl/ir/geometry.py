@@ -10,6 +10,8 @@ window is ``d * (k - 1) + 1``: dilation spaces the taps, it never inflates the w
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 Pads = tuple[tuple[int, int], ...]
 
 
@@ -85,3 +87,9 @@ def pool_output_size(
     if (out - 1) * s >= n + before:
         out -= 1
     return out
+
+
+def resize_output_size(n: int, factor: Fraction) -> int:
+    """``floor(n * factor)``, the output length of a resize by ``factor`` (PyTorch
+    ``interpolate``, ONNX ``Resize``), computed exactly as ``n * p // q`` for ``factor = p/q``."""
+    return n * factor.numerator // factor.denominator
