@@ -90,14 +90,17 @@ def _sizes(attrs: Attrs, x: TensorType) -> tuple[tuple[int, ...], tuple[Fraction
         return sizes, tuple(Fraction(o, n) for o, n in zip(sizes, x.spatial, strict=True))
     if attrs["factor"] is None:
         raise ShapeError("needs a factor (upscale(x, 2)) or an output size=[...]")
-    factors = _factors(attrs["factor"], rank)
+    value = attrs["factor"]
+    written = value if isinstance(value, tuple) else (value,) * rank
+    factors = _factors(written, rank)
     sizes = tuple(
         geometry.resize_output_size(n, f) for n, f in zip(x.spatial, factors, strict=True)
     )
     for axis, (n, f, size) in enumerate(zip(x.spatial, factors, sizes, strict=True)):
         if size < 1:
             raise ShapeError(
-                f"factor {f} leaves nothing of axis {x.axis_name(axis)}: floor({n} * {f}) = {size}",
+                f"factor {written[axis]} leaves nothing of axis {x.axis_name(axis)}: "
+                f"floor({n} * {f}) = {size}",
                 arg="factor",
             )
     if attrs["recompute_scale"]:  # PyTorch recompute_scale_factor=True: map by the sizes
@@ -105,8 +108,7 @@ def _sizes(attrs: Attrs, x: TensorType) -> tuple[tuple[int, ...], tuple[Fraction
     return sizes, factors
 
 
-def _factors(value: Any, rank: int) -> tuple[Fraction, ...]:
-    values = (value,) * rank if not isinstance(value, tuple) else value
+def _factors(values: tuple[Any, ...], rank: int) -> tuple[Fraction, ...]:
     if len(values) != rank:
         raise ShapeError(
             f"factor: expected one number or {rank} (one per spatial axis), found {len(values)}",
