@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -168,14 +169,33 @@ def _avg_pool(node: Node, xs: Sequence[Tensor], weights: Weights, out: tuple[int
 def _upscale(node: Node, xs: Sequence[Tensor], weights: Weights, out: tuple[int, ...]) -> Tensor:
     a = node.attrs
     x = xs[0]
-    if a["mode"] == "nearest":
+    factors = a["factors"]
+    key = (a["mode"], a["coordinate"], a.get("nearest"))
+    integral = all(f.denominator == 1 for f in factors)
+    if key == ("nearest", "asymmetric", "floor") and integral:
         # out[i] = in[i // f] exactly, as a broadcast (interpolate's float scale can round).
         n, c, *sizes = x.shape
         split = [d for size in sizes for d in (size, 1)]
-        stretched = [d for size, f in zip(sizes, a["factors"], strict=True) for d in (size, f)]
+        stretched = [d for size, f in zip(sizes, factors, strict=True) for d in (size, int(f))]
         return x.reshape(n, c, *split).expand(n, c, *stretched).reshape(out)
-    mode = _LINEAR[len(a["factors"])]
-    return F.interpolate(x, size=out[2:], mode=mode, align_corners=a["align_corners"])
+    rank = len(factors)
+    modes = {
+        ("nearest", "asymmetric", "floor"): "nearest",
+        ("nearest", "half_pixel", "round_prefer_ceil"): "nearest-exact",
+        ("linear", "half_pixel", None): _LINEAR[rank],
+        ("linear", "align_corners", None): _LINEAR[rank],
+    }
+    if rank == 2 and a.get("cubic_coeff") == -0.75 and not a.get("exclude_outside"):
+        modes[("cubic", "half_pixel", None)] = modes[("cubic", "align_corners", None)] = "bicubic"
+    if key not in modes:
+        raise InternalError(f"the PyTorch converter has no mapping for upscale {dict(a)}")
+    aligned = None if a["mode"] == "nearest" else a["coordinate"] == "align_corners"
+    if all(f == Fraction(o, n) for f, o, n in zip(factors, out[2:], x.shape[2:], strict=True)):
+        return F.interpolate(x, size=out[2:], mode=modes[key], align_corners=aligned)
+    scales = [float(f) for f in factors]
+    return F.interpolate(
+        x, scale_factor=scales, mode=modes[key], align_corners=aligned, recompute_scale_factor=False
+    )
 
 
 def _pixel_shuffle(

@@ -284,6 +284,7 @@ KIND_WORDS = {
     ArgKind.BOOL: "bool",
     ArgKind.ENUM: "enum",
     ArgKind.INTS: "ints",
+    ArgKind.NUMBERS: "numbers",
     ArgKind.PADDING: "padding",
     ArgKind.OFFSET: "offset",
 }

@@ -3,6 +3,8 @@ depth_to_space for the ``dcr`` order)."""
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,8 @@ import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from convdsl.backends.numpy.resample import crop, pad, pixel_shuffle, upscale
+from convdsl.backends.numpy import resample
+from convdsl.backends.numpy.resample import crop, pad, pixel_shuffle
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 
@@ -32,6 +35,20 @@ def torch_pad_arg(pads: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
 
 
 # ---- upscale -----------------------------------------------------------------------------
+
+
+def upscale(
+    x: np.ndarray, factors: tuple[int, ...], mode: str, align_corners: bool = False
+) -> np.ndarray:
+    """The kernel with PyTorch's conventions: nearest reads ``floor(x / f)``, linear uses
+    half-pixel centres unless ``align_corners``."""
+    coordinate = "align_corners" if align_corners else "half_pixel"
+    return resample.upscale(
+        x,
+        factors=tuple(Fraction(f) for f in factors),
+        mode=mode,
+        coordinate="asymmetric" if mode == "nearest" else coordinate,
+    )
 
 
 @st.composite

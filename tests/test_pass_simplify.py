@@ -104,7 +104,7 @@ def test_remove_identities_golden() -> None:
           %x: f32[N,4,6,6] = input
           %a: f32[N,4,6,6] = crop(%x) sizes=[6,6] starts=[0,0]
           %b: f32[N,4,6,6] = pad(%a) mode=reflect pads=[[0,0],[0,0]] value=0.0
-          %c: f32[N,4,6,6] = upscale(%b) align_corners=true factors=[1,1] mode=linear
+          %c: f32[N,4,6,6] = upscale(%b) coordinate=align_corners factors=[1,1] mode=linear
           %d: f32[N,4,6,6] = pixel_shuffle(%c) factor=1 order=crd
           %e: f32[N,4,6,6] = max_pool2d(%d) ceil_mode=false dilation=[1,1] kernel=[1,1] \
               pads=[[0,0],[0,0]] stride=[1,1]

@@ -13,7 +13,7 @@ from typing import Any
 
 from convdsl.diagnostics import Span
 from convdsl.frontend import ast
-from convdsl.frontend.values import Keyword, LowerError, Tensor, is_int
+from convdsl.frontend.values import Keyword, LowerError, Tensor, is_int, is_number
 from convdsl.ir.graph import Attrs
 from convdsl.ir.ops import REQUIRED, ArgKind, ArgSpec, OpDef
 
@@ -172,6 +172,11 @@ def _convert(spec: ArgSpec, value: Any, span: Span, op: str) -> Any:
         if spec.default is None and value is None:
             return None
         if is_int(value) or (isinstance(value, tuple) and value and all(map(is_int, value))):
+            return value
+    elif kind is ArgKind.NUMBERS:
+        if spec.default is None and value is None:
+            return None
+        if is_number(value) or (isinstance(value, tuple) and value and all(map(is_number, value))):
             return value
     elif kind is ArgKind.PADDING:
         return _padding(spec, value, span, op)

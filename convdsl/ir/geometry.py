@@ -13,6 +13,8 @@ window is ``d * (k - 1) + 1``: dilation spaces the taps, it never inflates the w
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 from convdsl.ir.symbolic import maximum, minimum
 from convdsl.ir.types import Dim
 
@@ -104,3 +106,9 @@ def broadcast_size(a: Dim, b: Dim) -> Dim | None:
     if a == b:
         return a
     return None
+
+
+def resize_output_size(n: int, factor: Fraction) -> int:
+    """``floor(n * factor)``, the output length of a resize by ``factor`` (PyTorch
+    ``interpolate``, ONNX ``Resize``), computed exactly as ``n * p // q`` for ``factor = p/q``."""
+    return n * factor.numerator // factor.denominator

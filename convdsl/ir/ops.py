@@ -14,6 +14,7 @@ from enum import Enum
 from typing import Any
 
 from convdsl.ir import elementwise_rules as ew_rules
+from convdsl.ir import resample, resample_rules
 from convdsl.ir import shape_rules as rules
 
 
@@ -27,6 +28,7 @@ class ArgKind(Enum):
     BOOL = "true or false"
     ENUM = "one of"
     INTS = "an integer or a list of integers (one per axis)"
+    NUMBERS = "a number or a list of numbers (one per axis)"
     PADDING = "valid, same, causal, an integer, a list per axis, or a list of [before, after] pairs"
     OFFSET = "an integer, a list per axis, or center"
 
@@ -286,15 +288,19 @@ def _table() -> dict[str, OpDef]:
             "upscale",
             (
                 _X,
-                ArgSpec("factor", ArgKind.INTS),
-                _kw(
-                    "mode", ArgKind.ENUM, "nearest", ("nearest", "linear", "bilinear", "trilinear")
-                ),
+                ArgSpec("factor", ArgKind.NUMBERS, None),
+                _kw("size", ArgKind.INTS, None),
+                _kw("mode", ArgKind.ENUM, "nearest", resample_rules.MODES),
+                _kw("coordinate", ArgKind.ENUM, None, resample.COORDINATES),
+                _kw("nearest", ArgKind.ENUM, None, resample.ROUNDINGS),
                 _kw("align_corners", ArgKind.BOOL, False),
+                _kw("cubic_coeff", ArgKind.FLOAT, None),
+                _kw("exclude_outside", ArgKind.BOOL, None),
+                _kw("recompute_scale", ArgKind.BOOL, False),
             ),
-            rules.upscale,
+            resample_rules.upscale,
             FusionClass.RESAMPLE,
-            "upsampling by integer factors; linear modes use half-pixel centers by default",
+            "resize by factors (any positive number) or to a size: nearest, linear or cubic",
         ),
         OpDef(
             "pixel_shuffle",

@@ -448,29 +448,6 @@ def concat(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
     return Inferred((first.with_shape((first.batch, channels, *first.spatial)),), attrs)
 
 
-def upscale(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
-    x = inputs[0]
-    _expect_spatial(x, "upscale")
-    factors = per_axis(attrs["factor"], x.spatial_rank, "factor", 1)
-    mode = attrs["mode"]
-    wanted = {"bilinear": 2, "trilinear": 3}.get(mode)
-    if wanted is not None and wanted != x.spatial_rank:
-        raise ShapeError(
-            f"mode={mode} is for {wanted}-D inputs; this input is {x.spatial_rank}-D "
-            f"{format_shape(x.shape)}",
-            arg="mode",
-            hint="mode=linear interpolates along every spatial axis of any rank",
-        )
-    mode = "nearest" if mode == "nearest" else "linear"
-    if mode == "nearest" and attrs["align_corners"]:
-        raise ShapeError("align_corners applies only to linear modes", arg="align_corners")
-    spatial = tuple(n * f for n, f in zip(x.spatial, factors, strict=True))
-    out = x.with_shape((x.batch, x.channels, *spatial))
-    _bounded(limits.dims_problem(out), "factor")
-    resolved = Attrs(factors=factors, mode=mode, align_corners=attrs["align_corners"])
-    return Inferred((out,), resolved)
-
-
 def pixel_shuffle(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
     x = inputs[0]
     r = attrs["factor"]

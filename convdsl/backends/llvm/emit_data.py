@@ -1,45 +1,33 @@
-"""Data movement and channel reductions: upscale, crop, pad, concat, pixel shuffle, softmax.
+"""Data movement and channel reductions: crop, pad, concat, pixel shuffle, softmax.
 
 One channel per point. Each output lane's source position is an index map evaluated per axis:
 a scalar on the outer axes, an ``i64`` vector on the last (``lane_index``). Contiguous maps
-(crop, concat, zero pad) load rows directly; the others gather lane by lane. Linear upscaling
-computes source coordinates in double precision, as the interpreter does, and rounds the
-weights to the kernel's dtype.
+(crop, concat, zero pad) load rows directly; the others gather lane by lane. ``upscale`` is
+in ``emit_resample``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
-from dataclasses import dataclass
 
-import numpy as np
 from llvmlite import ir
 
 from convdsl.backends.llvm.emit_elementwise import exp
 from convdsl.backends.llvm.kernel import KernelBuilder, Point, spatial_of, strides_of
 from convdsl.backends.llvm.loops import (
-    F64,
     I1,
-    I32,
     all_true,
     binary_intrinsic,
-    element_of,
     entry_alloca,
-    fconst,
-    fma,
     for_range,
     fsplat,
     gep,
     i64,
-    intrinsic,
     isplat,
     lane_ids,
-    load_vec,
     masked_gather,
     masked_load,
-    splat,
     unflatten,
     vec_type,
 )
@@ -179,222 +167,6 @@ def emit_pixel_shuffle(k: KernelBuilder, node: Node, point: Point) -> list[ir.Va
     return [gather(k, x, point.n, channel, [ih, iw], lanes)]
 
 
-def emit_upscale(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
-    """Output vectors whose lanes read a fixed pattern of one input row segment (all of them
-    for the usual factors, see ``row_patterns``) blend whole rows and shuffle; the others
-    gather lane by lane."""
-    b = k.builder
-    patterns = row_patterns(k, node, point)
-    if isinstance(point.w, ir.Constant):  # a tail vector: its start is known
-        start = point.w.constant
-        for (first, end), pattern in patterns:
-            if first <= start < end:
-                return [_upscale_row(k, node, point, pattern)]
-        return [_upscale_gathered(k, node, point)]
-    if not patterns:
-        return [_upscale_gathered(k, node, point)]
-    result = entry_alloca(b, vec_type(point.lanes, k.element), "upscaled")
-    done = b.append_basic_block("upscaled")
-    for (first, end), pattern in patterns:
-        inside = b.and_(
-            b.icmp_signed(">=", point.w, i64(first)), b.icmp_signed("<", point.w, i64(end))
-        )
-        with b.if_then(inside):
-            b.store(_upscale_row(k, node, point, pattern), result)
-            b.branch(done)
-    b.store(_upscale_gathered(k, node, point), result)
-    b.branch(done)
-    b.position_at_end(done)
-    return [b.load(result)]
-
-
-@dataclass(frozen=True)
-class RowPattern:
-    """Where the lanes of an output vector starting at ``w`` read on the last axis: a load of
-    ``lanes`` input elements from ``w / factor + shift`` (only the first ``inside`` exist),
-    then lane ``l`` takes element ``lo[l]`` (and, linear mode, ``hi[l]`` weighted
-    ``weight[l]``)."""
-
-    factor: int
-    shift: int
-    inside: int
-    lo: tuple[int, ...]
-    hi: tuple[int, ...] | None = None
-    weight: tuple[float, ...] | None = None
-
-
-def row_patterns(
-    k: KernelBuilder, node: Node, point: Point
-) -> list[tuple[tuple[int, int], RowPattern]]:
-    """``[((first, end), pattern)]``: vector starts ``w`` in ``[first, end)`` (multiples of the
-    vector width) share ``pattern``; empty where lanes do not divide by the factor (the
-    pattern would change from vector to vector) or for linear ``align_corners``."""
-    a = node.attrs
-    lanes, factor = point.lanes, a["factors"][-1]
-    size = spatial_of(k.type_of(node.inputs[0]))[-1]
-    out_size = size * factor
-    if lanes == 1 or lanes % factor or (a["mode"] != "nearest" and a["align_corners"]):
-        return []
-    # The interpreter's source positions, lane by lane (float64, left edge clamped).
-    if a["mode"] == "nearest":
-        lo = np.arange(out_size) // factor
-        hi = weight = None
-    else:
-        src = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) / factor - 0.5, 0.0)
-        lo = np.floor(src).astype(np.int64)
-        hi = np.minimum(lo + 1, size - 1)
-        weight = (src - lo).astype(k.dtype.numpy)
-    groups: list[tuple[tuple[int, int], RowPattern]] = []
-    for w in range(0, out_size, lanes):
-        span = slice(w, min(w + lanes, out_size))
-        first = int(lo[span].min())
-        if (int(lo[span].max()) if hi is None else int(hi[span].max())) - first >= lanes:
-            return []  # the lanes reach further than one load
-
-        pattern = RowPattern(
-            factor,
-            first - w // factor,
-            min(lanes, size - first),
-            _full_vector(lo[span] - first, lanes),
-            None if hi is None else _full_vector(hi[span] - first, lanes),
-            None if weight is None else _full_vector(weight[span], lanes),
-        )
-        if groups and groups[-1][1] == pattern and groups[-1][0][1] == w:
-            groups[-1] = ((groups[-1][0][0], w + lanes), pattern)
-        else:
-            groups.append(((w, w + lanes), pattern))
-    return groups
-
-
-def _full_vector(values: np.ndarray, lanes: int) -> tuple:  # type: ignore[type-arg]
-    """``values`` as Python numbers, padded to ``lanes`` with the first (a tail vector's lanes
-    past the row's end compute something harmless and are not stored)."""
-    picked = values.tolist()
-    return tuple(picked + picked[:1] * (lanes - len(picked)))
-
-
-def _upscale_row(k: KernelBuilder, node: Node, point: Point, pattern: RowPattern) -> ir.Value:
-    """The output vector at ``point`` from whole input rows: blend the source rows of the outer
-    axes (one row for nearest), load ``lanes`` elements of it, shuffle them into lanes."""
-    b = k.builder
-    a = node.attrs
-    x = node.inputs[0]
-    sizes = spatial_of(k.type_of(x))
-    lanes = point.lanes
-    start = b.add(b.udiv(point.w, i64(pattern.factor)), i64(pattern.shift))
-    base = k.entry(x, point.n)
-    # (weight, outer source indices) of every input row the output row blends
-    rows: list[tuple[ir.Value | None, list[ir.Value]]]
-    if a["mode"] == "nearest":
-        outer = zip(point.outer, a["factors"], strict=False)
-        rows = [(None, [b.udiv(index, i64(f)) for index, f in outer])]
-    else:
-        axes = [
-            _linear_axis(b, index, size, f, False, k.element)
-            for index, size, f in zip(point.outer, sizes, a["factors"], strict=False)
-        ]
-        one = fconst(1.0, k.element)
-        rows = []
-        for corner in itertools.product((0, 1), repeat=len(axes)):
-            weight: ir.Value = one
-            chosen = []
-            for side, (lo, hi, frac) in zip(corner, axes, strict=True):
-                weight = b.fmul(weight, frac if side else b.fsub(one, frac))
-                chosen.append(hi if side else lo)
-            rows.append((weight, chosen))
-    mask = ir.Constant(ir.VectorType(I1, lanes), [e < pattern.inside for e in range(lanes)])
-    blended: ir.Value | None = None
-    for weight, index in rows:
-        at = gep(b, base, k.offset(x, point.c, tuple(index), start))
-        row = load_vec(b, at, lanes) if pattern.inside == lanes else masked_load(b, at, mask, lanes)
-        if weight is not None:
-            row = b.fmul(row, splat(b, weight, lanes))
-        blended = row if blended is None else b.fadd(blended, row)
-    assert blended is not None
-    undefined = ir.Constant(blended.type, ir.Undefined)
-
-    def pick(sources: tuple[int, ...]) -> ir.Value:
-        order = ir.Constant(ir.VectorType(I32, lanes), list(sources))
-        return b.shuffle_vector(blended, undefined, order)
-
-    if pattern.hi is None or pattern.weight is None:
-        return pick(pattern.lo)
-    numpy = k.dtype.numpy.type  # 1 - weight rounded as the interpreter rounds it
-    weight_hi = ir.Constant(vec_type(lanes, k.element), list(pattern.weight))
-    weight_lo = ir.Constant(
-        vec_type(lanes, k.element), [float(1 - numpy(v)) for v in pattern.weight]
-    )
-    return fma(b, pick(pattern.hi), weight_hi, b.fmul(pick(pattern.lo), weight_lo))
-
-
-def _upscale_gathered(k: KernelBuilder, node: Node, point: Point) -> ir.Value:
-    b = k.builder
-    a = node.attrs
-    x = node.inputs[0]
-    sizes = spatial_of(k.type_of(x))
-    indices = [*point.outer, lane_index(k, point)]
-    if a["mode"] == "nearest":
-        sources = [
-            b.udiv(index, _const(b, index, f))
-            for index, f in zip(indices, a["factors"], strict=True)
-        ]
-        return gather(k, x, point.n, point.c, sources, point.lanes)
-    axes = [
-        _linear_axis(b, index, size, f, a["align_corners"], k.element)
-        for index, size, f in zip(indices, sizes, a["factors"], strict=True)
-    ]
-    total: ir.Value = fsplat(0.0, point.lanes, k.element)
-    for corner in itertools.product((0, 1), repeat=len(axes)):
-        weight: ir.Value = fsplat(1.0, point.lanes, k.element)
-        chosen = []
-        for side, (lo, hi, frac) in zip(corner, axes, strict=True):
-            factor = frac if side else b.fsub(_fconst(frac, 1.0), frac)
-            if not isinstance(factor.type, ir.VectorType):
-                factor = splat(b, factor, point.lanes)
-            weight = b.fmul(weight, factor)
-            chosen.append(hi if side else lo)
-        value = gather(k, x, point.n, point.c, chosen, point.lanes)
-        total = b.fadd(total, b.fmul(weight, value))
-    return total
-
-
-def _fconst(like: ir.Value, value: float) -> ir.Value:
-    if isinstance(like.type, ir.VectorType):
-        return fsplat(value, like.type.count, like.type.element)
-    return fconst(value, like.type)
-
-
-def _linear_axis(
-    b: ir.IRBuilder, index: ir.Value, size: int, factor: int, align: bool, element: ir.Type
-) -> tuple[ir.Value, ir.Value, ir.Value]:
-    """Source ``(lo, hi, weight of hi)`` of output ``index`` (scalar or vector) on one axis,
-    the weight rounded to ``element``."""
-    lanes = index.type.count if isinstance(index.type, ir.VectorType) else 0
-    dtype = ir.VectorType(F64, lanes) if lanes else F64
-
-    def const(value: float) -> ir.Value:
-        return ir.Constant(dtype, [value] * lanes) if lanes else ir.Constant(F64, value)
-
-    dst = b.sitofp(index, dtype)
-    out_size = size * factor
-    if align:
-        ratio = (size - 1) / (out_size - 1) if out_size > 1 else 0.0
-        src = b.fmul(dst, const(ratio))
-    else:
-        src = b.fsub(b.fdiv(b.fadd(dst, const(0.5)), const(float(factor))), const(0.5))
-        src = b.select(b.fcmp_ordered("<", src, const(0.0)), const(0.0), src)
-    suffix = f"v{lanes}f64" if lanes else "f64"
-    floor = intrinsic(b, f"llvm.floor.{suffix}", dtype, [src])
-    lo = b.fptosi(floor, index.type)
-    hi = b.add(lo, _const(b, lo, 1))
-    last = _const(b, hi, size - 1)
-    hi = b.select(b.icmp_signed(">", hi, last), last, hi)
-    frac = b.fsub(src, floor)
-    if element_of(dtype) != element:  # computed in double: rounded as the interpreter does
-        frac = b.fptrunc(frac, vec_type(lanes, element) if lanes else element)
-    return lo, hi, frac
-
-
 def emit_softmax(k: KernelBuilder, node: Node, point: Point) -> list[ir.Value]:
     """``exp(x_c - max) / sum exp(x_j - max)`` over the channels at the point's position."""
     b = k.builder
@@ -424,7 +196,6 @@ EMITTERS = {
     "concat": emit_concat,
     "pad": emit_pad,
     "pixel_shuffle": emit_pixel_shuffle,
-    "upscale": emit_upscale,
     "softmax": emit_softmax,
 }
 

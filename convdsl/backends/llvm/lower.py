@@ -37,6 +37,7 @@ from convdsl.backends.llvm import (
     emit_elementwise,
     emit_pool,
     emit_relayout,
+    emit_resample,
     emit_transpose,
     emit_transpose_phase,
     kernel_reuse,
@@ -90,6 +91,7 @@ EMITTERS: dict[str, Emitter] = {
     **emit_elementwise.EMITTERS,
     **emit_pool.EMITTERS,
     **emit_data.EMITTERS,
+    **emit_resample.EMITTERS,
     **emit_transpose.EMITTERS,
 }
 BLOCKS: dict[str, BlockRule] = {**emit_transpose.BLOCKS}

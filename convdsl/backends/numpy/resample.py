@@ -1,61 +1,65 @@
 """Kernels that move pixels without mixing channels: upscale, pixel shuffle, pad and crop.
 
-Upscaling is separable: nearest is one broadcast copy, linear is a gather of the two source
-rows plus a lerp per axis. ``pad`` with all-zero widths and ``crop`` return views of the input.
+Upscaling is separable, one axis after the other: nearest is a gather of the source rows,
+linear a gather of two plus a lerp, cubic a weighted sum of four. ``pad`` with all-zero
+widths and ``crop`` return views of the input.
 """
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Literal
 
 import numpy as np
 
+from convdsl.ir import resample
 from convdsl.ir.geometry import Pads
 
 _COPY_PAD_MODES: dict[str, Literal["reflect", "edge"]] = {"reflect": "reflect", "replicate": "edge"}
 
 
 def upscale(
-    x: np.ndarray, *, factors: tuple[int, ...], mode: str, align_corners: bool = False
+    x: np.ndarray,
+    *,
+    factors: tuple[Fraction, ...],
+    mode: str,
+    coordinate: str,
+    nearest: str = "floor",
+    cubic_coeff: float = -0.75,
+    exclude_outside: bool = False,
 ) -> np.ndarray:
-    """Upsample every spatial axis by an integer factor; ``mode`` is ``nearest`` or ``linear``.
+    """Resize every spatial axis by its factor (output per input element) with ``mode``
+    ``nearest``, ``linear`` or ``cubic``; see ``convdsl.ir.resample`` for the coordinate maps.
 
-    >>> upscale(np.array([[[0.0, 4.0]]]), factors=(2,), mode="linear")[0, 0]
+    >>> upscale(np.array([[[0.0, 4.0]]]), factors=(Fraction(2),), mode="linear",
+    ...         coordinate="half_pixel")[0, 0]
     array([0., 1., 3., 4.])
     """
-    if mode == "nearest":
-        return _nearest(x, factors)
-    if mode != "linear":
-        raise ValueError(f"unknown upscale mode {mode!r}")
     out = x
     for axis, factor in enumerate(factors, start=2):
-        out = _linear_axis(out, axis, factor, align_corners)
+        m = resample.axis_map(out.shape[axis], factor, coordinate)
+        if mode == "nearest":
+            out = out.take(resample.nearest_indices(m, nearest), axis=axis)
+        elif mode == "linear":
+            lo, hi, weight = resample.linear_taps(m)
+            w = weight.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1 - axis))
+            out = (1 - w) * out.take(lo, axis=axis) + w * out.take(hi, axis=axis)
+        elif mode == "cubic":
+            out = _weighted_axis(out, axis, *resample.cubic_taps(m, cubic_coeff, exclude_outside))
+        else:
+            raise ValueError(f"unknown upscale mode {mode!r}")
     return out
 
 
-def _nearest(x: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
-    """``out[i] = in[i // f]`` on every axis, as one broadcast copy."""
-    n, c = x.shape[:2]
-    sizes = x.shape[2:]
-    split = [d for size in sizes for d in (size, 1)]
-    stretched = [d for size, f in zip(sizes, factors, strict=True) for d in (size, f)]
-    out = np.broadcast_to(x.reshape(n, c, *split), (n, c, *stretched))
-    return out.reshape(n, c, *(size * f for size, f in zip(sizes, factors, strict=True)))
-
-
-def _linear_axis(x: np.ndarray, axis: int, factor: int, align_corners: bool) -> np.ndarray:
-    size = x.shape[axis]
-    out_size = size * factor
-    dst = np.arange(out_size, dtype=np.float64)
-    if align_corners:
-        src = dst * ((size - 1) / (out_size - 1)) if out_size > 1 else np.zeros_like(dst)
-    else:
-        # Half-pixel centres; PyTorch clamps the left edge to 0 instead of extrapolating.
-        src = np.maximum((dst + 0.5) / factor - 0.5, 0.0)
-    lo = np.floor(src).astype(np.intp)
-    hi = np.minimum(lo + 1, size - 1)
-    weight = (src - lo).astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1 - axis))
-    return (1 - weight) * x.take(lo, axis=axis) + weight * x.take(hi, axis=axis)
+def _weighted_axis(
+    x: np.ndarray, axis: int, indices: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
+    shape = (-1,) + (1,) * (x.ndim - 1 - axis)
+    total = np.zeros(1, dtype=x.dtype)
+    for tap in range(indices.shape[1]):
+        w = weights[:, tap].astype(x.dtype).reshape(shape)
+        total = total + w * x.take(indices[:, tap], axis=axis)
+    return total
 
 
 def pixel_shuffle(x: np.ndarray, *, factor: int, order: str) -> np.ndarray:
