@@ -165,7 +165,9 @@ def test_a_size_that_breaks_a_constraint_names_line_sizes_and_constraint() -> No
         net(x=np.ones((1, 2, 8, 13), np.float32))
     (diag,) = info.value.diagnostics
     assert diag.span is not None and (diag.span.line, diag.span.column) == (4, 12)
-    assert diag.message == "with H=8, W=13: add: shapes differ: [N,2,4,7] vs [N,2,4,6]"
+    assert diag.message == (
+        "with H=8, W=13: add: shapes [N,2,4,7] and [N,2,4,6] do not broadcast: W is 7 vs 6"
+    )
     assert diag.hint == ("this layer needs W % 2 == 0; the network accepts H % 2 == 0, W % 2 == 0")
 
 
