@@ -95,11 +95,12 @@ def _parser() -> Lark:
 
 
 def _grammar_text() -> str:
-    try:
-        return importlib.resources.files("convdsl.grammar").joinpath(_GRAMMAR_FILE).read_text()
-    except (ModuleNotFoundError, FileNotFoundError):
-        # A source checkout without install has no convdsl.grammar package: use grammar/ directly.
-        return (Path(__file__).resolve().parents[2] / "grammar" / _GRAMMAR_FILE).read_text()
+    # In a source checkout, the grammar beside this package (an editable install's mapping of
+    # convdsl.grammar may point at another checkout); installed, the package data.
+    local = Path(__file__).resolve().parents[2] / "grammar" / _GRAMMAR_FILE
+    if local.is_file():
+        return local.read_text()
+    return importlib.resources.files("convdsl.grammar").joinpath(_GRAMMAR_FILE).read_text()
 
 
 # ---- tree → AST --------------------------------------------------------------------------
