@@ -29,6 +29,7 @@ import pytest
 import convdsl
 from convdsl import cli
 from convdsl.ir.ops import OPS, REQUIRED, ArgKind, ArgSpec, OpDef
+from convdsl.ir.types import bind_shape
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
@@ -148,10 +149,11 @@ def test_links_resolve() -> None:
 @pytest.mark.parametrize("block", blocks_of("conv"))
 def test_conv_block_compiles_and_runs(block: CodeBlock) -> None:
     net = convdsl.compile_string(block.text, block.where, verify=True, backend="numpy")
-    outputs = net(net.random_inputs(seed=0, batch=2))
+    sizes = dict.fromkeys(net.sizes, 32)  # a size the docs' any-size examples accept
+    outputs = net(net.random_inputs(seed=0, batch=2, sizes=sizes))
     assert set(outputs) == set(net.outputs)
     for name, t in net.outputs.items():
-        expected = tuple(d if isinstance(d, int) else 2 for d in t.shape)
+        expected = tuple(bind_shape(t.shape, {**sizes, str(t.shape[0]): 2}))
         assert outputs[name].shape == expected, (name, outputs[name].shape, expected)
         assert outputs[name].dtype == t.dtype.numpy
         assert np.isfinite(outputs[name]).all(), name
