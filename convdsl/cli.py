@@ -36,6 +36,7 @@ from convdsl.api import (
     resolve_threads,
 )
 from convdsl.diagnostics import ConvdslError, DiagnosticSink, error
+from convdsl.ir.constraints import describe, describe_cond, essential
 from convdsl.ir.cost import node_macs, node_param_count
 from convdsl.ir.graph import Graph
 from convdsl.ir.printer import print_graph
@@ -43,7 +44,6 @@ from convdsl.ir.symbolic import Expr
 from convdsl.ir.types import format_shape
 from convdsl.passes import report
 from convdsl.passes.pipeline import PASSES, compile_source, frontend
-from convdsl.passes.specialize import describe, describe_cond, essential
 
 Handler = Callable[[argparse.Namespace], None]
 

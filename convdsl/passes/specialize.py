@@ -4,13 +4,12 @@ Expects: the untyped graph of the front end whose inputs have symbolic sizes (``
 and a size for each name. Guarantees: the same graph with every input size and every
 annotation's size expression replaced by its value, ready for the whole pipeline (shape
 inference then checks it with ints, as for a network written with those sizes). The batch stays
-symbolic. ``describe`` says which sizes a network accepts, from the constraints that shape
-inference over symbolic sizes recorded.
+symbolic. ``explain`` words an error at those sizes with the constraints shape inference over
+symbolic sizes recorded (``convdsl.ir.constraints``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -18,8 +17,9 @@ import numpy as np
 
 from convdsl.diagnostics import ConvdslError, Diagnostic, DiagnosticSink
 from convdsl.ir import limits
+from convdsl.ir.constraints import describe, describe_cond
 from convdsl.ir.graph import Expectation, Graph, SizeConstraint
-from convdsl.ir.symbolic import Cond, Domain, Expr, Ratio, decide, substitute
+from convdsl.ir.symbolic import Expr, Ratio, substitute
 from convdsl.ir.types import Dim, TensorType
 
 
@@ -91,81 +91,3 @@ def _same_place(constraint: SizeConstraint, diag: Diagnostic) -> bool:
 
 def _holds(constraint: SizeConstraint, sizes: Mapping[str, int]) -> bool:
     return bool(constraint.cond.holds(dict(sizes)))
-
-
-# ---- which sizes a network accepts -------------------------------------------------------------
-
-
-def describe(graph: Graph) -> str:
-    """The sizes the constraints allow, per size name: ``H >= 32 and H % 32 < 8``; conditions
-    on several sizes at once are listed as they are."""
-    parts: list[str] = []
-    conds = [c.cond for c in graph.constraints]
-    single = {name: [c for c in conds if c.symbols() == {name}] for name in graph.size_names()}
-    for name, mine in single.items():
-        if mine:
-            parts.append(_describe_one(name, mine))
-    parts += [str(c) for c in conds if len(c.symbols()) > 1]
-    return ", ".join(p for p in parts if p)
-
-
-def describe_cond(cond: Cond) -> str:
-    """One condition in the words of ``describe`` (``H % 32 < 8``) when it is on one size."""
-    names = cond.symbols()
-    return _describe_one(next(iter(names)), [cond]) if len(names) == 1 else str(cond)
-
-
-def essential(constraints: tuple[SizeConstraint, ...]) -> list[SizeConstraint]:
-    """The constraints not implied by the others, in source order. The weakest (allowing the
-    most sizes) go first, so ``H % 32 == 0`` stays rather than ``H % 32 < 8`` and ``H % 8 == 0``
-    which together say the same; of equal ones the first (where the limit arises) stays."""
-    kept = list(constraints)
-    order = sorted(enumerate(constraints), key=lambda item: (-_share(item[1].cond), -item[0]))
-    for _, constraint in order:
-        others = [c.cond for c in kept if c is not constraint]
-        if decide(constraint.cond, Domain(others)) is True:
-            kept.remove(constraint)
-    return kept
-
-
-def _share(cond: Cond) -> float:
-    """The fraction of sample sizes ``cond`` allows."""
-    period = cond.diff.period() if isinstance(cond.diff, Expr) else 1
-    sample = Domain().points(cond.symbols(), period)
-    size = next(iter(sample.values())).size if sample else 1
-    return float(np.mean(cond.holds(sample))) if size else 1.0
-
-
-def _describe_one(name: str, conds: list[Cond]) -> str:
-    """``H >= 32 and H % 32 < 8`` when the sizes allowed are a lower bound and a set of
-    residues (what floors and strides make), else the conditions as they are."""
-    period = math.lcm(1, *(c.diff.period() for c in conds if isinstance(c.diff, Expr)))
-    sample = Domain().points(frozenset({name}), period)[name]
-    allowed = Domain(list(conds)).points(frozenset({name}), period)[name]
-    if allowed.size == 0:
-        return f"no {name} ({' and '.join(str(c) for c in conds)})"
-    lowest = int(allowed.min())
-    large_start = int(sample.max()) - 2 * period + 1
-    residues = sorted({int(v) % period for v in allowed if v >= large_start})
-    small = sample[(sample >= lowest) & (sample < large_start)]
-    predicted = np.isin(small % period, residues)
-    if not residues or not np.array_equal(predicted, np.isin(small, allowed)):
-        return " and ".join(str(c) for c in conds)
-    first = next(v for v in range(1, period + 1) if v % period in residues)
-    words = [f"{name} >= {lowest}"] if lowest > first else []
-    return " and ".join(words + _residue_words(name, residues, period))
-
-
-def _residue_words(name: str, residues: list[int], period: int) -> list[str]:
-    if len(residues) == period:
-        return []
-    for step in sorted(d for d in range(2, period + 1) if period % d == 0):
-        first = residues[0]
-        if residues == list(range(first, period, step)) and first < step:
-            return [f"{name} % {step} == {first}"] if first else [f"{name} % {step} == 0"]
-    if residues == list(range(residues[0], residues[-1] + 1)):
-        if residues[0] == 0:
-            return [f"{name} % {period} < {residues[-1] + 1}"]
-        return [f"{residues[0]} <= {name} % {period} <= {residues[-1]}"]
-    listed = ", ".join(str(r) for r in residues)
-    return [f"{name} % {period} in {{{listed}}}"]
