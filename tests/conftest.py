@@ -7,7 +7,9 @@ on, so a mismatch is convdsl's error, not the oracle's rounding.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -151,4 +153,21 @@ def assert_rejected(src: str, line: int, *words: str) -> str:
     first = text.splitlines()[0]
     for word in words:
         assert word in first, (word, text)
+    return text
+
+
+EXAMPLE_SIZES: dict[str, dict[str, int]] = {"fcn8s": {"H": 224, "W": 224}, "wavenet": {"L": 16000}}
+"""The sizes tests run the examples written for any input size at (those of the papers)."""
+
+
+def example_sizes(path: Path | str) -> dict[str, int] | None:
+    """``sizes=`` for an example file: its sizes if it is written for any size, else None."""
+    return EXAMPLE_SIZES.get(Path(path).stem)
+
+
+def example_text(path: Path) -> str:
+    """An example's source with its input sizes written in, for tests that compile text."""
+    text = path.read_text(encoding="utf-8")
+    for name, value in (example_sizes(path) or {}).items():
+        text = re.sub(rf"\b{name}\b", str(value), text)
     return text

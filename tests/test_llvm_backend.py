@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import example_sizes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from llvmlite import ir
@@ -1048,7 +1049,8 @@ def test_kernels_reused_by_signature_lower_as_if_built(
 ) -> None:
     """A kernel found by its signature (``kernel_reuse``) instead of built changes nothing:
     the same modules, parameter table, packings and worker tables as building every one."""
-    graph = backend_graph(convdsl.compile_file(EXAMPLES / f"{example}.conv").graph, "llvm")
+    path = EXAMPLES / f"{example}.conv"
+    graph = backend_graph(convdsl.compile_file(path, sizes=example_sizes(path)).graph, "llvm")
     reused = lower.lower_graph(graph, host_target().lanes, threads=2)
     monkeypatch.setattr(lower, "REUSE", False)
     built = lower.lower_graph(graph, host_target().lanes, threads=2)

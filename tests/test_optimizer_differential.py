@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import example_text
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -74,7 +75,7 @@ def compile_both(text: str, name: str, seed: int = 0) -> tuple[Network, Network]
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_is_the_same_at_O0_and_O2(path: Path) -> None:
-    reference, optimized = compile_both(path.read_text(encoding="utf-8"), str(path))
+    reference, optimized = compile_both(example_text(path), str(path))
     assert optimized.params == reference.params  # the weights-file schema never changes
     assert_same_outputs(reference, optimized, batch=1, seed=1)
 
@@ -87,7 +88,7 @@ def graphs_after_each_pass(text: str) -> list[tuple[str, Graph]]:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_ir_after_each_pass_verifies(path: Path) -> None:
-    seen = graphs_after_each_pass(path.read_text(encoding="utf-8"))
+    seen = graphs_after_each_pass(example_text(path))
     assert [name for name, _ in seen] == [p.name for p in PASSES]
     for name, graph in seen:
         verify(graph, after_pass=name)

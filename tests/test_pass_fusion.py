@@ -235,7 +235,7 @@ network network
   %x: f32[N,2,4,4] = input
   %skip: f32[N,2,8,8] = input
   %y: f32[N,2,8,8] = fused(%x, %skip) parts=2
-      %u: f32[N,2,8,8] = upscale(%x) align_corners=false factors=[2,2] mode=linear
+      %u: f32[N,2,8,8] = upscale(%x) coordinate=half_pixel factors=[2,2] mode=linear
       %y: f32[N,2,8,8] = add(%u, %skip)
 outputs
   y = %y

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import example_sizes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -190,7 +191,9 @@ at once), so no plan for their schedule is 2x smaller than naive."""
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_plans_meet_the_targets(path: Path) -> None:
-    graph = convdsl.compile_file(path, verify=True, backend="numpy").graph
+    graph = convdsl.compile_file(
+        path, verify=True, backend="numpy", sizes=example_sizes(path)
+    ).graph
     check_plan(graph)
     memory = graph.memory
     assert memory is not None
@@ -203,7 +206,7 @@ def test_example_plans_meet_the_targets(path: Path) -> None:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_plans_run_in_the_arena(path: Path) -> None:
-    net = convdsl.compile_file(path, backend="numpy")
+    net = convdsl.compile_file(path, backend="numpy", sizes=example_sizes(path))
     inputs = net.random_inputs(seed=1, batch=3)
     want = net(inputs)
     got3 = arena_run(net, inputs)
