@@ -201,11 +201,13 @@ def test_output_padding_must_be_below_max_stride_dilation(
         )
 
 
-def test_output_padding_with_same_is_rejected() -> None:
+def test_output_padding_with_same_must_be_below_the_stride() -> None:
+    """Keras: "Strides must be greater than output padding" (tests/test_ops_padding_modes.py
+    has the combination itself)."""
     src = (
         "input x: f32[1, 2, 5, 5]\n"
         "output y = conv_transpose2d(x, 3, kernel=3, stride=2, padding=same, "
-        "output_padding=1)\n"
+        "output_padding=2)\n"
     )
     assert_rejected(src, 2, "output_padding")
 
