@@ -423,7 +423,7 @@ class Lowerer:
 
     def _split(
         self, bound: BoundCall, call: ast.Call, name: str, result_names: Sequence[str]
-    ) -> tuple[Tensor, ...]:
+    ) -> Tensor | tuple[Tensor, ...]:
         """``split`` is one node per output, each a slice its shape rule picks by ``index``
         (IR nodes have one output; the count is known here, the sizes only after shapes)."""
         parts, sizes = bound.attrs["parts"], bound.attrs["sizes"]
@@ -437,7 +437,7 @@ class Lowerer:
             count = max(parts, 1)  # the shape rule reports parts < 1
         if len(result_names) != count:
             result_names = [f"{name}.{i}" for i in range(count)]
-        return tuple(
+        parts_made = tuple(
             self._make_node(
                 "split",
                 bound.inputs,
@@ -448,6 +448,7 @@ class Lowerer:
             )
             for index in range(count)
         )
+        return parts_made[0] if count == 1 else parts_made  # as a block's one result
 
     # ---- graph building ------------------------------------------------------------------
 

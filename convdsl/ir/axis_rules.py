@@ -34,17 +34,17 @@ def _axis_name(axis: int, x: TensorType) -> str:
         return "the batch axis"
     if axis == 1:
         return "channels"
-    return f"axis {axis} ({x.axis_name(axis - 2)})"
+    return f"{x.axis_name(axis - 2)} (axis {axis})"
 
 
-def _fixed_batch(x: TensorType, what: str, index: int | None = None) -> int:
+def _fixed_batch(x: TensorType, index: int | None = None) -> int:
     """The batch of ``x``, which an op along the batch axis needs as a number."""
     batch = x.batch
     if not isinstance(batch, int):
         which = "" if index is None else f" (input {index})"
         raise ShapeError(
-            f"{what} along the batch axis needs a fixed batch size, found the symbolic batch "
-            f"'{batch}'{which}",
+            f"along the batch axis (axis 0) the batch size must be a number, found the "
+            f"symbolic batch '{batch}'{which}",
             arg="axis",
             hint="declare the input with a number for its batch, e.g. f32[2, ...]",
         )
@@ -62,9 +62,11 @@ def concat(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
             a == b for d, (a, b) in enumerate(zip(x.shape, first.shape, strict=True)) if d != axis
         )
         if not others_match:
-            but = "channels" if axis == 1 else along
+            joins = "all but channels (concat joins along channels)"
+            if axis != 1:
+                joins = f"all dims but {along}, the concat axis"
             raise ShapeError(
-                f"inputs must match in all but {but} (concat joins along {but}): input 1 "
+                f"inputs must match in {joins}: input 1 "
                 f"is {format_shape(first.shape)}, input {i} is {format_shape(x.shape)}",
                 hint="crop, pad or upscale one of them first",
             )
@@ -73,7 +75,7 @@ def concat(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
                 f"dtypes differ: input 1 is {first.dtype.value}, input {i} is {x.dtype.value}"
             )
     if axis == 0:
-        joined: Dim = sum(_fixed_batch(x, "concat", i) for i, x in enumerate(inputs, start=1))
+        joined: Dim = sum(_fixed_batch(x, i) for i, x in enumerate(inputs, start=1))
     else:
         joined = sum(int(x.shape[axis]) for x in inputs)
     out = first.with_shape((*first.shape[:axis], joined, *first.shape[axis + 1 :]))
@@ -91,14 +93,14 @@ def _sliced(x: TensorType, axis: int, start: int, step: int, size: int) -> Infer
     return Inferred((out,), Attrs(axis=axis, start=start, step=step, size=size))
 
 
-def _length(x: TensorType, axis: int, what: str) -> int:
-    return _fixed_batch(x, what) if axis == 0 else int(x.shape[axis])
+def _length(x: TensorType, axis: int) -> int:
+    return _fixed_batch(x) if axis == 0 else int(x.shape[axis])
 
 
 def slice_(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
     x = inputs[0]
     axis = axis_index(attrs["axis"], x)
-    n = _length(x, axis, "slice")
+    n = _length(x, axis)
     start, end, step = attrs["start"], attrs["end"], attrs["step"]
     if step == 0:
         raise ShapeError("step: expected a non-zero integer, found 0", arg="step")
@@ -109,7 +111,7 @@ def slice_(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
     if size < 1:
         shown = f"{'' if start is None else start}:{'' if end is None else end}:{step}"
         raise ShapeError(
-            f"slice [{shown}] of {_axis_name(axis, x)} (size {n}) is empty",
+            f"slice [{shown}] of {_axis_name(axis, x)}, of size {n}, is empty",
             arg="end" if end is not None else "start",
             hint="start and end are clamped to the axis as in ONNX Slice; negative values "
             "count from its end",
@@ -122,7 +124,7 @@ def split(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
     output) picks it."""
     x = inputs[0]
     axis = axis_index(attrs["axis"], x)
-    n = _length(x, axis, "split")
+    n = _length(x, axis)
     sizes, parts = attrs["sizes"], attrs["parts"]
     if (sizes is None) == (parts is None):
         raise ShapeError("give the sizes of the parts or parts=COUNT, one of them", arg="sizes")
@@ -137,7 +139,12 @@ def split(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
             )
         sizes = (n // parts,) * parts
     else:
-        sizes = (sizes,) if isinstance(sizes, int) else tuple(sizes)
+        if isinstance(sizes, int):
+            raise ShapeError(
+                f"sizes: expected a list of sizes, found the integer {sizes}",
+                arg="sizes",
+                hint=f"parts={sizes} splits into {sizes} equal parts; [a, b, ...] gives sizes",
+            )
         if any(size < 1 for size in sizes):
             raise ShapeError(f"sizes: expected positive sizes, found {list(sizes)}", arg="sizes")
         if sum(sizes) != n:
