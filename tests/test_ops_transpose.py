@@ -248,7 +248,8 @@ def test_random_conv_transpose2d_matches_torch(
     c, o = groups * per_group[0], groups * per_group[1]
     shape = (n, c, *spatial)
     if padding == "same":
-        output_padding = (0, 0)  # same fixes the output size; combining them is an error
+        output_padding = (0, 0)  # left out below: same alone is n * s (test_ops_padding_modes
+        # has same with output_padding, Keras' other rule)
     kw = {
         "kernel": list(kernel),
         "stride": list(stride),
@@ -258,6 +259,8 @@ def test_random_conv_transpose2d_matches_torch(
         "groups": groups,
         "bias": bias,
     }
+    if padding == "same":
+        del kw["output_padding"]
     src = f"{input_decl('x', shape)}\noutput y = {call('conv_transpose2d', 'x', o, **kw)}\n"
     rng = np.random.default_rng(0)
     x = randn(rng, shape)
