@@ -209,6 +209,23 @@ def _pixel_shuffle(
     return xs[0].reshape(n, r, r, c, h, w).permute(0, 3, 4, 1, 5, 2).reshape(out)
 
 
+def _space_to_depth(
+    node: Node, xs: Sequence[Tensor], weights: Weights, out: tuple[int, ...]
+) -> Tensor:
+    r = node.attrs["factor"]
+    if node.attrs["order"] == "crd":
+        return F.pixel_unshuffle(xs[0], r)
+    n, c, height, width = xs[0].shape
+    blocks = xs[0].reshape(n, c, height // r, r, width // r, r)
+    return blocks.permute(0, 3, 5, 1, 2, 4).reshape(out)
+
+
+def _slice(node: Node, xs: Sequence[Tensor], weights: Weights, out: tuple[int, ...]) -> Tensor:
+    a = node.attrs
+    picked = torch.arange(a["size"], device=xs[0].device) * a["step"] + a["start"]
+    return xs[0].index_select(a["axis"], picked)
+
+
 def _pad(node: Node, xs: Sequence[Tensor], weights: Weights, out: tuple[int, ...]) -> Tensor:
     a = node.attrs
     widths = torch_pads(a["pads"])
@@ -275,7 +292,10 @@ OP_FUNCTIONS: dict[str, OpFn] = {
     "batch_norm": _batch_norm,
     "global_avg_pool": lambda node, xs, w, out: xs[0].mean(dim=_spatial(xs[0]), keepdim=True),
     "global_max_pool": lambda node, xs, w, out: xs[0].amax(dim=_spatial(xs[0]), keepdim=True),
-    "concat": lambda node, xs, weights, out: torch.cat(list(xs), dim=1),
+    "concat": lambda node, xs, weights, out: torch.cat(list(xs), dim=node.attrs["axis"]),
+    "slice": _slice,
+    "split": _slice,
+    "space_to_depth": _space_to_depth,
     "upscale": _upscale,
     "pixel_shuffle": _pixel_shuffle,
     "pad": _pad,

@@ -144,8 +144,8 @@ BINDING = [
         output y
         """,
         (
-            "net.conv:2:36: error: conv2d: padding: expected valid, same, causal, an integer, a "
-            "list per axis, or a list of [before, after] pairs; found 'sam'",
+            "net.conv:2:36: error: conv2d: padding: expected valid, same, same_lower, causal, "
+            "an integer, a list per axis, or a list of [before, after] pairs; found 'sam'",
             "   2 | y = conv2d(x, 8, kernel=3, padding=sam)",
             "     |                                    ^~~",
             "  hint: did you mean 'same'?",
@@ -501,8 +501,8 @@ BLOCKS = [
         output y
         """,
         (
-            "net.conv:2:56: error: conv2d: padding: expected valid, same, causal, an integer, a "
-            "list per axis, or a list of [before, after] pairs; found 'sam'",
+            "net.conv:2:56: error: conv2d: padding: expected valid, same, same_lower, causal, "
+            "an integer, a list per axis, or a list of [before, after] pairs; found 'sam'",
             "   2 | block inner(a) { return conv2d(a, 4, kernel=3, padding=sam) }",
             "     |                                                        ^~~",
             "  hint: did you mean 'same'?",
@@ -1028,8 +1028,8 @@ MULTI = [
             "   3 | b = conv2d(x, 8, kernel=40)",
             "     |                         ^~",
             "  hint: use padding=same, a smaller kernel, or a larger input",
-            "net.conv:4:36: error: conv2d: padding: expected valid, same, causal, an integer, a "
-            "list per axis, or a list of [before, after] pairs; found 'sam'",
+            "net.conv:4:36: error: conv2d: padding: expected valid, same, same_lower, causal, "
+            "an integer, a list per axis, or a list of [before, after] pairs; found 'sam'",
             "   4 | c = conv2d(x, 8, kernel=3, padding=sam)",
             "     |                                    ^~~",
             "  hint: did you mean 'same'?",

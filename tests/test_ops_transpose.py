@@ -201,11 +201,13 @@ def test_output_padding_must_be_below_max_stride_dilation(
         )
 
 
-def test_output_padding_with_same_is_rejected() -> None:
+def test_output_padding_with_same_must_be_below_the_stride() -> None:
+    """Keras: "Strides must be greater than output padding" (tests/test_ops_padding_modes.py
+    has the combination itself)."""
     src = (
         "input x: f32[1, 2, 5, 5]\n"
         "output y = conv_transpose2d(x, 3, kernel=3, stride=2, padding=same, "
-        "output_padding=1)\n"
+        "output_padding=2)\n"
     )
     assert_rejected(src, 2, "output_padding")
 
@@ -246,7 +248,8 @@ def test_random_conv_transpose2d_matches_torch(
     c, o = groups * per_group[0], groups * per_group[1]
     shape = (n, c, *spatial)
     if padding == "same":
-        output_padding = (0, 0)  # same fixes the output size; combining them is an error
+        output_padding = (0, 0)  # left out below: same alone is n * s (test_ops_padding_modes
+        # has same with output_padding, Keras' other rule)
     kw = {
         "kernel": list(kernel),
         "stride": list(stride),
@@ -256,6 +259,8 @@ def test_random_conv_transpose2d_matches_torch(
         "groups": groups,
         "bias": bias,
     }
+    if padding == "same":
+        del kw["output_padding"]
     src = f"{input_decl('x', shape)}\noutput y = {call('conv_transpose2d', 'x', o, **kw)}\n"
     rng = np.random.default_rng(0)
     x = randn(rng, shape)

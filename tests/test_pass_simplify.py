@@ -291,8 +291,8 @@ def test_cse_golden() -> None:
           %t: f32[N,4,4,4] = add(%c1, %c2)
           %l1: f32[N,3,4,4] = leaky_relu(%x) alpha=0.1
           %l2: f32[N,3,4,4] = leaky_relu(%x) alpha=0.2
-          %u.lhs: f32[N,6,4,4] = concat(%l1, %l2)
-          %u.rhs: f32[N,6,4,4] = concat(%l2, %l1)
+          %u.lhs: f32[N,6,4,4] = concat(%l1, %l2) axis=1
+          %u.rhs: f32[N,6,4,4] = concat(%l2, %l1) axis=1
           %u: f32[N,6,4,4] = add(%u.lhs, %u.rhs)
         """)
     assert after.params == net.graph.params

@@ -17,7 +17,7 @@ from convdsl.frontend.values import Keyword, LowerError, Tensor, is_int, is_numb
 from convdsl.ir.graph import Attrs
 from convdsl.ir.ops import REQUIRED, ArgKind, ArgSpec, OpDef
 
-PADDING_KEYWORDS = ("valid", "same", "causal")
+PADDING_KEYWORDS = ("valid", "same", "same_lower", "causal")
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from convdsl.diagnostics import Diagnostic, DiagnosticSink, Span, call_notes
 from convdsl.frontend import ast
-from convdsl.frontend.bind import bind_op_args
+from convdsl.frontend.bind import BoundCall, bind_op_args
 from convdsl.frontend.declarations import collect_blocks, end_of, input_type, network_name
 from convdsl.frontend.sizes import AnnotationDim, annotation_dim, size_names
 from convdsl.frontend.values import (
@@ -41,6 +41,7 @@ from convdsl.ir.types import TensorType
 MAX_BLOCK_DEPTH = 64
 TENSOR_OPERATORS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
 """The operators defined on tensors, and the ops they write."""
+MAX_SPLIT = 10_000  # outputs of one split; more is a typo, not a network
 
 
 @dataclass
@@ -176,6 +177,8 @@ class Lowerer:
             result = self._call_block(
                 self.blocks[value.func], value, scope, qualified[0], result_names=names
             )
+        elif len(names) > 1 and isinstance(value, ast.Call) and value.func == "split":
+            result = self._call(value, scope, qualified[0], result_names=qualified)
         else:
             result = self._eval(value, scope, qualified[0])
         if len(names) == 1:
@@ -325,7 +328,9 @@ class Lowerer:
         spans = {arg: where for arg, (_, where) in operands.items()}
         return self._make_node(op, inputs, Attrs(numbers), name, span, spans)
 
-    def _call(self, call: ast.Call, scope: Scope, name: str) -> Any:
+    def _call(
+        self, call: ast.Call, scope: Scope, name: str, result_names: Sequence[str] = ()
+    ) -> Any:
         if call.func in self.blocks:
             return self._call_block(self.blocks[call.func], call, scope, name)
         if call.func in BUILTINS:
@@ -344,6 +349,9 @@ class Lowerer:
             return POISON
         bound = bind_op_args(opdef, call, args, kwargs)
         node_name = scope.qualify(bound.name) if bound.name else name
+        if opdef.name == "split":
+            names = result_names if not bound.name else ()
+            return self._split(bound, call, node_name, names)
         return self._make_node(
             opdef.name, bound.inputs, bound.attrs, node_name, call.span, bound.spans
         )
@@ -428,6 +436,35 @@ class Lowerer:
         if call.kwargs:
             raise LowerError(f"{call.func}() takes no keyword arguments", call.kwargs[0].span)
         return call_builtin(call.func, [self._eval(a, scope, name) for a in call.args], call.span)
+
+    def _split(
+        self, bound: BoundCall, call: ast.Call, name: str, result_names: Sequence[str]
+    ) -> Tensor | tuple[Tensor, ...]:
+        """``split`` is one node per output, each a slice its shape rule picks by ``index``
+        (IR nodes have one output; the count is known here, the sizes only after shapes)."""
+        parts, sizes = bound.attrs["parts"], bound.attrs["sizes"]
+        count = len(sizes) if isinstance(sizes, tuple) else 1
+        if parts is not None and sizes is None:
+            if parts > MAX_SPLIT:
+                raise LowerError(
+                    f"split: parts: at most {MAX_SPLIT} outputs, found {parts}",
+                    bound.spans["parts"],
+                )
+            count = max(parts, 1)  # the shape rule reports parts < 1
+        if len(result_names) != count:
+            result_names = [f"{name}.{i}" for i in range(count)]
+        parts_made = tuple(
+            self._make_node(
+                "split",
+                bound.inputs,
+                bound.attrs.replace(index=index),
+                result_names[index],
+                call.span,
+                bound.spans,
+            )
+            for index in range(count)
+        )
+        return parts_made[0] if count == 1 else parts_made  # as a block's one result
 
     # ---- graph building ------------------------------------------------------------------
 

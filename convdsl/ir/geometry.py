@@ -45,6 +45,13 @@ def same_padding(n: int, k: int, s: int, d: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def same_lower_padding(n: int, k: int, s: int, d: int) -> tuple[int, int]:
+    """ONNX ``auto_pad=SAME_LOWER``: the total of ``same_padding``, the odd extra element at the
+    start (``before = total - total // 2``)."""
+    before, after = same_padding(n, k, s, d)
+    return after, before
+
+
 def causal_padding(k: int, d: int) -> tuple[int, int]:
     """1-D ``causal``: all ``d*(k-1)`` padding before, so output t sees inputs <= t only."""
     return effective_kernel(k, d) - 1, 0
@@ -81,6 +88,23 @@ def transpose_same_padding(n: int, k: int, s: int, d: int) -> tuple[int, int, in
     return before, after, output_padding
 
 
+def transpose_same_output_padding(
+    n: int, k: int, s: int, d: int, output_padding: int
+) -> tuple[int, int, int]:
+    """Keras ``Conv2DTranspose(padding="same", output_padding=p)``: the output length is Keras'
+    ``deconv_output_length`` with ``p`` given, ``(n-1)*s + ek - 2*(ek//2) + p`` (``ek`` the
+    effective kernel), and output ``i`` is position ``i + before`` of the full result, where
+    ``before = max(ek - ek%2 - p, 0) // 2`` (TensorFlow's gradient of a ``same`` convolution
+    over an input of that length). Returns ``(before, after, extension)``: the crops of the
+    full result and the tail past it (as ``output_padding``), one of ``after``, ``extension``
+    being 0."""
+    ek = effective_kernel(k, d)
+    total = ek - ek % 2 - output_padding  # full length minus the output length
+    crop = max(total, 0)
+    before = crop // 2
+    return before, crop - before, crop - total
+
+
 def pool_output_size(
     n: int, k: int, s: int, d: int, before: int, after: int, ceil_mode: bool
 ) -> int:
@@ -112,3 +136,30 @@ def resize_output_size(n: int, factor: Fraction) -> int:
     """``floor(n * factor)``, the output length of a resize by ``factor`` (PyTorch
     ``interpolate``, ONNX ``Resize``), computed exactly as ``n * p // q`` for ``factor = p/q``."""
     return n * factor.numerator // factor.denominator
+
+
+def clamp(value: int, low: int, high: int) -> int:
+    """``value`` moved into ``[low, high]``."""
+    return min(max(value, low), high)
+
+
+def slice_range(n: int, start: int | None, end: int | None, step: int) -> tuple[int, int]:
+    """ONNX ``Slice`` on an axis of length ``n``: ``(first, count)``, the first index read and
+    how many (``first + i*step`` for ``i < count``; ``count`` may be < 1: an empty slice).
+
+    A negative ``start``/``end`` counts from the end (``+ n``); then, for ``step > 0``, both are
+    clamped to ``[0, n]``; for ``step < 0``, ``start`` to ``[0, n-1]`` and ``end`` to
+    ``[-1, n-1]``. ``None`` is the axis' first element in the direction of ``step`` (``start``)
+    or past its last (``end``), as an omitted bound in NumPy.
+    """
+    if start is not None and start < 0:
+        start += n
+    if end is not None and end < 0:
+        end += n
+    if step > 0:
+        first = 0 if start is None else clamp(start, 0, n)
+        stop = n if end is None else clamp(end, 0, n)
+        return first, -(-(stop - first) // step)
+    first = n - 1 if start is None else clamp(start, 0, n - 1)
+    stop = -1 if end is None else clamp(end, -1, n - 1)
+    return first, -(-(first - stop) // -step)

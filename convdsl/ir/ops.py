@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from convdsl.ir import axis_rules, resample, resample_rules
 from convdsl.ir import elementwise_rules as ew_rules
-from convdsl.ir import resample, resample_rules
 from convdsl.ir import shape_rules as rules
 
 
@@ -29,7 +29,10 @@ class ArgKind(Enum):
     ENUM = "one of"
     INTS = "an integer or a list of integers (one per axis)"
     NUMBERS = "a number or a list of numbers (one per axis)"
-    PADDING = "valid, same, causal, an integer, a list per axis, or a list of [before, after] pairs"
+    PADDING = (
+        "valid, same, same_lower, causal, an integer, a list per axis, or a list of "
+        "[before, after] pairs"
+    )
     OFFSET = "an integer, a list per axis, or center"
 
 
@@ -135,7 +138,7 @@ def _transpose_args() -> tuple[ArgSpec, ...]:
         _kw("stride", ArgKind.INTS, 1),
         _kw("dilation", ArgKind.INTS, 1),
         _kw("padding", ArgKind.PADDING, "valid"),
-        _kw("output_padding", ArgKind.INTS, 0),
+        _kw("output_padding", ArgKind.INTS, None),
         _kw("groups", ArgKind.INT, 1),
         _BIAS,
         _ACT,
@@ -279,10 +282,35 @@ def _table() -> dict[str, OpDef]:
         ),
         OpDef(
             "concat",
-            (ArgSpec("xs", ArgKind.TENSORS),),
-            rules.concat,
+            (ArgSpec("xs", ArgKind.TENSORS), _kw("axis", ArgKind.INT, 1)),
+            axis_rules.concat,
             FusionClass.CONCAT,
-            "concatenation along channels; every other dim must match",
+            "concatenation along an axis (channels by default); every other dim must match",
+        ),
+        OpDef(
+            "slice",
+            (
+                _X,
+                _kw("axis", ArgKind.INT, 1),
+                _kw("start", ArgKind.INT, None),
+                _kw("end", ArgKind.INT, None),
+                _kw("step", ArgKind.INT, 1),
+            ),
+            axis_rules.slice_,
+            FusionClass.INDEX_MAP,
+            "elements start, start+step, ... before end of one axis (ONNX Slice bounds)",
+        ),
+        OpDef(
+            "split",
+            (
+                _X,
+                ArgSpec("sizes", ArgKind.INTS, None),
+                _kw("parts", ArgKind.INT, None),
+                _kw("axis", ArgKind.INT, 1),
+            ),
+            axis_rules.split,
+            FusionClass.INDEX_MAP,
+            "consecutive pieces of one axis, one tensor each: a, b = split(x, parts=2)",
         ),
         OpDef(
             "upscale",
@@ -308,6 +336,13 @@ def _table() -> dict[str, OpDef]:
             rules.pixel_shuffle,
             FusionClass.INDEX_MAP,
             "depth to space: [N, C*r*r, H, W] -> [N, C, H*r, W*r]; PyTorch CRD order by default",
+        ),
+        OpDef(
+            "space_to_depth",
+            (_X, ArgSpec("factor", ArgKind.INT), _kw("order", ArgKind.ENUM, "crd", ("crd", "dcr"))),
+            axis_rules.space_to_depth,
+            FusionClass.INDEX_MAP,
+            "space to depth: [N, C, H*r, W*r] -> [N, C*r*r, H, W]; the inverse of pixel_shuffle",
         ),
         OpDef(
             "pad",
@@ -356,3 +391,9 @@ def is_conv_transpose(op: str) -> bool:
     """A transposed convolution: its ``pads`` crop the output and its weight is
     ``[C, O/groups, *K]``."""
     return is_conv(op) and OPS[op].arg("output_padding") is not None
+
+
+def is_channel_concat(op: str, attrs: Any) -> bool:
+    """A concat along channels: each input is one contiguous block of every batch entry of
+    the output, so the memory plan may have its producers write there directly."""
+    return op == "concat" and attrs.get("axis", 1) == 1

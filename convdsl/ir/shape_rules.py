@@ -117,15 +117,15 @@ def resolve_pads(
     stride: tuple[int, ...],
     dilation: tuple[int, ...],
 ) -> geometry.Pads:
-    """``valid``, ``same``, ``causal``, an int, per-axis ints or per-side pairs -> (before,
-    after) per axis."""
+    """``valid``, ``same``, ``same_lower``, ``causal``, an int, per-axis ints or per-side pairs
+    -> (before, after) per axis."""
     rank = x.spatial_rank
     if padding == "valid":
         return ((0, 0),) * rank
-    if padding == "same":
+    if padding in ("same", "same_lower"):
+        rule = geometry.same_padding if padding == "same" else geometry.same_lower_padding
         return tuple(
-            geometry.same_padding(n, k, s, d)
-            for n, k, s, d in zip(x.spatial, kernel, stride, dilation, strict=True)
+            rule(n, k, s, d) for n, k, s, d in zip(x.spatial, kernel, stride, dilation, strict=True)
         )
     if padding == "causal":
         if rank != 1:
@@ -279,7 +279,11 @@ def conv_transpose(rank: int) -> Rule:
         kernel = per_axis(attrs["kernel"], rank, "kernel", 1)
         stride = per_axis(attrs["stride"], rank, "stride", 1)
         dilation = per_axis(attrs["dilation"], rank, "dilation", 1)
-        output_padding = per_axis(attrs["output_padding"], rank, "output_padding", 0)
+        output_padding = (
+            None
+            if attrs["output_padding"] is None
+            else per_axis(attrs["output_padding"], rank, "output_padding", 0)
+        )
         _windows_bounded(kernel, dilation)
         groups, out_channels, channels = attrs["groups"], attrs["out_channels"], x.channels
         if groups < 1:
@@ -293,23 +297,18 @@ def conv_transpose(rank: int) -> Rule:
         _bounded(limits.size_problem("out_channels", out_channels), "out_channels")
         _check_groups(channels, out_channels, groups)
         if attrs["padding"] == "same":
-            if any(output_padding):
-                raise ShapeError(
-                    "output_padding cannot be combined with padding=same "
-                    "(same already fixes the output to input * stride)",
-                    arg="output_padding",
-                )
-            resolved_same = [
-                geometry.transpose_same_padding(n, k, s, d)
-                for n, k, s, d in zip(x.spatial, kernel, stride, dilation, strict=True)
-            ]
-            pads = tuple((b, a) for b, a, _ in resolved_same)
-            output_padding = tuple(op for _, _, op in resolved_same)
+            pads, output_padding = _transpose_same(x, kernel, stride, dilation, output_padding)
         else:
-            if attrs["padding"] == "causal":
+            if attrs["padding"] in ("causal", "same_lower"):
                 raise ShapeError(
-                    "padding=causal is not defined for transposed convolutions", arg="padding"
+                    f"padding={attrs['padding']} is not defined for transposed convolutions",
+                    arg="padding",
+                    hint="padding=same is Keras' Conv2DTranspose; explicit [before, after] "
+                    "pairs crop the output unevenly"
+                    if attrs["padding"] == "same_lower"
+                    else None,
                 )
+            output_padding = output_padding or (0,) * rank
             pads = explicit_pads(0 if attrs["padding"] == "valid" else attrs["padding"], rank)
             for op, s, d in zip(output_padding, stride, dilation, strict=True):
                 if op >= max(s, d):
@@ -354,6 +353,38 @@ def conv_transpose(rank: int) -> Rule:
         return Inferred((out,), resolved, tuple(params))
 
     return rule
+
+
+def _transpose_same(
+    x: TensorType,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    output_padding: tuple[int, ...] | None,
+) -> tuple[geometry.Pads, tuple[int, ...]]:
+    """Keras ``padding="same"``: without ``output_padding`` the output is ``n * s``; with it,
+    ``deconv_output_length`` (``geometry.transpose_same_output_padding``). Returns the crop pairs
+    and the extension past the full result."""
+    if output_padding is None:
+        resolved = [
+            geometry.transpose_same_padding(n, k, s, d)
+            for n, k, s, d in zip(x.spatial, kernel, stride, dilation, strict=True)
+        ]
+    else:
+        for op, s in zip(output_padding, stride, strict=True):
+            if op >= s:
+                raise ShapeError(
+                    f"output_padding {op} must be smaller than the stride {s} with padding=same "
+                    "(as in Keras)",
+                    arg="output_padding",
+                )
+        resolved = [
+            geometry.transpose_same_output_padding(n, k, s, d, op)
+            for n, k, s, d, op in zip(
+                x.spatial, kernel, stride, dilation, output_padding, strict=True
+            )
+        ]
+    return tuple((b, a) for b, a, _ in resolved), tuple(e for _, _, e in resolved)
 
 
 # ---- pooling ---------------------------------------------------------------------------
@@ -427,25 +458,6 @@ def batch_norm(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
 
 
 # ---- data movement ---------------------------------------------------------------------
-
-
-def concat(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
-    if len(inputs) < 2:
-        raise ShapeError(f"expected at least 2 tensors, found {len(inputs)}", arg="xs")
-    first = inputs[0]
-    for i, x in enumerate(inputs[1:], start=2):
-        if x.rank != first.rank or x.shape[0] != first.shape[0] or x.shape[2:] != first.shape[2:]:
-            raise ShapeError(
-                f"inputs must match in all but channels (concat joins along channels): input 1 "
-                f"is {format_shape(first.shape)}, input {i} is {format_shape(x.shape)}",
-                hint="crop, pad or upscale one of them first",
-            )
-        if x.dtype != first.dtype:
-            raise ShapeError(
-                f"dtypes differ: input 1 is {first.dtype.value}, input {i} is {x.dtype.value}"
-            )
-    channels = sum(x.channels for x in inputs)
-    return Inferred((first.with_shape((first.batch, channels, *first.spatial)),), attrs)
 
 
 def pixel_shuffle(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:

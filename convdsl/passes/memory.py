@@ -46,7 +46,7 @@ from dataclasses import dataclass, field, replace
 from convdsl.diagnostics import InternalError
 from convdsl.ir.graph import Graph, Node
 from convdsl.ir.memory_plan import Buffer, MemoryPlan
-from convdsl.ir.ops import OPS, FusionClass
+from convdsl.ir.ops import OPS, FusionClass, is_channel_concat
 
 ALIGNMENT = 64
 PARTIAL_CONCATS = True  # slice the inputs a concat need not copy even if it copies others
@@ -179,7 +179,7 @@ def _concat_links(
     concat need not copy (module doc)."""
     links: dict[int, tuple[int, int]] = {}
     for index, node in enumerate(graph.nodes):
-        if node.op != "concat" or len(set(node.inputs)) != len(node.inputs):
+        if not is_channel_concat(node.op, node.attrs) or len(set(node.inputs)) != len(node.inputs):
             continue
         relative = 0
         for value in node.inputs:

@@ -31,6 +31,7 @@ from llvmlite import ir
 from convdsl.backends.llvm import (
     bounds,
     codegen,
+    emit_axis,
     emit_broadcast,
     emit_conv_tile,
     emit_data,
@@ -81,7 +82,7 @@ from convdsl.backends.llvm.loops import (
 from convdsl.backends.llvm.parallel import WORKER_TYPE
 from convdsl.diagnostics import ConvdslError, InternalError, error
 from convdsl.ir.graph import RELAYOUT, Graph, Node
-from convdsl.ir.ops import OPS, FusionClass
+from convdsl.ir.ops import OPS, FusionClass, is_channel_concat
 from convdsl.ir.types import DType
 
 Emitter = Callable[[KernelBuilder, Node, Point], list[ir.Value]]
@@ -92,6 +93,7 @@ EMITTERS: dict[str, Emitter] = {
     **emit_pool.EMITTERS,
     **emit_data.EMITTERS,
     **emit_resample.EMITTERS,
+    **emit_axis.EMITTERS,  # after emit_data: its concat takes every axis
     **emit_transpose.EMITTERS,
 }
 BLOCKS: dict[str, BlockRule] = {**emit_transpose.BLOCKS}
@@ -140,6 +142,7 @@ def check_lowerable(graph: Graph) -> None:
             raise error(refused[1], refused[0].span)
         for part in parts(node):
             _check_op(part)
+            emit_axis.check_batch_axis(part)
             strided = part.op in TILE_EMITTERS and part.attrs["stride"][-1] > 1
             if strided and graph.type_of(part.inputs[0]).layout is None:
                 raise InternalError(f"{part.name} reads a dense input: run choose-layouts")
@@ -235,7 +238,8 @@ class ModuleBuilder:
 
     def _copy_free(self, node: Node) -> bool:
         """A concat whose inputs the memory plan already placed in its slices."""
-        return node.op == "concat" and all(self._in_slice(node, v) for v in node.inputs)
+        channels = is_channel_concat(node.op, node.attrs)
+        return channels and all(self._in_slice(node, v) for v in node.inputs)
 
     def _in_slice(self, concat: Node, value: int) -> bool:
         """Whether the memory plan placed input ``value`` of ``concat`` in its slice."""
@@ -338,7 +342,7 @@ class ModuleBuilder:
         if anchor.op in TILE_EMITTERS:
             self._conv_kernel(k, node)
             return
-        if node.op == "concat":
+        if is_channel_concat(node.op, node.attrs):
             self._concat_kernel(k, node)
             return
         if (
@@ -406,8 +410,11 @@ class ModuleBuilder:
             self._channel_vector_kernel(k, node, anchor)
             return
         phase_rows = self.graph.type_of(anchor.inputs[0]).layout is not None
-        # an operand broadcast on some spatial axes only needs the rows (``emit_broadcast``)
-        rows = phase_rows or not emit_broadcast.flattens(self.graph, node)
+        # An index map among the parts (a crop or slice of another input) addresses its
+        # input by row and column, which a flattened plane does not keep; an operand broadcast
+        # on some spatial axes only needs the rows (``emit_broadcast``).
+        moves = any(OPS[p.op].fusion is not FusionClass.ELEMENTWISE for p in parts(node)[1:])
+        rows = phase_rows or moves or not emit_broadcast.flattens(self.graph, node)
         flat = None if rows else flat_pointwise(self.graph, anchor, k.lanes)
         if flat is not None:
             anchor, k.flat = flat, True
@@ -614,7 +621,7 @@ class ModuleBuilder:
             if part.output in k.local:
                 continue
             try:
-                k.local[part.output] = EMITTERS[part.op](k, part, point)
+                k.local[part.output] = _emit(k, part, point)
             except (ConvdslError, InternalError):
                 raise
             except Exception as exc:
@@ -626,6 +633,19 @@ class ModuleBuilder:
                 ) from exc
         k.store(node.output, point, k.local[node.output])
         k.local = {}
+
+
+def _emit(k: KernelBuilder, part: Node, point: Point) -> list[ir.Value]:
+    """``part`` at ``point``; an index map (a crop or slice of another input in a conv's
+    kernel) computes one channel at a time, so a block of channels is emitted channel by
+    channel."""
+    if point.block == 1 or OPS[part.op].fusion is FusionClass.ELEMENTWISE:
+        return EMITTERS[part.op](k, part, point)
+    vectors = []
+    for j in range(point.block):
+        one = dataclasses.replace(point, c=k.builder.add(point.c, i64(j)), block=1)
+        vectors += EMITTERS[part.op](k, part, one)
+    return vectors
 
 
 def costly_epilogue(node: Node, anchor: Node) -> bool:

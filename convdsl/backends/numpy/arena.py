@@ -32,6 +32,7 @@ from convdsl.backends.numpy.interpreter import Array, NumpyExecutable, Params
 from convdsl.diagnostics import InternalError
 from convdsl.ir.graph import Graph
 from convdsl.ir.memory_plan import Buffer
+from convdsl.ir.ops import is_channel_concat
 from convdsl.ir.types import bind_shape
 from convdsl.passes.memory import root_of
 
@@ -48,7 +49,8 @@ class ArenaExecutable(NumpyExecutable):
         self._copy_free = {
             index
             for index, node in enumerate(graph.nodes)
-            if node.op == "concat" and all(self._inside(v, node.output) for v in node.inputs)
+            if is_channel_concat(node.op, node.attrs)
+            and all(self._inside(v, node.output) for v in node.inputs)
         }
 
     def run(self, inputs: Mapping[int, Array]) -> dict[int, Array]:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from convdsl.backends.numpy import axis
 from convdsl.backends.numpy import kernels as k
 from convdsl.diagnostics import InternalError
 from convdsl.ir.graph import RELAYOUT, Graph, Node
@@ -161,7 +162,10 @@ OP_FUNCTIONS: dict[str, OpFn] = {
     "batch_norm": _batch_norm,
     "global_avg_pool": _unary(k.global_avg_pool),
     "global_max_pool": _unary(k.global_max_pool),
-    "concat": lambda node, xs, params: k.concat(list(xs)),
+    "concat": lambda node, xs, params: axis.concat(list(xs), axis=node.attrs["axis"]),
+    "slice": _with_attrs(axis.slice_axis),
+    "split": _with_attrs(axis.slice_axis),  # one part; its rule resolves it to a slice
+    "space_to_depth": _with_attrs(axis.space_to_depth),
     "upscale": _with_attrs(k.upscale),
     "pixel_shuffle": _with_attrs(k.pixel_shuffle),
     "pad": _with_attrs(k.pad),
