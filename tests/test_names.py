@@ -16,7 +16,7 @@ from conftest import assert_close
 from torch import nn
 
 import convdsl
-from convdsl import ConvdslError
+from convdsl import ConvdslError, cli
 
 
 def compile_src(text: str, **options: object) -> convdsl.Network:
@@ -572,3 +572,14 @@ def test_num_batches_tracked_is_accepted_only_beside_a_batch_norm() -> None:
     assert [d.message for d in info.value.diagnostics] == [
         "weights: unexpected array '0.num_batches_tracked': no layer has this parameter"
     ]
+
+
+def test_check_lists_computed_names_of_a_symbolic_size_network(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "mobile.conv"
+    path.write_text(dedent(MOBILENET_CONV))
+    assert cli.main(["check", str(path)]) == 0
+    layers = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line]
+    for name in ("features.0.0", "features.1.conv.1.0", "features.3.conv.3", "classifier.1"):
+        assert name in layers, (name, layers)
