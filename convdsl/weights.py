@@ -12,6 +12,7 @@ Initializers: ``he`` (conv weights: normal, std sqrt(2 / fan_in)), ``bias`` (uni
 
 from __future__ import annotations
 
+import difflib
 import os
 import tempfile
 import zipfile
@@ -116,12 +117,20 @@ def check_weights(
         )
     sink = DiagnosticSink()
     checked: dict[str, np.ndarray] = {}
+    unused = [
+        str(name)
+        for name in arrays
+        if name not in params and not _is_batch_norm_counter(str(name), params)
+    ]
     for name, param in params.items():
         expected = f"{param.dtype.value}{format_shape(param.shape)}"
         if name not in arrays:
+            close = difflib.get_close_matches(name, unused, n=1)
             sink.diagnostics.append(
                 Diagnostic(
-                    f"{origin}: missing parameter '{name}' (expected {expected})", param.span
+                    f"{origin}: missing parameter '{name}' (expected {expected})",
+                    param.span,
+                    hint=f"the weights have '{close[0]}'; is it this one?" if close else None,
                 )
             )
             continue
@@ -159,8 +168,6 @@ def check_weights(
 
 
 def _close(name: str, params: Mapping[str, Param]) -> str | None:
-    import difflib
-
     close = difflib.get_close_matches(name, list(params), n=1)
     return f"did you mean '{close[0]}'?" if close else None
 

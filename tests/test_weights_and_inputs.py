@@ -87,7 +87,10 @@ def test_extra_array_suggests_the_parameter(net: Network, tmp_path: Path) -> Non
             f"{tmp_path / 'w.npz'}: unexpected array 'b.running_vars': no layer has this parameter",
             "did you mean 'b.running_var'?",
         ),
-        (f"{tmp_path / 'w.npz'}: missing parameter 'b.running_var' (expected f32[4])", None),
+        (
+            f"{tmp_path / 'w.npz'}: missing parameter 'b.running_var' (expected f32[4])",
+            "the weights have 'b.running_vars'; is it this one?",
+        ),
     ]
     assert err.diagnostics[1].span is not None and err.diagnostics[1].span.line == 4
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from convdsl.diagnostics import Span
 from convdsl.frontend import ast
+from convdsl.frontend.names import checked_name
 from convdsl.frontend.values import Keyword, LowerError, Tensor, is_int, is_number
 from convdsl.ir.graph import Attrs
 from convdsl.ir.ops import REQUIRED, ArgKind, ArgSpec, OpDef
@@ -52,13 +53,7 @@ def bind_op_args(
     for kw in call.kwargs:
         value = kwargs[kw.name]
         if kw.name == "name":
-            if not isinstance(value, str) or not value.replace(".", "_").isidentifier():
-                raise LowerError(
-                    f'{opdef.name}: name: expected a layer name such as "conv1", '
-                    f"found {_found(value)}",
-                    kw.span,
-                )
-            explicit_name = value
+            explicit_name = checked_name(value, opdef.name, kw.span, _found(value), "conv1")
             continue
         spec = opdef.arg(kw.name)
         if spec is None:

@@ -40,6 +40,14 @@ def collect_blocks(
         for param in item.params:
             if param.name in seen:
                 sink.error(f"parameter '{param.name}' is declared twice", param.span)
+            if param.name == "name":
+                sink.error(
+                    "a block parameter cannot be called 'name'",
+                    param.span,
+                    hint="name=... at a block call names the layers the call makes; rename "
+                    "the parameter",
+                )
+                broken.add(item.name)
             seen.add(param.name)
         for before, after in zip(item.params, item.params[1:], strict=False):
             if before.default is not None and after.default is None:

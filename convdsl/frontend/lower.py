@@ -19,6 +19,7 @@ from convdsl.diagnostics import Diagnostic, DiagnosticSink, Span, call_notes
 from convdsl.frontend import ast
 from convdsl.frontend.bind import BoundCall, bind_op_args
 from convdsl.frontend.declarations import collect_blocks, end_of, input_type, network_name
+from convdsl.frontend.names import checked_name, duplicate_name, format_template, parse_template
 from convdsl.frontend.sizes import AnnotationDim, annotation_dim, size_names
 from convdsl.frontend.values import (
     BUILTINS,
@@ -83,8 +84,9 @@ class Lowerer:
         self.outputs: list[tuple[str, int]] = []
         self.expectations: list[Expectation] = []
         self.used_names: set[str] = set()
+        self.explicit_names: dict[str, Span] = {}  # layer names given by name=, where given
         self.next_suffix: dict[str, int] = {}
-        self.block_prefixes: set[str] = set()
+        self.block_prefixes: dict[str, Span] = {}  # each block call's prefix, at its call
         self.blocks: dict[str, ast.BlockDef] = {}
         self.broken_blocks: set[str] = set()  # reported once; their calls stay quiet
         self.declares_input = False  # even a failed declaration counts: no "no inputs" cascade
@@ -341,14 +343,11 @@ class Lowerer:
             hint = f"did you mean '{close[0]}'?" if close else "see docs/language.md for the ops"
             raise LowerError(f"unknown op or block '{call.func}'", call.func_span, hint=hint)
         args = [self._eval(a, scope, f"{name}.{_label(a)}", True) for a in call.args]
-        kwargs = {
-            kw.name: self._eval(kw.value, scope, f"{name}.{_label(kw.value)}", True)
-            for kw in call.kwargs
-        }
+        kwargs = {kw.name: self._argument(kw, scope, name) for kw in call.kwargs}
         if any(poisoned(v) for v in [*args, *kwargs.values()]):
             return POISON
         bound = bind_op_args(opdef, call, args, kwargs)
-        node_name = scope.qualify(bound.name) if bound.name else name
+        node_name = self._claim(scope.qualify(bound.name), call) if bound.name else name
         if opdef.name == "split":
             names = result_names if not bound.name else ()
             return self._split(bound, call, node_name, names)
@@ -389,7 +388,15 @@ class Lowerer:
             )
         for param, arg in zip(block.params, call.args, strict=False):
             values[param.name] = self._eval(arg, scope, f"{name}.{_label(arg)}", True)
+        explicit: Any = None
         for kw in call.kwargs:
+            if kw.name == "name":
+                explicit = self._argument(kw, scope, name)
+                if explicit is not POISON:
+                    checked_name(
+                        explicit, f"block '{block.name}'", kw.span, describe(explicit), "layer1.0"
+                    )
+                continue
             if kw.name not in params:
                 raise LowerError(
                     f"block '{block.name}' has no parameter '{kw.name}'",
@@ -399,7 +406,12 @@ class Lowerer:
             if kw.name in values:
                 raise LowerError(f"parameter '{kw.name}' is given twice", kw.span)
             values[kw.name] = self._eval(kw.value, scope, f"{name}.{_label(kw.value)}", True)
-        prefix = self._block_prefix(name)
+        if explicit is POISON:
+            return POISON
+        if explicit is None:
+            prefix = self._block_prefix(name, call.span)
+        else:
+            prefix = self._claim(scope.qualify(explicit), call, block=True)
         inner = Scope(prefix=prefix, parent=self.globals)
         for param in block.params:
             if param.name in values:
@@ -431,6 +443,14 @@ class Lowerer:
         finally:
             self.frames.pop()
         return results[0] if len(results) == 1 else results
+
+    def _argument(self, kw: ast.Keyword, scope: Scope, name: str) -> Any:
+        """A keyword argument's value; a ``name="..."`` literal is a template, formatted here
+        (``convdsl.frontend.names``)."""
+        if kw.name == "name" and isinstance(kw.value, ast.String):
+            template = parse_template(kw.value)
+            return format_template(template, lambda ident, at: self._lookup(ident, at, scope))
+        return self._eval(kw.value, scope, f"{name}.{_label(kw.value)}", True)
 
     def _call_builtin(self, call: ast.Call, scope: Scope, name: str) -> Any:
         if call.kwargs:
@@ -493,7 +513,7 @@ class Lowerer:
         self.values[value_id] = Value(value_id, name, type_, span)
         return value_id
 
-    def _block_prefix(self, name: str) -> str:
+    def _block_prefix(self, name: str, span: Span) -> str:
         """A prefix no layer or earlier block call has used. A block call in the ``return`` of
         another block keeps the caller's prefix: ``return conv_bn(...)`` inside ``b1`` makes
         ``b1.conv``, not ``b1_1.conv``."""
@@ -503,8 +523,22 @@ class Lowerer:
         while candidate in self.used_names or candidate in self.block_prefixes:
             candidate = f"{name}_{suffix}"
             suffix += 1
-        self.block_prefixes.add(candidate)
+        self.block_prefixes[candidate] = span
         return candidate
+
+    def _claim(self, name: str, call: ast.Call, block: bool = False) -> str:
+        """``name``, given by ``call``'s ``name=``, which must be free (a layer name, or a
+        block call's prefix); see ``names.duplicate_name``."""
+        span = next(kw.span for kw in call.kwargs if kw.name == "name")
+        if name in self.used_names or (block and name in self.block_prefixes):
+            first = self.explicit_names.get(name) or self.block_prefixes.get(name)
+            if first is None:  # a layer named after its variable, or an input
+                first = next(v.span for v in self.values.values() if v.name == name)
+            raise duplicate_name(name, "block call" if block else "layer", span, first)
+        self.explicit_names[name] = span
+        if block:
+            self.block_prefixes[name] = span
+        return name
 
     def _unique(self, name: str) -> str:
         """``name``, or ``name_1``, ``name_2``... when taken (a per-name counter keeps long

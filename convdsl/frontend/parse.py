@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lark import Lark, Token, Transformer_NonRecursive, v_args
+from lark import Lark, Token, Transformer_NonRecursive, Tree, v_args
 from lark.exceptions import (
     LarkError,
     UnexpectedCharacters,
@@ -80,8 +80,45 @@ def parse(source: Source) -> ast.Module:
         raise InternalError(f"building the AST failed: {exc.orig_exc!r}") from exc.orig_exc
 
 
+def parse_field(text: str, at: Span, field: Span) -> ast.Expr:
+    """Parse ``text``, one expression written inside a string at ``at`` (a field of a name
+    template, ``field`` with its braces); spans point into the file, as anywhere else.
+
+    >>> src = Source("<string>", 'y = relu(x, name="f.{i + 1}")')
+    >>> parse_field("i + 1", Span(src, 1, 22, 1, 27), Span(src, 1, 21, 1, 28)).span.column
+    22
+    """
+    # Padded to its place in the file, so lark's positions are the file's.
+    padded = "\n" * (at.line - 1) + " " * (at.column - 1) + text
+    try:
+        tree = _parser("expr").parse(padded)
+    except UnexpectedToken as exc:
+        if exc.token.type == "$END":
+            what = _describe_expected(_expected(exc))
+            raise error(f"unexpected end of the field; expected {what}", field) from None
+        message = f"unexpected {_describe_token(exc.token)} in a field of a layer name"
+        raise error(message, _token_span(exc.token, at.source)) from None
+    except UnexpectedInput as exc:
+        raise _syntax_error(exc, at.source) from None
+    except LarkError as exc:
+        raise InternalError(f"the parser failed on a name field: {exc}") from exc
+    try:
+        # Wrapped so that a lone token (``{i}``) goes through the token callbacks too.
+        expr: ast.Expr = _ToAst(at.source).transform(Tree("field", [tree]))  # type: ignore[assignment]
+        return expr
+    except VisitError as exc:
+        if isinstance(exc.orig_exc, ConvdslError):
+            raise exc.orig_exc from None
+        raise InternalError(f"building the AST failed: {exc.orig_exc!r}") from exc.orig_exc
+
+
+def unescape(text: str) -> str:
+    """A string literal's body with its escapes replaced (checked by the lexer callback)."""
+    return _ESCAPE_RE.sub(lambda m: _ESCAPES.get(m.group(1), m.group(0)), text)
+
+
 @functools.cache
-def _parser() -> Lark:
+def _parser(start: str = "start") -> Lark:
     try:
         return Lark(
             _grammar_text(),
@@ -89,6 +126,7 @@ def _parser() -> Lark:
             lexer="basic",
             propagate_positions=True,
             maybe_placeholders=False,
+            start=start,
         )
     except LarkError as exc:
         raise InternalError(f"cannot build the parser from {_GRAMMAR_FILE}: {exc}") from exc
@@ -145,6 +183,11 @@ class _ToAst(Transformer_NonRecursive[Token, ast.Module]):
                     hint="the escapes are \\\\, \\\", \\' and \\n",
                 )
         return ast.String(_ESCAPE_RE.sub(lambda m: _ESCAPES[m.group(1)], body), span)
+
+    def field(self, _meta: Meta, children: list[Any]) -> ast.Expr:
+        """A name template's field, parsed alone by ``parse_field``."""
+        expr: ast.Expr = children[0]
+        return expr
 
     def start(self, _meta: Meta, children: list[Any]) -> ast.Module:
         # network_decl is the only rule that yields a bare Name at top level.
