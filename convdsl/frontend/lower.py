@@ -17,10 +17,17 @@ from typing import Any
 
 from convdsl.diagnostics import Diagnostic, DiagnosticSink, Span, call_notes
 from convdsl.frontend import ast
-from convdsl.frontend.bind import BoundCall, bind_op_args
+from convdsl.frontend.bind import bind_op_args
 from convdsl.frontend.declarations import collect_blocks, end_of, input_type, network_name
-from convdsl.frontend.names import checked_name, duplicate_name, format_template, parse_template
+from convdsl.frontend.names import (
+    LayerNames,
+    checked_name,
+    duplicate_name,
+    format_template,
+    parse_template,
+)
 from convdsl.frontend.sizes import AnnotationDim, annotation_dim, size_names
+from convdsl.frontend.split import split_nodes
 from convdsl.frontend.values import (
     BUILTINS,
     POISON,
@@ -42,7 +49,6 @@ from convdsl.ir.types import TensorType
 MAX_BLOCK_DEPTH = 64
 TENSOR_OPERATORS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
 """The operators defined on tensors, and the ops they write."""
-MAX_SPLIT = 10_000  # outputs of one split; more is a typo, not a network
 
 
 @dataclass
@@ -83,10 +89,7 @@ class Lowerer:
         self.inputs: list[int] = []
         self.outputs: list[tuple[str, int]] = []
         self.expectations: list[Expectation] = []
-        self.used_names: set[str] = set()
-        self.explicit_names: dict[str, Span] = {}  # layer names given by name=, where given
-        self.next_suffix: dict[str, int] = {}
-        self.block_prefixes: dict[str, Span] = {}  # each block call's prefix, at its call
+        self.names = LayerNames()
         self.blocks: dict[str, ast.BlockDef] = {}
         self.broken_blocks: set[str] = set()  # reported once; their calls stay quiet
         self.declares_input = False  # even a failed declaration counts: no "no inputs" cascade
@@ -350,7 +353,7 @@ class Lowerer:
         node_name = self._claim(scope.qualify(bound.name), call) if bound.name else name
         if opdef.name == "split":
             names = result_names if not bound.name else ()
-            return self._split(bound, call, node_name, names)
+            return split_nodes(bound, call, node_name, names, self._make_node)
         return self._make_node(
             opdef.name, bound.inputs, bound.attrs, node_name, call.span, bound.spans
         )
@@ -457,35 +460,6 @@ class Lowerer:
             raise LowerError(f"{call.func}() takes no keyword arguments", call.kwargs[0].span)
         return call_builtin(call.func, [self._eval(a, scope, name) for a in call.args], call.span)
 
-    def _split(
-        self, bound: BoundCall, call: ast.Call, name: str, result_names: Sequence[str]
-    ) -> Tensor | tuple[Tensor, ...]:
-        """``split`` is one node per output, each a slice its shape rule picks by ``index``
-        (IR nodes have one output; the count is known here, the sizes only after shapes)."""
-        parts, sizes = bound.attrs["parts"], bound.attrs["sizes"]
-        count = len(sizes) if isinstance(sizes, tuple) else 1
-        if parts is not None and sizes is None:
-            if parts > MAX_SPLIT:
-                raise LowerError(
-                    f"split: parts: at most {MAX_SPLIT} outputs, found {parts}",
-                    bound.spans["parts"],
-                )
-            count = max(parts, 1)  # the shape rule reports parts < 1
-        if len(result_names) != count:
-            result_names = [f"{name}.{i}" for i in range(count)]
-        parts_made = tuple(
-            self._make_node(
-                "split",
-                bound.inputs,
-                bound.attrs.replace(index=index),
-                result_names[index],
-                call.span,
-                bound.spans,
-            )
-            for index in range(count)
-        )
-        return parts_made[0] if count == 1 else parts_made  # as a block's one result
-
     # ---- graph building ------------------------------------------------------------------
 
     def _make_node(
@@ -497,7 +471,7 @@ class Lowerer:
         span: Span,
         spans: dict[str, Span],
     ) -> Tensor:
-        node_name = self._unique(name)
+        node_name = self.names.unique(name)
         out = self._new_value(node_name, None, span, reserve=False)
         self.nodes.append(
             Node(op, node_name, tuple(inputs), (out,), attrs, span, spans, self._call_sites())
@@ -508,7 +482,7 @@ class Lowerer:
         self, name: str, type_: TensorType | None, span: Span, reserve: bool = True
     ) -> int:
         if reserve:
-            self.used_names.add(name)
+            self.names.used.add(name)
         value_id = len(self.values)
         self.values[value_id] = Value(value_id, name, type_, span)
         return value_id
@@ -519,37 +493,18 @@ class Lowerer:
         ``b1.conv``, not ``b1_1.conv``."""
         if self.frames and self.frames[-1].prefix == name:
             return name
-        candidate, suffix = name, self.next_suffix.get(name, 1)
-        while candidate in self.used_names or candidate in self.block_prefixes:
-            candidate = f"{name}_{suffix}"
-            suffix += 1
-        self.block_prefixes[candidate] = span
-        return candidate
+        return self.names.block_prefix(name, span)
 
     def _claim(self, name: str, call: ast.Call, block: bool = False) -> str:
         """``name``, given by ``call``'s ``name=``, which must be free (a layer name, or a
         block call's prefix); see ``names.duplicate_name``."""
         span = next(kw.span for kw in call.kwargs if kw.name == "name")
-        if name in self.used_names or (block and name in self.block_prefixes):
-            first = self.explicit_names.get(name) or self.block_prefixes.get(name)
-            if first is None:  # a layer named after its variable, or an input
-                first = next(v.span for v in self.values.values() if v.name == name)
+        if self.names.taken(name, block):
+            first = self.names.given_at(name) or next(
+                v.span for v in self.values.values() if v.name == name
+            )  # else a layer named after its variable, or an input
             raise duplicate_name(name, "block call" if block else "layer", span, first)
-        self.explicit_names[name] = span
-        if block:
-            self.block_prefixes[name] = span
-        return name
-
-    def _unique(self, name: str) -> str:
-        """``name``, or ``name_1``, ``name_2``... when taken (a per-name counter keeps long
-        unrolled loops linear)."""
-        candidate, suffix = name, self.next_suffix.get(name, 1)
-        while candidate in self.used_names:
-            candidate = f"{name}_{suffix}"
-            suffix += 1
-        self.next_suffix[name] = suffix
-        self.used_names.add(candidate)
-        return candidate
+        return self.names.claim(name, span, block)
 
     def _redefined(self, name: str, span: Span) -> LowerError:
         err = LowerError(

@@ -227,3 +227,50 @@ def _operand(expr: ast.Expr, lookup: Lookup) -> Any:
         expr.span,
         hint=FIELD_HINT,
     )
+
+
+class LayerNames:
+    """The layer names and block-call prefixes a network has taken so far.
+
+    A name made from a variable is made unique with ``_1``, ``_2``...; a name given with
+    ``name=`` (``claim``) must be free, so weights saved by another framework bind to it."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+        self.explicit: dict[str, Span] = {}  # names given by name=, where given
+        self.prefixes: dict[str, Span] = {}  # each block call's prefix, at its call
+        self.next_suffix: dict[str, int] = {}  # per name: keeps long unrolled loops linear
+
+    def unique(self, name: str) -> str:
+        """``name``, or ``name_1``, ``name_2``... when taken."""
+        candidate, suffix = name, self.next_suffix.get(name, 1)
+        while candidate in self.used:
+            candidate = f"{name}_{suffix}"
+            suffix += 1
+        self.next_suffix[name] = suffix
+        self.used.add(candidate)
+        return candidate
+
+    def block_prefix(self, name: str, span: Span) -> str:
+        """A prefix no layer or earlier block call has used."""
+        candidate, suffix = name, self.next_suffix.get(name, 1)
+        while candidate in self.used or candidate in self.prefixes:
+            candidate = f"{name}_{suffix}"
+            suffix += 1
+        self.prefixes[candidate] = span
+        return candidate
+
+    def taken(self, name: str, block: bool) -> bool:
+        """Whether ``name`` is a layer's (or, for a ``block`` call, a prefix) already."""
+        return name in self.used or (block and name in self.prefixes)
+
+    def given_at(self, name: str) -> Span | None:
+        """Where ``name=`` or a block call took ``name``; None for a variable's layer."""
+        return self.explicit.get(name) or self.prefixes.get(name)
+
+    def claim(self, name: str, span: Span, block: bool) -> str:
+        """Take a name given with ``name=`` at ``span`` (``taken`` said it is free)."""
+        self.explicit[name] = span
+        if block:
+            self.prefixes[name] = span
+        return name
