@@ -77,7 +77,7 @@ def concat(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
     if axis == 0:
         joined: Dim = sum(_fixed_batch(x, i) for i, x in enumerate(inputs, start=1))
     else:
-        joined = sum(int(x.shape[axis]) for x in inputs)
+        joined = sum(x.shape[axis] for x in inputs)  # type: ignore[misc]
     out = first.with_shape((*first.shape[:axis], joined, *first.shape[axis + 1 :]))
     return Inferred((out,), Attrs(axis=axis))
 
@@ -93,7 +93,8 @@ def _sliced(x: TensorType, axis: int, start: int, step: int, size: int) -> Infer
 
 
 def _length(x: TensorType, axis: int) -> int:
-    return _fixed_batch(x) if axis == 0 else int(x.shape[axis])
+    """The axis' size: an int, or a size expression (which computes like one)."""
+    return _fixed_batch(x) if axis == 0 else x.shape[axis]  # type: ignore[return-value]
 
 
 def slice_(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
@@ -130,7 +131,7 @@ def split(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
     if parts is not None:
         if parts < 1:
             raise ShapeError(f"parts: expected a positive integer, found {parts}", arg="parts")
-        if n % parts:
+        if n % parts != 0:
             raise ShapeError(
                 f"parts={parts} does not divide {_axis_name(axis, x)} of size {n}",
                 arg="parts",
@@ -164,7 +165,7 @@ def space_to_depth(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
         raise ShapeError(f"factor: expected a positive integer, found {r}", arg="factor")
     _bounded(limits.size_problem("factor", r), "factor")
     for axis, n in enumerate(x.spatial):
-        if n % r:
+        if n % r != 0:
             raise ShapeError(
                 f"factor {r} must divide the spatial sizes, found {n} on axis "
                 f"{x.axis_name(axis)} of {format_shape(x.shape)}",

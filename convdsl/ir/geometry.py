@@ -140,7 +140,7 @@ def resize_output_size(n: int, factor: Fraction) -> int:
 
 def clamp(value: int, low: int, high: int) -> int:
     """``value`` moved into ``[low, high]``."""
-    return min(max(value, low), high)
+    return minimum(maximum(value, low), high)
 
 
 def slice_range(n: int, start: int | None, end: int | None, step: int) -> tuple[int, int]:
