@@ -198,6 +198,11 @@ def _upscale(node: Node, xs: Sequence[Tensor], weights: Weights, out: tuple[int,
     )
 
 
+def _dense(node: Node, xs: Sequence[Tensor], weights: Weights, out: tuple[int, ...]) -> Tensor:
+    y = F.linear(xs[0], weights[node.param("weight")], _bias(node, weights))
+    return ACTIVATIONS[node.attrs["activation"]](y)
+
+
 def _pixel_shuffle(
     node: Node, xs: Sequence[Tensor], weights: Weights, out: tuple[int, ...]
 ) -> Tensor:
@@ -275,6 +280,8 @@ OP_FUNCTIONS: dict[str, OpFn] = {
     "batch_norm": _batch_norm,
     "global_avg_pool": lambda node, xs, w, out: xs[0].mean(dim=_spatial(xs[0]), keepdim=True),
     "global_max_pool": lambda node, xs, w, out: xs[0].amax(dim=_spatial(xs[0]), keepdim=True),
+    "flatten": lambda node, xs, weights, out: torch.flatten(xs[0], 1),
+    "dense": _dense,
     "concat": lambda node, xs, weights, out: torch.cat(list(xs), dim=1),
     "upscale": _upscale,
     "pixel_shuffle": _pixel_shuffle,

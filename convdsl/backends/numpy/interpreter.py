@@ -69,6 +69,11 @@ def _conv_transpose(node: Node, xs: Sequence[Array], params: Params) -> Array:
     return ACTIVATIONS[a["activation"]](y)
 
 
+def _dense(node: Node, xs: Sequence[Array], params: Params) -> Array:
+    y = k.dense(xs[0], params[node.param("weight")], _bias(node, params))
+    return ACTIVATIONS[node.attrs["activation"]](y)
+
+
 def _max_pool(node: Node, xs: Sequence[Array], params: Params) -> Array:
     a = node.attrs
     return k.max_pool(
@@ -161,6 +166,8 @@ OP_FUNCTIONS: dict[str, OpFn] = {
     "batch_norm": _batch_norm,
     "global_avg_pool": _unary(k.global_avg_pool),
     "global_max_pool": _unary(k.global_max_pool),
+    "flatten": _unary(k.flatten),
+    "dense": _dense,
     "concat": lambda node, xs, params: k.concat(list(xs)),
     "upscale": _with_attrs(k.upscale),
     "pixel_shuffle": _with_attrs(k.pixel_shuffle),
