@@ -345,3 +345,11 @@ def test_a_conv_on_features_names_what_takes_them() -> None:
 def test_a_global_pool_on_features_is_refused() -> None:
     lines = first_lines("input v: f32[N, 4]\noutput y = global_avg_pool(v)\n")
     assert lines[0].startswith("net.conv:2:28: error: global_avg_pool: expected a tensor with")
+
+
+def test_flatten_past_the_size_limit_names_the_features() -> None:
+    lines = first_lines("input x: f32[N, 64, 1024, 512]\noutput y = flatten(x)\n")
+    assert lines[0] == (
+        "net.conv:2:20: error: flatten: the output [N,33554432] is too large: features is "
+        "33554432, at most 16777216 (2**24)"
+    )
