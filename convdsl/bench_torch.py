@@ -198,6 +198,11 @@ def _upscale(node: Node, xs: Sequence[Tensor], weights: Weights, out: tuple[int,
     )
 
 
+def _dense(node: Node, xs: Sequence[Tensor], weights: Weights, out: tuple[int, ...]) -> Tensor:
+    y = F.linear(xs[0], weights[node.param("weight")], _bias(node, weights))
+    return ACTIVATIONS[node.attrs["activation"]](y)
+
+
 def _pixel_shuffle(
     node: Node, xs: Sequence[Tensor], weights: Weights, out: tuple[int, ...]
 ) -> Tensor:
@@ -296,6 +301,8 @@ OP_FUNCTIONS: dict[str, OpFn] = {
     "slice": _slice,
     "split": _slice,
     "space_to_depth": _space_to_depth,
+    "flatten": lambda node, xs, weights, out: torch.flatten(xs[0], 1),
+    "dense": _dense,
     "upscale": _upscale,
     "pixel_shuffle": _pixel_shuffle,
     "pad": _pad,

@@ -895,14 +895,14 @@ DECLARATIONS = [
     Golden(
         "too_few_dims",
         """
-        input x: f32[N, 3]
+        input x: f32[N]
         output y = relu(x)
         """,
         (
-            "net.conv:1:1: error: input 'x' has 2 dims; expected [N, C, ...] with 1 to 3 spatial "
-            "dims (3 to 5 dims in all)",
-            "   1 | input x: f32[N, 3]",
-            "     | ^~~~~~~~~~~~~~~~~~",
+            "net.conv:1:1: error: input 'x' has 1 dim; expected [N, F] (features) or "
+            "[N, C, ...] with 1 to 3 spatial dims (2 to 5 dims in all)",
+            "   1 | input x: f32[N]",
+            "     | ^~~~~~~~~~~~~~~",
         ),
     ),
     Golden(

@@ -71,6 +71,8 @@ PROGRAMS: dict[str, str] = {
     "space_to_depth": X2 + "output y = space_to_depth(x, 2)",
     "pad": X2 + "output y = pad(x, [[1, 0], [2, 3]], mode=reflect)",
     "crop": X2 + "output y = crop(x, size=[3, 2], offset=center)",
+    "flatten": X2 + "output y = relu(flatten(max_pool2d(x, 2)))",
+    "dense": X2 + "output y = dense(flatten(global_avg_pool(x)), 5, activation=relu)",
 }
 SIZES = {
     1: [(3,), (4,), (7,), (12,), (1,)],

@@ -70,8 +70,9 @@ def collect_blocks(
 
 
 def input_type(decl: ast.InputDecl, batch_names: set[str] = frozenset()) -> TensorType:  # type: ignore[assignment]
-    """The type an ``input`` declares: f32/f64, 3 to 5 dims; the batch (first) and spatial dims
-    may be names (``N``; ``H``, ``W``), the channels are a fixed size. ``batch_names`` are the
+    """The type an ``input`` declares: f32/f64, 2 to 5 dims (``[N, F]`` features, or ``[N, C]``
+    and 1 to 3 spatial dims); the batch (first) and spatial dims may be names (``N``; ``H``,
+    ``W``), the channels (features) are a fixed size. ``batch_names`` are the
     names any input uses for its batch: a spatial dim may not reuse one."""
     dtype = DType.parse(decl.dtype)
     if dtype is None:
@@ -79,10 +80,11 @@ def input_type(decl: ast.InputDecl, batch_names: set[str] = frozenset()) -> Tens
             f"input '{decl.name}': unknown dtype '{decl.dtype}'; expected f32 or f64",
             _dtype_span(decl),
         )
-    if not 3 <= len(decl.dims) <= 5:
+    if not 2 <= len(decl.dims) <= 5:
         raise LowerError(
-            f"input '{decl.name}' has {len(decl.dims)} dims; expected [N, C, ...] with 1 to 3 "
-            "spatial dims (3 to 5 dims in all)",
+            f"input '{decl.name}' has {len(decl.dims)} dim{'' if len(decl.dims) == 1 else 's'}; "
+            "expected [N, F] (features) or [N, C, ...] with 1 to 3 spatial dims (2 to 5 dims "
+            "in all)",
             decl.span,
         )
     dims: list[Dim] = []

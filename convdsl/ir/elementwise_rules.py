@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from convdsl.ir import geometry
 from convdsl.ir.graph import Attrs
-from convdsl.ir.shape_rules import Inferred, ParamSpec, Rule, ShapeError, unary
+from convdsl.ir.shape_rules import Inferred, ParamSpec, Rule, ShapeError, fixed_channels, unary
 from convdsl.ir.types import AXIS_NAMES, Dim, TensorType, format_shape
 
 OPERANDS = ("x", "y")
@@ -100,5 +100,5 @@ def softplus(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
 
 def prelu(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
     (x,) = unary(attrs, inputs).outputs
-    slopes = (1,) if attrs["shared"] else (x.channels,)
+    slopes = (1,) if attrs["shared"] else (fixed_channels(x),)
     return Inferred((x,), attrs, (ParamSpec("weight", slopes, "prelu"),))

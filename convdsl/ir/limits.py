@@ -101,7 +101,8 @@ def effective_kernel_problem(kernel: int, dilation: int) -> str | None:
 
 def dims_problem(t: TensorType, what: str = "output") -> str | None:
     """A dim of ``t`` past ``MAX_EXTENT``, named as the user sees it."""
-    names = ("batch", "channels", *(t.axis_name(axis) for axis in range(t.spatial_rank)))
+    channels = "channels" if t.spatial_rank else "features"
+    names = ("batch", channels, *(t.axis_name(axis) for axis in range(t.spatial_rank)))
     for name, dim in zip(names, t.shape, strict=True):
         if isinstance(dim, int) and dim > MAX_EXTENT:
             return (

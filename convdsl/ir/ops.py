@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from convdsl.ir import axis_rules, resample, resample_rules
+from convdsl.ir import axis_rules, dense_rules, resample, resample_rules
 from convdsl.ir import elementwise_rules as ew_rules
 from convdsl.ir import shape_rules as rules
 
@@ -279,6 +279,20 @@ def _table() -> dict[str, OpDef]:
             rules.global_pool,
             FusionClass.REDUCE,
             "max over all spatial positions, keeping them as size-1 dims",
+        ),
+        OpDef(
+            "flatten",
+            (_X,),
+            dense_rules.flatten,
+            FusionClass.INDEX_MAP,
+            "[N, C, *S] -> [N, C*prod(S)] in channels-first order (torch.flatten(x, 1))",
+        ),
+        OpDef(
+            "dense",
+            (_X, ArgSpec("out_features", ArgKind.INT), _BIAS, _ACT),
+            dense_rules.dense,
+            FusionClass.CONV,
+            "fully connected layer on [N, F] (nn.Linear): x @ weight.T + bias; weight [O, F]",
         ),
         OpDef(
             "concat",

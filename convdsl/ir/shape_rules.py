@@ -78,8 +78,19 @@ def _expect_rank(x: TensorType, rank: int, what: str) -> None:
             f"expected a {rank - 2}-D input [N, C, {', '.join(_axes(rank - 2))}] "
             f"(rank {rank}), found {format_shape(x.shape)} (rank {x.rank})",
             arg="x",
-            hint=f"{fits} takes a {x.rank - 2}-D input" if fits and fits != what else None,
+            hint=f"{fits} takes a {x.rank - 2}-D input" if fits and fits != what else _features(x),
         )
+
+
+def _features(x: TensorType) -> str | None:
+    """The hint for a rank-2 value (features) given to an op on feature maps."""
+    return FEATURES_HINT if x.rank == 2 else None
+
+
+FEATURES_HINT = (
+    "[N, F] holds features (as flatten and dense make them): dense, softmax, batch_norm, "
+    "concat and the elementwise ops take it"
+)
 
 
 def _axes(spatial_rank: int) -> tuple[str, ...]:
@@ -92,6 +103,7 @@ def _expect_spatial(x: TensorType, what: str) -> None:
             f"expected a tensor with 1 to 3 spatial dims [N, C, ...], found "
             f"{format_shape(x.shape)}",
             arg="x",
+            hint=_features(x),
         )
 
 
@@ -441,10 +453,23 @@ def unary(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
     return Inferred((x,), attrs)
 
 
+def fixed_channels(x: TensorType) -> int:
+    """``x``'s channels, which size a parameter: a fixed number, not the features of a map of
+    symbolic size flattened."""
+    if not isinstance(x.channels, int):
+        raise ShapeError(
+            f"needs a fixed number of channels; found {x.channels}",
+            arg="x",
+            hint="give the input fixed sizes or put a global pool before flatten",
+        )
+    return x.channels
+
+
 def batch_norm(attrs: Attrs, inputs: Sequence[TensorType]) -> Inferred:
     x = inputs[0]
     if x.rank < 2:
         raise ShapeError(f"expected a tensor [N, C, ...], found {format_shape(x.shape)}", arg="x")
+    fixed_channels(x)
     if attrs["eps"] <= 0:
         raise ShapeError(f"eps: expected a positive number, found {attrs['eps']}", arg="eps")
     c = (x.channels,)

@@ -1,11 +1,14 @@
 """Tensor types of the IR: a dtype and a shape of ints and symbolic dims.
 
-Logically always channels-first, ``[batch, channels, *spatial]``; a value the layout pass
-converts is *stored* differently (``PhaseRows``), which its type says. Two kinds of dims may be
-symbolic. The batch is a name (``N``) all the way to the backends, which bind it per call.
-A spatial dim may be an expression of input sizes (``H//2``, a ``symbolic.Expr``) in the graph
-``check`` sees; a network is *specialized* to concrete sizes before any pass after shape
-inference runs (``passes.specialize``), so optimizing passes and backends see ints there.
+Logically always channels-first, ``[batch, channels, *spatial]`` with 0 to 3 spatial dims: a
+value without any (rank 2, ``[N, F]``) holds features, as ``flatten`` and ``dense`` make them
+(its channel dim is the features). A value the layout pass converts is *stored* differently
+(``PhaseRows``), which its type says. Two kinds of dims may be symbolic. The batch is a name
+(``N``) all the way to the backends, which bind it per call. A spatial dim may be an expression
+of input sizes (``H//2``, a ``symbolic.Expr``) in the graph ``check`` sees, and so may the
+features of a flattened map (``64*(H//32)*(W//32)``); a network is *specialized* to concrete
+sizes before any pass after shape inference runs (``passes.specialize``), so optimizing passes
+and backends see ints there.
 """
 
 from __future__ import annotations
@@ -70,9 +73,11 @@ class TensorType:
 
     @property
     def channels(self) -> int:
+        """The channel count (the features of a rank-2 value): an int, or in a symbolic graph
+        an ``Expr`` for the features of a flattened map of symbolic size."""
         channels = self.shape[1]
-        assert isinstance(channels, int), "only the batch dimension may be symbolic"
-        return channels
+        assert not isinstance(channels, str), "only the batch dimension may be a name"
+        return channels  # type: ignore[return-value]
 
     @property
     def spatial(self) -> tuple[int, ...]:

@@ -89,6 +89,8 @@ def wanted_layout(graph: Graph, node: Node) -> PhaseRows | None:
     if graph.type_of(node.inputs[0]).layout is not None:
         return None  # converted already
     a = node.attrs
+    if not a["stride"]:
+        return None  # no spatial axis (dense)
     stride = a["stride"][-1]
     if stride == 1:
         return None

@@ -36,6 +36,7 @@ from convdsl.backends.llvm import (
     emit_conv_tile,
     emit_data,
     emit_elementwise,
+    emit_flatten,
     emit_pool,
     emit_relayout,
     emit_resample,
@@ -95,18 +96,22 @@ EMITTERS: dict[str, Emitter] = {
     **emit_resample.EMITTERS,
     **emit_axis.EMITTERS,  # after emit_data: its concat takes every axis
     **emit_transpose.EMITTERS,
+    **emit_flatten.EMITTERS,
 }
 BLOCKS: dict[str, BlockRule] = {**emit_transpose.BLOCKS}
 # Ops with a whole-kernel emitter, used when the op runs alone (not inside a fused kernel).
 KERNELS: dict[str, Callable[[KernelBuilder, Node], None]] = {
     **emit_data.KERNELS,
     **emit_transpose.KERNELS,
+    **emit_flatten.KERNELS,
     RELAYOUT: emit_relayout.relayout_kernel,
 }
 # Ops whose emitters are safe on a tail point (``Point.valid``): their own loads are
 # bounds-masked (windows) or masked through ``KernelBuilder.operand`` (elementwise).
 # Ops computed as a register tile of several vectors, rows walked by ``row_segments``.
-TILE_EMITTERS = emit_conv_tile.TILE_EMITTERS
+# A dense layer is a convolution over no spatial axes: of one position, so ``_conv_kernel``
+# computes it as a matrix-vector product (``one_position``), never as register tiles.
+TILE_EMITTERS = {**emit_conv_tile.TILE_EMITTERS, "dense": emit_conv_tile.emit_conv_tile}
 # A transposed conv anchoring a fused kernel is split by output phase like one alone, the
 # fused parts applied to each output vector (``emit_transpose_phase.Store``).
 PHASE_EPILOGUES = True
@@ -143,7 +148,7 @@ def check_lowerable(graph: Graph) -> None:
         for part in parts(node):
             _check_op(part)
             emit_axis.check_batch_axis(part)
-            strided = part.op in TILE_EMITTERS and part.attrs["stride"][-1] > 1
+            strided = part.op in TILE_EMITTERS and any(s > 1 for s in part.attrs["stride"][-1:])
             if strided and graph.type_of(part.inputs[0]).layout is None:
                 raise InternalError(f"{part.name} reads a dense input: run choose-layouts")
 

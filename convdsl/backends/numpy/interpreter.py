@@ -70,6 +70,11 @@ def _conv_transpose(node: Node, xs: Sequence[Array], params: Params) -> Array:
     return ACTIVATIONS[a["activation"]](y)
 
 
+def _dense(node: Node, xs: Sequence[Array], params: Params) -> Array:
+    y = k.dense(xs[0], params[node.param("weight")], _bias(node, params))
+    return ACTIVATIONS[node.attrs["activation"]](y)
+
+
 def _max_pool(node: Node, xs: Sequence[Array], params: Params) -> Array:
     a = node.attrs
     return k.max_pool(
@@ -166,6 +171,8 @@ OP_FUNCTIONS: dict[str, OpFn] = {
     "slice": _with_attrs(axis.slice_axis),
     "split": _with_attrs(axis.slice_axis),  # one part; its rule resolves it to a slice
     "space_to_depth": _with_attrs(axis.space_to_depth),
+    "flatten": _unary(k.flatten),
+    "dense": _dense,
     "upscale": _with_attrs(k.upscale),
     "pixel_shuffle": _with_attrs(k.pixel_shuffle),
     "pad": _with_attrs(k.pad),

@@ -6,6 +6,7 @@ The kernels themselves live by kind in ``conv``, ``pool``, ``resample`` and ``el
 from __future__ import annotations
 
 from convdsl.backends.numpy.conv import conv, conv_transpose
+from convdsl.backends.numpy.dense import dense, flatten
 from convdsl.backends.numpy.elementwise import (
     add,
     batch_norm,
@@ -42,8 +43,10 @@ __all__ = [
     "conv",
     "conv_transpose",
     "crop",
+    "dense",
     "div",
     "elu",
+    "flatten",
     "gelu",
     "global_avg_pool",
     "global_max_pool",
