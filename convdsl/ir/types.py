@@ -1,11 +1,12 @@
 """Tensor types of the IR: a dtype and a shape of ints and symbolic dims.
 
 Logically always channels-first, ``[batch, channels, *spatial]``; a value the layout pass
-converts is *stored* differently (``PhaseRows``), which its type says. Two kinds of dims may be
-symbolic. The batch is a name (``N``) all the way to the backends, which bind it per call.
-A spatial dim may be an expression of input sizes (``H//2``, a ``symbolic.Expr``) in the graph
-``check`` sees; a network is *specialized* to concrete sizes before any pass after shape
-inference runs (``passes.specialize``), so optimizing passes and backends see ints there.
+converts is *stored* differently (``PhaseRows``, ``ChannelsLast``), which its type says. Two
+kinds of dims may be symbolic. The batch is a name (``N``) all the way to the backends, which
+bind it per call. A spatial dim may be an expression of input sizes (``H//2``, a
+``symbolic.Expr``) in the graph ``check`` sees; a network is *specialized* to concrete sizes
+before any pass after shape inference runs (``passes.specialize``), so optimizing passes and
+backends see ints there.
 """
 
 from __future__ import annotations
@@ -55,10 +56,24 @@ class PhaseRows:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelsLast:
+    """A storage layout: per batch entry ``[*spatial, C]``, the channels of one position
+    adjacent (Keras/TF's ``channels_last``: NWC, NHWC, NDHWC). Only a graph input or output
+    declared so (``input x: nhwc f32[...]``), and the kernels reading or writing it directly,
+    are stored this way (``passes.boundary``)."""
+
+    def __str__(self) -> str:
+        return "channels_last"
+
+
+Layout = PhaseRows | ChannelsLast
+
+
+@dataclass(frozen=True, slots=True)
 class TensorType:
     shape: tuple[Dim, ...]
     dtype: DType = DType.F32
-    layout: PhaseRows | None = None  # how the value is stored; None: dense [C, *spatial]
+    layout: Layout | None = None  # how the value is stored; None: dense [C, *spatial]
 
     @property
     def rank(self) -> int:
@@ -100,9 +115,17 @@ class TensorType:
     def stored_elements(self) -> int:
         """Elements one batch entry takes in memory, layout included."""
         sizes = self.spatial or (1,)
-        if self.layout is None:
+        if not isinstance(self.layout, PhaseRows):
             return self.channels * math.prod(sizes)
         return self.channels * math.prod(sizes[:-1]) * self.layout.stride * self.layout.length
+
+    @property
+    def stored_shape(self) -> tuple[Dim, ...]:
+        """The shape of the array the value is stored as: ``[N, *spatial, C]`` channels last,
+        else the logical shape (a graph input or output is never stored as phase rows)."""
+        if isinstance(self.layout, ChannelsLast):
+            return (self.shape[0], *self.shape[2:], self.shape[1])
+        return self.shape
 
     def __str__(self) -> str:
         layout = f" {self.layout}" if self.layout is not None else ""

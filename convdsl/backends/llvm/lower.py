@@ -82,7 +82,7 @@ from convdsl.backends.llvm.parallel import WORKER_TYPE
 from convdsl.diagnostics import ConvdslError, InternalError, error
 from convdsl.ir.graph import RELAYOUT, Graph, Node
 from convdsl.ir.ops import OPS, FusionClass
-from convdsl.ir.types import DType
+from convdsl.ir.types import DType, PhaseRows
 
 Emitter = Callable[[KernelBuilder, Node, Point], list[ir.Value]]
 BlockRule = Callable[[Graph, Node], int]
@@ -141,7 +141,7 @@ def check_lowerable(graph: Graph) -> None:
         for part in parts(node):
             _check_op(part)
             strided = part.op in TILE_EMITTERS and part.attrs["stride"][-1] > 1
-            if strided and graph.type_of(part.inputs[0]).layout is None:
+            if strided and not isinstance(graph.type_of(part.inputs[0]).layout, PhaseRows):
                 raise InternalError(f"{part.name} reads a dense input: run choose-layouts")
 
 
@@ -405,7 +405,7 @@ class ModuleBuilder:
         if one_position(self.graph, anchor):
             self._channel_vector_kernel(k, node, anchor)
             return
-        phase_rows = self.graph.type_of(anchor.inputs[0]).layout is not None
+        phase_rows = isinstance(self.graph.type_of(anchor.inputs[0]).layout, PhaseRows)
         # an operand broadcast on some spatial axes only needs the rows (``emit_broadcast``)
         rows = phase_rows or not emit_broadcast.flattens(self.graph, node)
         flat = None if rows else flat_pointwise(self.graph, anchor, k.lanes)
