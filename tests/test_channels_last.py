@@ -21,6 +21,7 @@ import convdsl
 from convdsl.cli import main
 from convdsl.ir.graph import RELAYOUT
 from convdsl.ir.types import ChannelsLast
+from convdsl.passes import boundary
 
 LAYOUTS = {1: "nwc", 2: "nhwc", 3: "ndhwc"}
 SIZES = {1: (11,), 2: (9, 13), 3: (5, 6, 7)}
@@ -72,9 +73,17 @@ def close(dtype: type) -> dict[str, float]:
 # ---- a conv reading the caller's channels-last array ---------------------------------------
 
 
+@pytest.fixture(params=[False, True], ids=["copy", "fused"])
+def fuse(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Convs of stride 1 read a dense copy of a channels-last input (the default), or the
+    caller's array with strided loads (``boundary.FUSE_STRIDE_ONE``)."""
+    monkeypatch.setattr(boundary, "FUSE_STRIDE_ONE", request.param)
+    return bool(request.param)
+
+
 @pytest.mark.parametrize("rank", [1, 2, 3])
 @pytest.mark.parametrize("channels", [1, 3, 17])
-def test_first_conv_reads_channels_last(rank: int, channels: int) -> None:
+def test_first_conv_reads_channels_last(rank: int, channels: int, fuse: bool) -> None:
     sizes = SIZES[rank]
     src = f"""
     input x: {LAYOUTS[rank]} f32[N, {dims(sizes)}, {channels}]
@@ -85,8 +94,8 @@ def test_first_conv_reads_channels_last(rank: int, channels: int) -> None:
     expected = torch_conv(to_first(x), ref.weights, "y", rank, padding=1)
     np.testing.assert_allclose(ref(x=x)["y"], expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(native(x=x)["y"], expected, rtol=1e-4, atol=1e-5)
-    # fused into the conv: no conversion kernel on the llvm backend
-    assert RELAYOUT not in [node.op for node in native.graph.nodes]
+    # fused into the conv, or one conversion kernel
+    assert [node.op for node in native.graph.nodes].count(RELAYOUT) == (not fuse)
     (x_id,) = native.graph.inputs
     assert isinstance(native.graph.type_of(x_id).layout, ChannelsLast)
 
@@ -103,7 +112,7 @@ def test_first_conv_reads_channels_last(rank: int, channels: int) -> None:
         ("conv2d(x, 6, kernel=7, stride=2, padding=3)", {"stride": 2, "padding": 3}),
     ],
 )
-def test_conv_kinds_read_channels_last(call: str, torch_kw: dict, dtype: type) -> None:
+def test_conv_kinds_read_channels_last(call: str, torch_kw: dict, dtype: type, fuse: bool) -> None:
     kind = "f32" if dtype == np.float32 else "f64"
     src = f"input x: nhwc {kind}[N, 15, 23, 3]\noutput y = {call}"
     ref, native = both(src)
@@ -113,7 +122,7 @@ def test_conv_kinds_read_channels_last(call: str, torch_kw: dict, dtype: type) -
     np.testing.assert_allclose(native(x=x)["y"], ref(x=x)["y"], **close(dtype))
 
 
-def test_depthwise_and_many_channels_read_channels_last() -> None:
+def test_depthwise_and_many_channels_read_channels_last(fuse: bool) -> None:
     src = """
     input x: nhwc f32[N, 7, 33, 17]
     d = depthwise2d(x, kernel=3, padding=same)
@@ -246,6 +255,14 @@ def test_check_prints_channels_last_signature(tmp_path: Path) -> None:
     text = buffer.getvalue()
     assert "inputs:  image: nhwc f32[N,H,W,3]" in text
     assert "outputs: y: nhwc f32[N,ceil(H/2),ceil(W/2),5]" in text
+
+
+def test_strided_first_conv_makes_its_phase_rows_from_the_callers_array() -> None:
+    net = convdsl.compile_string(SYMBOLIC, sizes={"H": 32, "W": 32})
+    (x_id,) = net.graph.inputs
+    (conversion,) = [node for node in net.graph.nodes if node.op == RELAYOUT]
+    assert conversion.inputs == (x_id,)  # no dense copy first: one pass over the input
+    assert isinstance(net.graph.type_of(x_id).layout, ChannelsLast)
 
 
 def test_interpreter_without_layouts_transposes_at_the_boundary() -> None:

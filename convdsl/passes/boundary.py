@@ -1,11 +1,12 @@
 """Channels-last inputs and outputs stored as the caller's arrays are, read and written in place.
 
 An input declared ``nhwc`` (``Graph.channels_last_inputs``) gets the ``ChannelsLast`` layout
-in its type: the kernels read the caller's ``[N, H, W, C]`` array itself. A convolution
-(not transposed) reads it directly, with channels-last strides: the conversion is fused into
-its loads, no pass over the data is added (a strided one reads it while making its phase rows,
-``passes.layout``). Any other reader reads a dense copy made by one ``relayout`` node before
-the first of them (a conversion kernel: one pass over the input).
+in its type: the kernels read the caller's ``[N, H, W, C]`` array itself. A convolution (not
+transposed) with a stride above 1 on the last axis reads it directly: the phase rows it reads
+(``passes.layout``) are made from the caller's array, in the one pass over the input they
+take anyway, so the conversion costs nothing more. Any other reader (a convolution of stride 1
+too, unless ``FUSE_STRIDE_ONE``) reads a dense copy made by one ``relayout`` node before the
+first of them (a conversion kernel: one more pass over the input).
 
 An output declared ``nhwc`` is written channels-last by its last writer where that is a
 kernel anchored by a convolution (not transposed) whose parts all have its shape, after the
@@ -28,6 +29,12 @@ from convdsl.ir.ops import OPS, FusionClass, is_conv, is_conv_transpose
 from convdsl.ir.types import ChannelsLast, TensorType
 
 CHANNELS_LAST = ChannelsLast()
+FUSE_STRIDE_ONE = False
+"""Whether a convolution of stride 1 on the last axis reads a channels-last input itself,
+each vector of positions a strided load (``backends.llvm.strided``), rather than a dense copy.
+Off: 3x3, 3 -> 32 channels at 224x224, batch 1, 2 threads (``benchmarks/channels_last.py``)
+ran 2.4x the time of channels-first that way (3.3 ms, where a load of the span and a shuffle
+replace each vector load: 6.4 ms as gathers) and 1.14x with the copy (1.7 vs 1.5 ms)."""
 
 
 def store_boundaries(graph: Graph) -> Graph:
@@ -57,13 +64,14 @@ def store_boundaries(graph: Graph) -> Graph:
 
 
 def reads_channels_last(node: Node, value: int) -> bool:
-    """Whether ``node`` can read ``value`` stored channels-last: its anchor is a convolution
-    (not transposed) reading it as its input, and no other part reads it."""
+    """Whether ``node`` reads ``value`` stored channels-last: its anchor is a convolution
+    (not transposed) reading it as its input, no other part reads it, and its stride on the
+    last axis is above 1 (or ``FUSE_STRIDE_ONE``)."""
     parts = node.parts if node.is_fused else (node,)
     anchor = parts[0]
     if not is_conv(anchor.op) or is_conv_transpose(anchor.op) or node.op == RELAYOUT:
         return False
-    if value in anchor.inputs[1:]:
+    if value in anchor.inputs[1:] or (anchor.attrs["stride"][-1] == 1 and not FUSE_STRIDE_ONE):
         return False
     return anchor.inputs[0] == value and all(value not in part.inputs for part in parts[1:])
 
