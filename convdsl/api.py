@@ -36,7 +36,7 @@ import numpy as np
 from convdsl import weights as weights_io
 from convdsl.backends.numpy.interpreter import NumpyExecutable
 from convdsl.diagnostics import ConvdslError, Diagnostic, DiagnosticSink, Source, error
-from convdsl.ir import limits
+from convdsl.ir import boundary, limits
 from convdsl.ir.derived import materialize
 from convdsl.ir.graph import Graph, Param
 from convdsl.ir.types import AXIS_NAMES, TensorType, format_shape
@@ -209,8 +209,9 @@ class Network:
             raise error(f"random inputs: {too_large}", hint=limits.HINT)
         rng = np.random.default_rng(seed)
         types = {graph.values[v].name: graph.type_of(v) for v in graph.inputs}
-        shapes = {name: tuple(d if isinstance(d, int) else batch for d in t.shape)
-                  for name, t in types.items()}  # fmt: skip
+        orders = {graph.values[v].name: boundary.caller_shape(graph, v) for v in graph.inputs}
+        shapes = {name: tuple(d if isinstance(d, int) else batch for d in orders[name])
+                  for name in types}  # fmt: skip
         try:
             return {
                 name: rng.standard_normal(shapes[name]).astype(t.dtype.numpy)
@@ -238,8 +239,8 @@ class Network:
             sizes = {name: bindings[name][0] for name in self.sizes}
         graph, executable = self._for_sizes(sizes)
         by_id = _check_inputs(graph, given)[0]
-        results = executable.run(by_id)
-        return {name: results[v] for name, v in graph.outputs}
+        results = executable.run(boundary.stored_inputs(graph, by_id))
+        return boundary.caller_outputs(graph, results)
 
     run = __call__
 
@@ -271,12 +272,16 @@ def _check_inputs(
             found = _describe_input(given[name], array)
             sink.error(f"input '{name}': expected a numeric array ({t}), found {found}", span)
             continue
-        problem = _shape_problem(t, array.shape, name, bindings, graph)
+        last = value_id in graph.channels_last_inputs
+        want = boundary.caller_order(t.shape, last)
+        problem = _shape_problem(t, last, array.shape, name, bindings, graph)
         if problem:
+            layout, hint = _layout_mixup(graph, value_id, array.shape, bindings)
             sink.error(
-                f"input '{name}': expected shape {format_shape(t.shape)}, found "
+                f"input '{name}': expected shape {format_shape(want)}{layout}, found "
                 f"{format_shape(array.shape)}{problem}",
                 span,
+                hint=hint,
             )
             continue
         if convert:
@@ -351,20 +356,24 @@ def _describe_input(value: Any, array: np.ndarray | None) -> str:
 
 def _shape_problem(
     t: TensorType,
+    channels_last: bool,
     shape: tuple[int, ...],
     name: str,
     bindings: dict[str, tuple[int, str]],
     graph: Graph,
 ) -> str:
-    """What is wrong with an input's ``shape`` (as `` (...)``), or ''. A symbol is bound on
-    first use; a batch must keep every array of ``graph`` within ``limits`` (checked once the
-    graph is specialized), a size must be within ``limits.MAX_EXTENT``."""
+    """What is wrong with an input's ``shape`` (as `` (...)``), or ''; ``channels_last``: the
+    array has its channels last. A symbol is bound on first use; a batch
+    must keep every array of ``graph`` within ``limits`` (checked once the graph is
+    specialized), a size must be within ``limits.MAX_EXTENT``."""
     if len(shape) != t.rank:
         return f" (rank {len(shape)}, expected {t.rank})"
-    for axis, (want, got) in enumerate(zip(t.shape, shape, strict=True)):
+    names = boundary.caller_order(_dim_names(t), channels_last)
+    expected = boundary.caller_order(t.shape, channels_last)
+    for axis, (want, got) in enumerate(zip(expected, shape, strict=True)):
         if isinstance(want, int):
             if want != got:
-                return f" ({_dim_name(t, axis)} is {got}, expected {want})"
+                return f" ({names[axis]} is {got}, expected {want})"
             continue
         symbol = str(want)
         if got < 1:
@@ -384,9 +393,37 @@ def _shape_problem(
     return ""
 
 
-def _dim_name(t: TensorType, axis: int) -> str:
+def _dim_names(t: TensorType) -> tuple[str, ...]:
     names = ("batch", "channels", *AXIS_NAMES.get(t.spatial_rank, ()))
-    return names[axis] if axis < len(names) else f"dim {axis}"
+    return tuple(names[axis] if axis < len(names) else f"dim {axis}" for axis in range(t.rank))
+
+
+def _layout_mixup(
+    graph: Graph, value: int, shape: tuple[int, ...], bindings: dict[str, tuple[int, str]]
+) -> tuple[str, str | None]:
+    """For an input whose array has the wrong shape: `` (channels last: NHWC)`` naming its
+    layout, and a hint, where the layout matters (a channels-last input, or an array that
+    has the channels-first input's shape in channels-last order)."""
+    t = graph.type_of(value)
+    last = value in graph.channels_last_inputs
+    flipped = not _shape_problem(t, not last, shape, "", dict(bindings), graph)
+    if t.spatial_rank == 0 or not (last or flipped):
+        return "", None
+    name = graph.values[value].name
+    if last:
+        word = graph.channels_last_inputs[value].word
+        order = format_shape(boundary.caller_order(_dim_names(t), True)).replace(",", ", ")
+        hint = (
+            f"input '{name}' is declared {word}: pass its array as {order}; a channels-first "
+            "array `a` is np.moveaxis(a, 1, -1)"
+        )
+    else:
+        word = boundary.LAST_NAMES[t.spatial_rank].lower()
+        hint = (
+            f"the array looks channels-last: pass np.moveaxis(a, -1, 1), or declare the input "
+            f"channels-last: input {name}: {word} {t.dtype.value}[...]"
+        )
+    return f" ({boundary.describe(t.spatial_rank, last)})", hint
 
 
 def compile_string(

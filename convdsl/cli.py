@@ -36,6 +36,7 @@ from convdsl.api import (
     resolve_threads,
 )
 from convdsl.diagnostics import ConvdslError, DiagnosticSink, error
+from convdsl.ir.boundary import ChannelsLastDecl, declared_type
 from convdsl.ir.constraints import describe, describe_cond, essential
 from convdsl.ir.cost import node_macs, node_param_count
 from convdsl.ir.graph import Graph
@@ -119,6 +120,7 @@ def summary_lines(graph: Graph) -> list[str]:
     macs = sum(row[4] for row in rows)
     inputs = [(graph.values[v].name, v) for v in graph.inputs]
     total = human(macs, "MAC") if isinstance(macs, int) else f"{macs} MAC"
+    last_in, last_out = graph.channels_last_inputs, graph.channels_last_outputs
     lines = [
         f"network {graph.name}",
         *table,
@@ -126,8 +128,8 @@ def summary_lines(graph: Graph) -> list[str]:
         f"layers:  {len(rows)}",
         f"params:  {human(params, '')}",
         f"MACs:    {total} per batch entry",
-        f"inputs:  {_signature(graph, inputs)}",
-        f"outputs: {_signature(graph, graph.outputs)}",
+        f"inputs:  {_signature(graph, inputs, [last_in.get(v) for _, v in inputs])}",
+        f"outputs: {_signature(graph, graph.outputs, [last_out.get(n) for n, _ in graph.outputs])}",
     ]
     if graph.is_symbolic:
         lines += size_lines(graph)
@@ -147,8 +149,15 @@ def size_lines(graph: Graph) -> list[str]:
     return lines
 
 
-def _signature(graph: Graph, named: Sequence[tuple[str, int]]) -> str:
-    return ", ".join(f"{name}: {graph.type_of(v)}" for name, v in named) or "(none)"
+def _signature(
+    graph: Graph, named: Sequence[tuple[str, int]], layouts: Sequence[ChannelsLastDecl | None]
+) -> str:
+    """``x: f32[N,3,H,W]``, or as declared channels-last ``x: nhwc f32[N,H,W,3]``."""
+    typed = [
+        f"{name}: {declared_type(graph.type_of(v), layout)}"
+        for (name, v), layout in zip(named, layouts, strict=True)
+    ]
+    return ", ".join(typed) or "(none)"
 
 
 def stats_lines(outputs: dict[str, np.ndarray]) -> list[str]:

@@ -99,14 +99,24 @@ class ShapeAnnotation:
 
 
 @dataclass(frozen=True, slots=True)
+class LayoutWord:
+    """``nhwc`` in ``input x: nhwc f32[...]`` or ``output y: nhwc = ...``."""
+
+    word: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class InputDecl:
-    """``input image: f32[N, 3, 224, 224]``."""
+    """``input image: f32[N, 3, 224, 224]``, or ``input image: nhwc f32[N, 224, 224, 3]``
+    with its dims in that layout's order."""
 
     name: str
     dtype: str
     dims: tuple[Name | Int, ...]
     span: Span
     name_span: Span
+    layout: LayoutWord | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +131,15 @@ class Assign:
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    """``output name = expr`` or ``output name`` (an existing variable), optionally annotated."""
+    """``output name = expr`` or ``output name`` (an existing variable), optionally annotated;
+    ``output name: nhwc = expr`` returns it channels-last."""
 
     name: str
     value: Expr | None
     annotation: ShapeAnnotation | None
     span: Span
     name_span: Span
+    layout: LayoutWord | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from convdsl.diagnostics import DiagnosticSink, Span
 from convdsl.frontend import ast
 from convdsl.frontend.values import BUILTINS, LowerError
 from convdsl.ir import limits
+from convdsl.ir.boundary import CHANNELS_FIRST, CHANNELS_LAST, FIRST_NAMES, LAST_NAMES, layout_rank
 from convdsl.ir.ops import OPS
 from convdsl.ir.symbolic import symbol
 from convdsl.ir.types import Dim, DType, TensorType, format_shape
@@ -72,21 +73,29 @@ def collect_blocks(
 def input_type(decl: ast.InputDecl, batch_names: set[str] = frozenset()) -> TensorType:  # type: ignore[assignment]
     """The type an ``input`` declares: f32/f64, 2 to 5 dims (``[N, F]`` features, or ``[N, C]``
     and 1 to 3 spatial dims); the batch (first) and spatial dims may be names (``N``; ``H``,
-    ``W``), the channels (features) are a fixed size. ``batch_names`` are the
-    names any input uses for its batch: a spatial dim may not reuse one."""
+    ``W``), the channels (features) are a fixed size. ``batch_names`` are the names any input
+    uses for its batch: a spatial dim may not reuse one. A channels-last input
+    (``nhwc f32[N, H, W, 3]``) writes its channels last; its type is channels-first as every
+    value's inside the network (``ir.boundary``)."""
     dtype = DType.parse(decl.dtype)
     if dtype is None:
         raise LowerError(
             f"input '{decl.name}': unknown dtype '{decl.dtype}'; expected f32 or f64",
             _dtype_span(decl),
         )
-    if not 2 <= len(decl.dims) <= 5:
+    last = channels_last(decl)
+    if not (3 if last else 2) <= len(decl.dims) <= 5:
+        count = f"{len(decl.dims)} dim{'' if len(decl.dims) == 1 else 's'}"
+        expected = (
+            "[N, ..., C] with 1 to 3 spatial dims (3 to 5 dims in all)"
+            if last
+            else "[N, F] (features) or [N, C, ...] with 1 to 3 spatial dims (2 to 5 dims in all)"
+        )
         raise LowerError(
-            f"input '{decl.name}' has {len(decl.dims)} dim{'' if len(decl.dims) == 1 else 's'}; "
-            "expected [N, F] (features) or [N, C, ...] with 1 to 3 spatial dims (2 to 5 dims "
-            "in all)",
+            f"input '{decl.name}' has {count}; expected {expected}",
             decl.span,
         )
+    channel_position = len(decl.dims) - 1 if last else 1
     dims: list[Dim] = []
     for position, dim in enumerate(decl.dims):
         if isinstance(dim, ast.Int):
@@ -107,9 +116,10 @@ def input_type(decl: ast.InputDecl, batch_names: set[str] = frozenset()) -> Tens
             )
         elif position == 0:
             dims.append(dim.id)
-        elif position == 1:
+        elif position == channel_position:
+            where = f"dim {position + 1}, channels last" if last else "dim 2"
             raise LowerError(
-                f"input '{decl.name}': the channel count (dim 2) must be a fixed size, found "
+                f"input '{decl.name}': the channel count ({where}) must be a fixed size, found "
                 f"'{dim.id}'",
                 dim.span,
                 hint="the weights of the first layer depend on it; write it as an integer",
@@ -122,6 +132,8 @@ def input_type(decl: ast.InputDecl, batch_names: set[str] = frozenset()) -> Tens
             )
         else:
             dims.append(symbol(dim.id))
+    if last:  # the network's order: channels first
+        dims = [dims[0], dims[-1], *dims[1:-1]]
     declared = TensorType(tuple(dims), dtype)
     if declared.is_symbolic:
         return declared  # its arrays are bounded when the sizes are bound
@@ -131,6 +143,37 @@ def input_type(decl: ast.InputDecl, batch_names: set[str] = frozenset()) -> Tens
     if too_many is not None:
         raise LowerError(f"input '{decl.name}': {too_many}", decl.span, hint=limits.HINT)
     return declared
+
+
+def channels_last(decl: ast.InputDecl) -> bool:
+    """Whether ``decl`` declares channels-last data; its layout word checked against its
+    dims (``nhwc`` needs 4)."""
+    if decl.layout is None:
+        return False
+    return layout_word(decl.layout, len(decl.dims) - 2, f"input '{decl.name}'")
+
+
+def layout_word(layout: ast.LayoutWord, spatial_rank: int, what: str) -> bool:
+    """Whether ``layout`` (``nhwc``, ``channels_last``, ``nchw``...) is channels-last; a
+    ``LowerError`` at the word if it is none of them or names another rank."""
+    found = layout_rank(layout.word)
+    if found is None:
+        words = ", ".join([*CHANNELS_LAST, *CHANNELS_FIRST])
+        raise LowerError(
+            f"{what}: unknown layout '{layout.word}'; expected one of {words}",
+            layout.span,
+            hint="a dtype comes after the layout: input x: nhwc f32[N, 224, 224, 3]",
+        )
+    last, rank = found
+    if rank is not None and rank != spatial_rank and 1 <= spatial_rank <= 3:
+        names = LAST_NAMES if last else FIRST_NAMES
+        raise LowerError(
+            f"{what}: layout '{layout.word}' is for {rank}-D data, but it has "
+            f"{spatial_rank} spatial dims",
+            layout.span,
+            hint=f"for {spatial_rank}-D data write {names[spatial_rank].lower()}",
+        )
+    return last
 
 
 def _dtype_span(decl: ast.InputDecl) -> Span:

@@ -18,7 +18,14 @@ from typing import Any
 from convdsl.diagnostics import Diagnostic, DiagnosticSink, Span, call_notes
 from convdsl.frontend import ast
 from convdsl.frontend.bind import bind_op_args
-from convdsl.frontend.declarations import collect_blocks, end_of, input_type, network_name
+from convdsl.frontend.declarations import (
+    channels_last,
+    collect_blocks,
+    end_of,
+    input_type,
+    layout_word,
+    network_name,
+)
 from convdsl.frontend.names import (
     LayerNames,
     checked_name,
@@ -42,6 +49,7 @@ from convdsl.frontend.values import (
     is_number,
     poisoned,
 )
+from convdsl.ir.boundary import ChannelsLastDecl, layout_rank
 from convdsl.ir.graph import Attrs, CallSite, Expectation, Graph, Node, Value
 from convdsl.ir.ops import OPS
 from convdsl.ir.types import TensorType
@@ -88,6 +96,8 @@ class Lowerer:
         self.nodes: list[Node] = []
         self.inputs: list[int] = []
         self.outputs: list[tuple[str, int]] = []
+        self.channels_last_inputs: dict[int, ChannelsLastDecl] = {}
+        self.channels_last_outputs: dict[str, ChannelsLastDecl] = {}
         self.expectations: list[Expectation] = []
         self.names = LayerNames()
         self.blocks: dict[str, ast.BlockDef] = {}
@@ -117,6 +127,8 @@ class Lowerer:
             nodes=tuple(self.nodes),
             outputs=tuple(self.outputs),
             expectations=tuple(self.expectations),
+            channels_last_inputs=dict(self.channels_last_inputs),
+            channels_last_outputs=dict(self.channels_last_outputs),
         )
 
     def _collect_blocks(self) -> None:
@@ -171,6 +183,8 @@ class Lowerer:
             raise self._redefined(decl.name, decl.name_span)
         value = self._new_value(decl.name, input_type(decl, self.batch_names), decl.name_span)
         self.inputs.append(value)
+        if decl.layout is not None and channels_last(decl):
+            self.channels_last_inputs[value] = ChannelsLastDecl(decl.layout.word, decl.layout.span)
         self.globals.vars[decl.name] = Tensor(value)
 
     def _assign(self, stmt: ast.Assign, scope: Scope) -> None:
@@ -220,6 +234,13 @@ class Lowerer:
                 f"output '{stmt.name}' must be a tensor, found {describe(result)}", where
             )
         self.outputs.append((stmt.name, result.value))
+        if stmt.layout is not None:
+            found = layout_rank(stmt.layout.word)
+            if found is None:  # the rank is checked once the output is typed
+                layout_word(stmt.layout, 0, f"output '{stmt.name}'")
+            elif found[0]:
+                decl = ChannelsLastDecl(stmt.layout.word, stmt.layout.span)
+                self.channels_last_outputs[stmt.name] = decl
         self._expect(stmt.annotation, result, scope)
 
     def _for(self, stmt: ast.For, scope: Scope) -> None:

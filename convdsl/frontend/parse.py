@@ -199,8 +199,13 @@ class _ToAst(Transformer_NonRecursive[Token, ast.Module]):
         return children[0]
 
     def input_decl(self, meta: Meta, children: list[Any]) -> ast.InputDecl:
+        layout = children.pop(1) if isinstance(children[1], ast.LayoutWord) else None
         name, dtype, *dims = children
-        return ast.InputDecl(name.id, dtype.id, tuple(dims), self._span(meta), name.span)
+        span = self._span(meta)
+        return ast.InputDecl(name.id, dtype.id, tuple(dims), span, name.span, layout)
+
+    def layout(self, _meta: Meta, children: list[ast.Name]) -> ast.LayoutWord:
+        return ast.LayoutWord(children[0].id, children[0].span)
 
     def block_def(self, meta: Meta, children: list[Any]) -> ast.BlockDef:
         name, *rest = children
@@ -219,9 +224,14 @@ class _ToAst(Transformer_NonRecursive[Token, ast.Module]):
 
     def output_stmt(self, meta: Meta, children: list[Any]) -> ast.Output:
         annotation = _pop_annotation(children)
+        layout = (
+            children.pop(1)
+            if len(children) > 1 and isinstance(children[1], ast.LayoutWord)
+            else None
+        )
         name, *value = children
         span = self._span(meta)
-        return ast.Output(name.id, value[0] if value else None, annotation, span, name.span)
+        return ast.Output(name.id, value[0] if value else None, annotation, span, name.span, layout)
 
     def for_stmt(self, meta: Meta, children: list[Any]) -> ast.For:
         var, iterable, *body = children

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from convdsl.diagnostics import Source, Span
+from convdsl.ir.boundary import ChannelsLastDecl
 from convdsl.ir.memory_plan import MemoryPlan
 from convdsl.ir.symbolic import Cond, Expr, Ratio
 from convdsl.ir.types import Dim, DType, TensorType
@@ -195,6 +196,10 @@ class Graph:
     written: Graph | None = None
     """A graph with symbolic sizes keeps the front end's graph it was inferred from: the one
     ``passes.specialize`` binds to concrete sizes."""
+    channels_last_inputs: Mapping[int, ChannelsLastDecl] = field(default_factory=dict)
+    """Inputs (by value) the caller passes channels-last (``input x: nhwc f32[...]``)."""
+    channels_last_outputs: Mapping[str, ChannelsLastDecl] = field(default_factory=dict)
+    """Outputs (by name) the caller gets channels-last (``output y: nhwc = ...``)."""
 
     def type_of(self, value: int) -> TensorType:
         """The inferred type of a value (only valid after shape inference)."""

@@ -22,9 +22,10 @@ def print_graph(graph: Graph, show_locations: bool = True) -> str:
     lines = [f"network {graph.name}"]
     for value_id in graph.inputs:
         value = graph.values[value_id]
-        lines.append(
-            _with_location(f"  %{value.name}: {value.type} = input", value.span, show_locations)
-        )
+        declared = graph.channels_last_inputs.get(value_id)
+        layout = f" {declared.word}" if declared is not None else ""
+        text = f"  %{value.name}: {value.type} = input{layout}"
+        lines.append(_with_location(text, value.span, show_locations))
     for node in graph.nodes:
         lines.append(_with_location("  " + format_node(graph, node), node.span, show_locations))
         for part in node.parts:
@@ -46,7 +47,9 @@ def print_graph(graph: Graph, show_locations: bool = True) -> str:
             )
     lines.append("outputs")
     for name, value_id in graph.outputs:
-        lines.append(f"  {name} = %{graph.values[value_id].name}")
+        declared = graph.channels_last_outputs.get(name)
+        layout = f" {declared.word}" if declared is not None else ""
+        lines.append(f"  {name} = %{graph.values[value_id].name}{layout}")
     return "\n".join(lines) + "\n"
 
 

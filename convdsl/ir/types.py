@@ -3,12 +3,12 @@
 Logically always channels-first, ``[batch, channels, *spatial]`` with 0 to 3 spatial dims: a
 value without any (rank 2, ``[N, F]``) holds features, as ``flatten`` and ``dense`` make them
 (its channel dim is the features). A value the layout pass converts is *stored* differently
-(``PhaseRows``), which its type says. Two kinds of dims may be symbolic. The batch is a name
-(``N``) all the way to the backends, which bind it per call. A spatial dim may be an expression
-of input sizes (``H//2``, a ``symbolic.Expr``) in the graph ``check`` sees, and so may the
-features of a flattened map (``64*(H//32)*(W//32)``); a network is *specialized* to concrete
-sizes before any pass after shape inference runs (``passes.specialize``), so optimizing passes
-and backends see ints there.
+(``PhaseRows``, ``ChannelsLast``), which its type says. Two kinds of dims may be symbolic. The
+batch is a name (``N``) all the way to the backends, which bind it per call. A spatial dim may
+be an expression of input sizes (``H//2``, a ``symbolic.Expr``) in the graph ``check`` sees,
+and so may the features of a flattened map (``64*(H//32)*(W//32)``); a network is
+*specialized* to concrete sizes before any pass after shape inference runs
+(``passes.specialize``), so optimizing passes and backends see ints there.
 """
 
 from __future__ import annotations
@@ -58,10 +58,24 @@ class PhaseRows:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelsLast:
+    """A storage layout: per batch entry ``[*spatial, C]``, the channels of one position
+    adjacent (Keras/TF's ``channels_last``: NWC, NHWC, NDHWC). Only a graph input or output
+    declared so (``input x: nhwc f32[...]``), and the kernels reading or writing it directly,
+    are stored this way (``passes.boundary``)."""
+
+    def __str__(self) -> str:
+        return "channels_last"
+
+
+Layout = PhaseRows | ChannelsLast
+
+
+@dataclass(frozen=True, slots=True)
 class TensorType:
     shape: tuple[Dim, ...]
     dtype: DType = DType.F32
-    layout: PhaseRows | None = None  # how the value is stored; None: dense [C, *spatial]
+    layout: Layout | None = None  # how the value is stored; None: dense [C, *spatial]
 
     @property
     def rank(self) -> int:
@@ -105,9 +119,17 @@ class TensorType:
     def stored_elements(self) -> int:
         """Elements one batch entry takes in memory, layout included."""
         sizes = self.spatial or (1,)
-        if self.layout is None:
+        if not isinstance(self.layout, PhaseRows):
             return self.channels * math.prod(sizes)
         return self.channels * math.prod(sizes[:-1]) * self.layout.stride * self.layout.length
+
+    @property
+    def stored_shape(self) -> tuple[Dim, ...]:
+        """The shape of the array the value is stored as: ``[N, *spatial, C]`` channels last,
+        else the logical shape (a graph input or output is never stored as phase rows)."""
+        if isinstance(self.layout, ChannelsLast):
+            return (self.shape[0], *self.shape[2:], self.shape[1])
+        return self.shape
 
     def __str__(self) -> str:
         layout = f" {self.layout}" if self.layout is not None else ""

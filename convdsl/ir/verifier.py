@@ -96,7 +96,7 @@ def _typed_problems(graph: Graph, written: set[int]) -> Iterator[str]:
     for node in graph.nodes:
         if node.op == RELAYOUT:
             given, stored = graph.type_of(node.inputs[0]), graph.type_of(node.output)
-            if stored.layout is None or replace(stored, layout=given.layout) != given:
+            if stored.layout == given.layout or replace(stored, layout=given.layout) != given:
                 yield f"relayout {node.name} changes more than the layout: {given} -> {stored}"
     reads_outside = {v for n in graph.nodes for v in n.inputs} | {v for _, v in graph.outputs}
     for node in graph.nodes:

@@ -15,8 +15,12 @@ rows are as long as loads of the widest vector any backend uses (16 lanes) need,
 decision does not depend on the target. The NumPy interpreter, which keeps every value as a
 logical array, runs ``relayout`` as the identity; the LLVM backend copies.
 
-Expects a typed graph (kernels fused or not). Guarantees: the same outputs; graph inputs,
-outputs and parameters unchanged; no memory plan (conversions add values).
+Channels-last inputs and outputs get their layout first (``passes.boundary``); a strided
+convolution reading a channels-last input makes its phase rows from it directly.
+
+Expects a typed graph (kernels fused or not). Guarantees: the same outputs; graph inputs
+and parameters unchanged, outputs unchanged but for channels-last conversions
+(``passes.boundary``); no memory plan (conversions add values).
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ from dataclasses import replace
 from convdsl.ir.graph import RELAYOUT, Attrs, Graph, Node, Value
 from convdsl.ir.ops import is_conv, is_conv_transpose
 from convdsl.ir.types import PhaseRows
+from convdsl.passes.boundary import store_boundaries
 
 VECTOR_LANES = 16  # the widest fp32 vector of any target: loads of it never leave a phase row
 
 
 def choose_layouts(graph: Graph) -> Graph:
+    graph = store_boundaries(graph)
     layouts = _merged_layouts(graph)
     values = dict(graph.values)
     converted: dict[tuple[int, int], int] = {}  # (value, stride) -> its phase rows
@@ -86,7 +92,7 @@ def wanted_layout(graph: Graph, node: Node) -> PhaseRows | None:
     the taps' reach, so that no load leaves its row."""
     if not is_conv(node.op) or is_conv_transpose(node.op):
         return None
-    if graph.type_of(node.inputs[0]).layout is not None:
+    if isinstance(graph.type_of(node.inputs[0]).layout, PhaseRows):
         return None  # converted already
     a = node.attrs
     if not a["stride"]:

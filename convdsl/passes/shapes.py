@@ -20,6 +20,7 @@ from dataclasses import replace
 
 from convdsl.diagnostics import Diagnostic, DiagnosticSink, Span, call_notes
 from convdsl.ir import limits
+from convdsl.ir.boundary import output_layout_problems
 from convdsl.ir.graph import Attrs, CallSite, Expectation, Graph, Node, Param, SizeConstraint
 from convdsl.ir.ops import OPS
 from convdsl.ir.shape_rules import Inferred, ShapeError, check_limits
@@ -63,6 +64,7 @@ def infer_shapes(graph: Graph) -> Graph:
     _check_network_size([graph.type_of(v) for v in graph.inputs], held, sink)
     for expectation in graph.expectations:
         _check_expectation(expectation, types.get(expectation.value), sink, domain, constraints)
+    sink.diagnostics.extend(output_layout_problems(graph, types))
     sink.raise_if_errors()
     values = {vid: replace(value, type=types[vid]) for vid, value in graph.values.items()}
     written = graph if graph.is_symbolic else None

@@ -49,7 +49,9 @@ from convdsl.backends.llvm.loops import (
     vec_type,
     wide_mask,
 )
+from convdsl.backends.llvm.strided import strided_load
 from convdsl.ir.graph import Node
+from convdsl.ir.types import PhaseRows
 
 
 def tap_range(
@@ -70,7 +72,18 @@ def tap_range(
     return lo, hi
 
 
-def load_row(b: ir.IRBuilder, at: ir.Value, lanes: int, mask: ir.Value | None) -> ir.Value:
+def load_row(
+    b: ir.IRBuilder,
+    at: ir.Value,
+    lanes: int,
+    mask: ir.Value | None,
+    step: int = 1,
+    checked: bool = False,
+) -> ir.Value:
+    """``lanes`` positions of a row from ``at``, ``step`` elements apart (channels last;
+    ``checked``: in a bounds-checked build, ``strided_load``)."""
+    if step != 1:
+        return strided_load(b, at, step, lanes, mask, checked)
     return load_vec(b, at, lanes) if mask is None else masked_load(b, at, mask, lanes)
 
 
@@ -107,10 +120,11 @@ def emit_conv_tile(
     # (``emit_relayout``). ``first`` is the tile's element of tap 0 in a row, ``reach[t]`` how
     # far tap t is from it; either way a vector's lanes are consecutive elements.
     layout = x_type.layout
-    if layout is None:
+    step = 1  # elements from one position of a row to the next: C if stored channels last
+    if not isinstance(layout, PhaseRows):
         assert a["stride"][last] == 1, "strided convolutions read phase rows (choose-layouts)"
         strides = k.strides(node.inputs[0])
-        channel_stride, outer_strides = strides[0], strides[1:-1]
+        channel_stride, outer_strides, step = strides[0], strides[1:-1], strides[-1]
         if k.plane is not None:  # the flattened plane: every tap one offset along the row
             first = point.w
             reach: list[int | ir.Value] = list(k.plane.offsets)
@@ -151,7 +165,7 @@ def emit_conv_tile(
         if k.plane is not None:
             masks.update(plane_masks(b, k.plane, b.add(point.w, i64(v * lanes)), lanes, v))
             continue
-        for tap in range(row_taps if masked[v] and layout is None else 0):
+        for tap in range(row_taps if masked[v] and not isinstance(layout, PhaseRows) else 0):
             start = b.add(first, _offset(b, reach[tap], v * lanes))
             masks[tap, v] = wide_mask(b, start, lanes, sizes[-1])
 
@@ -194,7 +208,8 @@ def emit_conv_tile(
     )
 
     def channel_loop(row: ir.Value, tap_flat: ir.Value) -> None:
-        row_bases = [gep(b, x_group, b.add(row, first)) for x_group in x_groups]
+        start = first if step == 1 else b.mul(first, i64(step))
+        row_bases = [gep(b, x_group, b.add(row, start)) for x_group in x_groups]
         weight_base = gep(b, weight, b.mul(tap_flat, i64(block)))
         with for_range(b, channels[0], channels[1], name="ci") as ci:
             x_rows = [gep(b, base, b.mul(ci, i64(channel_stride))) for base in row_bases]
@@ -204,7 +219,12 @@ def emit_conv_tile(
                 xs = [
                     [
                         load_row(
-                            b, _at(b, x_row, reach[tap], v * lanes), lanes, masks.get((tap, v))
+                            b,
+                            _at(b, x_row, reach[tap], v * lanes, step),
+                            lanes,
+                            masks.get((tap, v)),
+                            step,
+                            k.addresses.bounds,
                         )
                         for v in range(vectors)
                     ]
@@ -306,13 +326,14 @@ def _offset(b: ir.IRBuilder, reach: int | ir.Value, offset: int) -> ir.Value:
     return i64(reach + offset) if isinstance(reach, int) else b.add(reach, i64(offset))
 
 
-def _at(b: ir.IRBuilder, row: ir.Value, reach: int | ir.Value, offset: int) -> ir.Value:
-    """``&row[reach + offset]``: one constant offset when ``reach`` is known."""
-    return (
-        gep(b, row, reach + offset)
-        if isinstance(reach, int)
-        else gep(b, gep(b, row, reach), offset)
-    )
+def _at(
+    b: ir.IRBuilder, row: ir.Value, reach: int | ir.Value, offset: int, step: int = 1
+) -> ir.Value:
+    """``&row[(reach + offset) * step]``: one constant offset when ``reach`` is known."""
+    if isinstance(reach, int):
+        return gep(b, row, (reach + offset) * step)
+    scaled = reach if step == 1 else b.mul(reach, i64(step))
+    return gep(b, gep(b, row, scaled), offset * step)
 
 
 def tile_vectors(b: ir.IRBuilder, point: Point, count: int) -> list[Point]:
@@ -401,7 +422,7 @@ class RowTiles:
         """The tile at ``w`` of one ``(first channel, block, pack)`` from ``blocks``; an input
         stored as phase rows needs no masks."""
         (lanes, valid), (channel, block, pack) = shape, channels
-        if self.k.type_of(self.anchor.inputs[0]).layout is not None:
+        if isinstance(self.k.type_of(self.anchor.inputs[0]).layout, PhaseRows):
             masked = (False,) * len(masked)
         point = dataclasses.replace(
             self.point, c=channel, block=block, w=w, lanes=lanes, valid=valid

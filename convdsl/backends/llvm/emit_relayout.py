@@ -1,5 +1,6 @@
 """The ``relayout`` kernel: a value copied into phase rows (``PhaseRows``, chosen by the
-``choose-layouts`` pass for the input of a convolution with stride ``s > 1`` on the last axis).
+``choose-layouts`` pass for the input of a convolution with stride ``s > 1`` on the last axis),
+or between dense and channels-last storage (``ChannelsLast``, ``passes.boundary``).
 
 Phase ``p`` of a row holds ``x[j * s + p]`` for ``j`` in ``[first, first + length)``, zero
 where ``j * s + p`` falls outside the row. The convolution's tap ``t`` with ``t * d - pad = q *
@@ -11,9 +12,12 @@ row's ends) load of ``lanes * s`` inputs makes one vector of every phase.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 from llvmlite import ir
 
-from convdsl.backends.llvm.kernel import KernelBuilder, spatial_of
+from convdsl.backends.llvm.kernel import KernelBuilder, Point, spatial_of
 from convdsl.backends.llvm.loops import (
     I1,
     I32,
@@ -27,6 +31,7 @@ from convdsl.backends.llvm.loops import (
     unflatten,
     wide_mask,
 )
+from convdsl.backends.llvm.strided import strided_load
 from convdsl.ir.graph import Node
 from convdsl.ir.types import PhaseRows
 
@@ -39,14 +44,49 @@ def tap_offset(layout: PhaseRows, offset: int) -> int:
 
 
 def relayout_kernel(k: KernelBuilder, node: Node) -> None:
-    """Copy every input row of ``node`` into its output's phase rows."""
+    """Copy every input row of ``node`` into its output's phase rows, or convert between
+    dense and channels-last (``convert_kernel``)."""
+    if not isinstance(k.type_of(node.output).layout, PhaseRows):
+        convert_kernel(k, node)
+        return
+    phase_rows_kernel(k, node)
+
+
+def convert_kernel(k: KernelBuilder, node: Node) -> None:
+    """A value copied between dense and channels-last storage, one row of one channel at a
+    time: vectors of consecutive positions, loaded or stored ``C`` elements apart on the
+    channels-last side (``KernelBuilder.operand_at``, ``store``)."""
+    b = k.builder
+    source, target = node.inputs[0], node.output
+    out_type = k.type_of(target)
+    sizes = spatial_of(out_type)
+    channels = out_type.channels
+    rows = channels * math.prod(sizes[:-1])
+    with k.items(b.mul(k.batch, i64(rows)), name="row") as item:
+        n, *outer, channel = unflatten(b, item, (*sizes[:-1], channels))
+        row = Point(n, channel, 1, tuple(outer), i64(0), k.lanes)
+        whole = sizes[-1] // k.lanes * k.lanes
+        if whole:
+            with for_range(b, 0, whole, k.lanes, name="w") as w:
+                point = dataclasses.replace(row, w=w)
+                k.store(target, point, k.operand_at(source, point))
+        if whole < sizes[-1]:
+            point = dataclasses.replace(row, w=i64(whole), valid=sizes[-1] - whole)
+            k.store(target, point, k.operand_at(source, point))
+
+
+def phase_rows_kernel(k: KernelBuilder, node: Node) -> None:
+    """Copy every input row of ``node`` into its output's phase rows; an input stored
+    channels-last is read ``C`` elements apart (``strided``), still in one pass."""
     b = k.builder
     source, target = node.inputs[0], node.output
     layout = k.type_of(target).layout
-    assert layout is not None, "relayout to a dense value"
+    assert isinstance(layout, PhaseRows), "relayout to phase rows"
     in_type = k.type_of(source)
     width = spatial_of(in_type)[-1]
     rows = in_type.stored_elements // width
+    step = k.strides(source)[-1]  # C for a channels-last input
+    outer = rows // in_type.channels
     lanes, s = k.lanes, layout.stride
     vectors, tail = divmod(layout.length, lanes)  # a row's whole vectors, then a partial one
     # Vector v loads inputs from (first + v * lanes) * s on: inside the row for v in [lo, hi).
@@ -58,14 +98,22 @@ def relayout_kernel(k: KernelBuilder, node: Node) -> None:
     ]
     with k.items(b.mul(k.batch, i64(rows)), name="row") as item:
         n, row = unflatten(b, item, (rows,))
-        row_in = gep(b, k.entry(source, n), b.mul(row, i64(width)))
+        if step == 1:
+            row_in = gep(b, k.entry(source, n), b.mul(row, i64(width)))
+        else:  # row (c, o) of a channels-last input starts at o * width * C + c
+            channel, within = b.udiv(row, i64(outer)), b.urem(row, i64(outer))
+            first_in = b.add(b.mul(within, i64(width * step)), channel)
+            row_in = gep(b, k.entry(source, n), first_in)
         row_out = gep(b, k.entry(target, n), b.mul(row, i64(s * layout.length)))
 
         def copy(vector: ir.Value, masked: bool, stored: int = lanes) -> None:
             start = b.mul(b.add(b.mul(vector, i64(lanes)), i64(layout.first)), i64(s))
-            at = gep(b, row_in, start)
-            if masked:
-                wide = masked_load(b, at, wide_mask(b, start, lanes * s, width), lanes * s)
+            at = gep(b, row_in, start if step == 1 else b.mul(start, i64(step)))
+            mask = wide_mask(b, start, lanes * s, width) if masked else None
+            if step != 1:
+                wide = strided_load(b, at, step, lanes * s, mask, k.addresses.bounds)
+            elif mask is not None:
+                wide = masked_load(b, at, mask, lanes * s)
             else:
                 wide = load_vec(b, at, lanes * s)
             undefined = ir.Constant(wide.type, ir.Undefined)

@@ -200,15 +200,18 @@ class LlvmExecutable:
         return self.jit.llvm_ir
 
     def run(self, inputs: Mapping[int, Array]) -> dict[int, Array]:
-        """Value id -> array for the graph inputs; returns value id -> array for the outputs."""
+        """Value id -> array for the graph inputs; returns value id -> array for the outputs,
+        each as its type stores it (``[N, *spatial, C]`` for a ``ChannelsLast`` one)."""
         arrays = [_aligned(inputs[v], self.graph.type_of(v).dtype.numpy) for v in self.graph.inputs]
         bindings: dict[str, int] = {}
         for value, array in zip(self.graph.inputs, arrays, strict=True):
-            for dim, size in zip(self.graph.type_of(value).shape, array.shape, strict=True):
+            for dim, size in zip(self.graph.type_of(value).stored_shape, array.shape, strict=True):
                 if isinstance(dim, str):
                     bindings[dim] = size
         types = [self.graph.type_of(v) for _, v in self.graph.outputs]
-        outputs = [aligned_array(bind_shape(t.shape, bindings), t.dtype.numpy) for t in types]
+        outputs = [
+            aligned_array(bind_shape(t.stored_shape, bindings), t.dtype.numpy) for t in types
+        ]
         sizes = [d if isinstance(d, int) else bindings[str(d)] for d in self._groups]
         images = min(max(sizes, default=1), self._lowered.per_pass)
         bound = self._bound  # one read: ``bind`` from another thread replaces it whole

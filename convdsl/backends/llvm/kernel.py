@@ -46,9 +46,10 @@ from convdsl.backends.llvm.loops import (
     store_vec,
 )
 from convdsl.backends.llvm.parallel import work_chunks
+from convdsl.backends.llvm.strided import strided_load, strided_store
 from convdsl.diagnostics import InternalError
 from convdsl.ir.graph import Graph, Node
-from convdsl.ir.types import DType, TensorType
+from convdsl.ir.types import ChannelsLast, DType, TensorType
 from convdsl.passes.memory import root_of
 
 if TYPE_CHECKING:  # conv_schedule imports this module
@@ -115,12 +116,15 @@ def entry_elements(t: TensorType) -> int:
 
 
 def strides_of(t: TensorType) -> tuple[int, ...]:
-    """Element strides of ``(channel, *spatial)`` inside one batch entry."""
+    """Element strides of ``(channel, *spatial)`` inside one batch entry: the last spatial
+    stride is 1, or the channel count for a value stored channels-last (whose channel stride
+    is 1)."""
     sizes = spatial_of(t)
-    strides = [1]
+    step = t.channels if isinstance(t.layout, ChannelsLast) else 1
+    strides = [step]
     for size in reversed(sizes[1:]):
         strides.insert(0, strides[0] * size)
-    return (math.prod(sizes), *strides)
+    return (1 if step > 1 else math.prod(sizes), *strides)
 
 
 @dataclass(frozen=True)
@@ -372,7 +376,7 @@ class KernelBuilder:
     def strides(self, value: int) -> tuple[int, ...]:
         """Element strides of ``(channel, *self.spatial(value))`` in one batch entry."""
         strides = strides_of(self.type_of(value))
-        return (strides[0], 1) if self.flat else strides
+        return (strides[0], strides[-1]) if self.flat else strides
 
     # ---- addresses --------------------------------------------------------------------------
 
@@ -419,7 +423,8 @@ class KernelBuilder:
         """Element offset of ``(channel, *outer, w)`` inside one batch entry of ``value``."""
         b = self.builder
         strides = self.strides(value)
-        total = b.add(b.mul(channel, i64(strides[0])), w)
+        along = w if strides[-1] == 1 else b.mul(w, i64(strides[-1]))
+        total = b.add(b.mul(channel, i64(strides[0])), along)
         for index, stride in zip(outer, strides[1:-1], strict=True):
             total = b.add(total, b.mul(index, i64(stride)))
         return total
@@ -445,16 +450,27 @@ class KernelBuilder:
     def operand_at(self, value: int, point: Point) -> list[ir.Value]:
         """``value`` loaded from memory at ``point`` (which need not be the kernel's own)."""
         b = self.builder
-        if point.valid is not None:
-            mask = valid_mask(point)
+        mask = valid_mask(point) if point.valid is not None else None
+        step = self.strides(value)[-1]
+        if step != 1 and point.lanes > 1:  # channels last: lanes ``step`` elements apart
+            checked = self.addresses.bounds
+            return [
+                strided_load(b, at, step, point.lanes, mask, checked)
+                for at in self.pointers(value, point)
+            ]
+        if mask is not None:
             return [masked_load(b, at, mask, point.lanes) for at in self.pointers(value, point)]
         return [load_vec(b, at, point.lanes) for at in self.pointers(value, point)]
 
     def store(self, value: int, point: Point, vectors: list[ir.Value]) -> None:
         b = self.builder
+        mask = valid_mask(point) if point.valid is not None else None
+        step = self.strides(value)[-1]
         for vector, at in zip(vectors, self.pointers(value, point), strict=True):
-            if point.valid is not None:
-                masked_store(b, vector, at, valid_mask(point))
+            if step != 1 and point.lanes > 1:
+                strided_store(b, vector, at, step, mask, self.addresses.bounds)
+            elif mask is not None:
+                masked_store(b, vector, at, mask)
             else:
                 store_vec(b, vector, at)
 

@@ -84,7 +84,7 @@ from convdsl.backends.llvm.parallel import WORKER_TYPE
 from convdsl.diagnostics import ConvdslError, InternalError, error
 from convdsl.ir.graph import RELAYOUT, Graph, Node
 from convdsl.ir.ops import OPS, FusionClass, is_channel_concat
-from convdsl.ir.types import DType
+from convdsl.ir.types import DType, PhaseRows
 
 Emitter = Callable[[KernelBuilder, Node, Point], list[ir.Value]]
 BlockRule = Callable[[Graph, Node], int]
@@ -149,7 +149,7 @@ def check_lowerable(graph: Graph) -> None:
             _check_op(part)
             emit_axis.check_batch_axis(part)
             strided = part.op in TILE_EMITTERS and any(s > 1 for s in part.attrs["stride"][-1:])
-            if strided and graph.type_of(part.inputs[0]).layout is None:
+            if strided and not isinstance(graph.type_of(part.inputs[0]).layout, PhaseRows):
                 raise InternalError(f"{part.name} reads a dense input: run choose-layouts")
 
 
@@ -414,7 +414,7 @@ class ModuleBuilder:
         if one_position(self.graph, anchor):
             self._channel_vector_kernel(k, node, anchor)
             return
-        phase_rows = self.graph.type_of(anchor.inputs[0]).layout is not None
+        phase_rows = isinstance(self.graph.type_of(anchor.inputs[0]).layout, PhaseRows)
         # An index map among the parts (a crop or slice of another input) addresses its
         # input by row and column, which a flattened plane does not keep; an operand broadcast
         # on some spatial axes only needs the rows (``emit_broadcast``).

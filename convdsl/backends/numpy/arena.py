@@ -30,6 +30,7 @@ import numpy as np
 
 from convdsl.backends.numpy.interpreter import Array, NumpyExecutable, Params
 from convdsl.diagnostics import InternalError
+from convdsl.ir import boundary
 from convdsl.ir.graph import Graph
 from convdsl.ir.memory_plan import Buffer
 from convdsl.ir.ops import is_channel_concat
@@ -58,7 +59,7 @@ class ArenaExecutable(NumpyExecutable):
         shapes = self._shapes(inputs)
         units = max((shapes[v][0] for v in self.plan.buffers), default=0)
         arena = np.full(self.plan.arena_bytes * units, 0xFF, np.uint8)  # 0xFF.. is a NaN
-        env: dict[int, Array] = dict(inputs)
+        env: dict[int, Array] = boundary.logical_inputs(self.graph, inputs)
         for value, buffer in self.plan.buffers.items():
             env[value] = self._view(arena, buffer, shapes[value], units)
         for index, node in enumerate(self.graph.nodes):
@@ -71,7 +72,8 @@ class ArenaExecutable(NumpyExecutable):
                     f"arena slot of {node.name} is {slot.shape}, its result {result.shape}"
                 )
             slot[...] = result
-        return {value: np.array(env[value]) for _, value in self.graph.outputs}
+        outputs = {value: np.array(env[value]) for _, value in self.graph.outputs}
+        return boundary.stored_outputs(self.graph, outputs)
 
     def _inside(self, value: int, container: int) -> bool:
         """Whether the plan places ``value`` (through ``shares``) in ``container``'s buffer."""

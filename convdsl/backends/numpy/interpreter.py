@@ -16,6 +16,7 @@ import numpy as np
 from convdsl.backends.numpy import axis
 from convdsl.backends.numpy import kernels as k
 from convdsl.diagnostics import InternalError
+from convdsl.ir import boundary
 from convdsl.ir.graph import RELAYOUT, Graph, Node
 
 Array = np.ndarray
@@ -177,7 +178,8 @@ OP_FUNCTIONS: dict[str, OpFn] = {
     "pixel_shuffle": _with_attrs(k.pixel_shuffle),
     "pad": _with_attrs(k.pad),
     "crop": _with_attrs(k.crop),
-    # a layout conversion: this interpreter keeps every value as a logical array
+    # a layout conversion (phase rows, channels last): this interpreter keeps every value as
+    # a logical array
     RELAYOUT: lambda node, xs, params: xs[0],
 }
 
@@ -195,15 +197,19 @@ class NumpyExecutable:
         self._last_reader = _last_readers(graph)
 
     def run(self, inputs: Mapping[int, Array]) -> dict[int, Array]:
-        """Value id -> array for the graph inputs; returns value id -> array for the outputs."""
-        env: dict[int, Array] = dict(inputs)
+        """Value id -> array for the graph inputs; returns value id -> array for the outputs.
+        Arrays are as the graph stores them: one stored channels-last is transposed here, at
+        the boundary, as every value inside is a logical ``[N, C, *spatial]`` array."""
+        env: dict[int, Array] = boundary.logical_inputs(self.graph, inputs)
         keep = {value for _, value in self.graph.outputs}
         for index, node in enumerate(self.graph.nodes):
             env[node.output] = self.run_node(node, [env[v] for v in node.inputs])
             for value in node.inputs:
                 if self._last_reader.get(value) == index and value not in keep:
                     env.pop(value, None)
-        return {value: env[value] for _, value in self.graph.outputs}
+        return boundary.stored_outputs(
+            self.graph, {value: env[value] for _, value in self.graph.outputs}
+        )
 
     def run_node(self, node: Node, args: Sequence[Array]) -> Array:
         """One node; a fused kernel runs its parts in order on values local to it."""
