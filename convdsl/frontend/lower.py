@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from convdsl.diagnostics import Diagnostic, DiagnosticSink, Span, call_notes
@@ -33,6 +33,7 @@ from convdsl.frontend.names import (
     format_template,
     parse_template,
 )
+from convdsl.frontend.scope import Frame, Scope, int_or_none, poison_targets, signature, span_of
 from convdsl.frontend.sizes import AnnotationDim, annotation_dim, size_names
 from convdsl.frontend.split import split_nodes
 from convdsl.frontend.values import (
@@ -45,7 +46,6 @@ from convdsl.frontend.values import (
     call_builtin,
     describe,
     did_you_mean,
-    is_int,
     is_number,
     poisoned,
 )
@@ -57,35 +57,6 @@ from convdsl.ir.types import TensorType
 MAX_BLOCK_DEPTH = 64
 TENSOR_OPERATORS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
 """The operators defined on tensors, and the ops they write."""
-
-
-@dataclass
-class Scope:
-    """Variables of one block invocation (or the file); ``prefix`` names the layers made in it."""
-
-    prefix: str
-    parent: Scope | None = None
-    vars: dict[str, Any] = field(default_factory=dict)
-
-    def lookup(self, name: str) -> Any:
-        scope: Scope | None = self
-        while scope is not None:
-            if name in scope.vars:
-                return scope.vars[name]
-            scope = scope.parent
-        raise KeyError(name)
-
-    def qualify(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
-
-
-@dataclass
-class _Frame:
-    """One active block call: for 'in block ... called here' notes, and its layer prefix."""
-
-    block: str
-    span: Span
-    prefix: str = ""
 
 
 class Lowerer:
@@ -106,7 +77,7 @@ class Lowerer:
         self.declares_output = False
         self.output_names: set[str] = set()  # declared outputs, including ones that failed
         self.globals = Scope(prefix="")
-        self.frames: list[_Frame] = []
+        self.frames: list[Frame] = []
         self.batch_names, self.size_names = size_names(module)
 
     # ---- driver --------------------------------------------------------------------------
@@ -161,7 +132,7 @@ class Lowerer:
             if isinstance(stmt, ast.InputDecl | ast.Output):
                 scope.vars.setdefault(stmt.name, POISON)
             elif isinstance(stmt, ast.For):
-                _poison_targets(stmt, scope)
+                poison_targets(stmt, scope)
 
     def _run_statement(self, stmt: Any, scope: Scope) -> None:
         if isinstance(stmt, ast.InputDecl):
@@ -229,7 +200,7 @@ class Lowerer:
         if result is POISON:
             return
         if not isinstance(result, Tensor):
-            where = stmt.name_span if stmt.value is None else _span(stmt.value)
+            where = stmt.name_span if stmt.value is None else span_of(stmt.value)
             raise LowerError(
                 f"output '{stmt.name}' must be a tensor, found {describe(result)}", where
             )
@@ -246,11 +217,11 @@ class Lowerer:
     def _for(self, stmt: ast.For, scope: Scope) -> None:
         items = self._eval(stmt.iterable, scope, scope.qualify(stmt.var))
         if items is POISON:
-            _poison_targets(stmt, scope)
+            poison_targets(stmt, scope)
             return
         if not isinstance(items, tuple):
             raise LowerError(
-                f"for needs a list or range(...), found {describe(items)}", _span(stmt.iterable)
+                f"for needs a list or range(...), found {describe(items)}", span_of(stmt.iterable)
             )
         for item in items:
             scope.vars[stmt.var] = item
@@ -269,7 +240,7 @@ class Lowerer:
         dims: list[AnnotationDim] = []
         for dim in annotation.dims:
             # A name bound to an integer (a block parameter such as `ch`) stands for its value.
-            value = annotation_dim(dim, self.size_names, lambda name: _int_or_none(scope, name))
+            value = annotation_dim(dim, self.size_names, lambda name: int_or_none(scope, name))
             if value is POISON:
                 return
             dims.append(value)
@@ -302,14 +273,14 @@ class Lowerer:
             if is_number(operand):
                 return -operand
             if isinstance(operand, Tensor):  # -x is x * -1, as exact as a negation
-                operands = {"x": (operand, _span(expr.operand)), "y": (-1.0, expr.span)}
+                operands = {"x": (operand, span_of(expr.operand)), "y": (-1.0, expr.span)}
                 return self._arithmetic_node("mul", operands, name, expr.span)
             raise LowerError(f"cannot negate {describe(operand)}", expr.span)
         if isinstance(expr, ast.BinOp):
             return self._binop(expr, scope, name)
         if isinstance(expr, ast.Call):
             return self._call(expr, scope, name)
-        raise LowerError(f"unexpected expression {type(expr).__name__}", _span(expr))
+        raise LowerError(f"unexpected expression {type(expr).__name__}", span_of(expr))
 
     def _lookup(self, ident: str, span: Span, scope: Scope, keyword_ok: bool = False) -> Any:
         try:
@@ -329,7 +300,7 @@ class Lowerer:
             return POISON
         if is_number(left) and is_number(right):
             return arithmetic(expr, left, right)
-        operands = {"x": (left, _span(expr.left)), "y": (right, _span(expr.right))}
+        operands = {"x": (left, span_of(expr.left)), "y": (right, span_of(expr.right))}
         if all(isinstance(v, Tensor) or is_number(v) for v, _ in operands.values()):
             op = TENSOR_OPERATORS.get(expr.op)
             if op is None:
@@ -408,7 +379,7 @@ class Lowerer:
             raise LowerError(
                 f"block '{block.name}' takes {len(block.params)} argument(s), "
                 f"found {len(call.args)}",
-                _span(call.args[len(block.params)]),
+                span_of(call.args[len(block.params)]),
             )
         for param, arg in zip(block.params, call.args, strict=False):
             values[param.name] = self._eval(arg, scope, f"{name}.{_label(arg)}", True)
@@ -446,9 +417,9 @@ class Lowerer:
                 raise LowerError(
                     f"block '{block.name}' is missing argument '{param.name}'",
                     call.span,
-                    hint=f"usage: {_signature(block)}",
+                    hint=f"usage: {signature(block)}",
                 )
-        self.frames.append(_Frame(block.name, call.span, prefix))
+        self.frames.append(Frame(block.name, call.span, prefix))
         try:
             errors_before = len(self.sink.diagnostics)
             for stmt in block.body[:-1]:
@@ -583,31 +554,3 @@ def _label(expr: ast.Expr) -> str:
     if isinstance(expr, ast.BinOp):
         return TENSOR_OPERATORS.get(expr.op, "expr")
     return "arg"
-
-
-def _span(expr: Any) -> Span:
-    return expr.span
-
-
-def _signature(block: ast.BlockDef) -> str:
-    params = [p.name if p.default is None else f"{p.name}=..." for p in block.params]
-    return f"{block.name}({', '.join(params)})"
-
-
-def _int_or_none(scope: Scope, name: str) -> Any:
-    try:
-        value = scope.lookup(name)
-    except KeyError:
-        return None
-    return value if value is POISON or is_int(value) else None
-
-
-def _poison_targets(stmt: ast.For, scope: Scope) -> None:
-    """A loop that could not run leaves its variables failed, not undefined."""
-    scope.vars[stmt.var] = POISON
-    for inner in stmt.body:
-        if isinstance(inner, ast.Assign):
-            for target in inner.targets:
-                scope.vars[target.id] = POISON
-        elif isinstance(inner, ast.For):
-            _poison_targets(inner, scope)
