@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 
 import convdsl
+from convdsl import cli
 from convdsl.interop.onnx_export import DEFAULT_OPSET, export_graph, export_graph_of
 from convdsl.interop.onnx_export_ops import EMITTERS
 from convdsl.ir.ops import OPS
@@ -286,3 +287,60 @@ def test_the_same_networks_export_for_fixed_sizes() -> None:
         net = convdsl.compile_string(source, backend="numpy", sizes={"H": 13, "W": 10})
         sess = session(exported(net))
         assert_same(net, sess, net.random_inputs(seed=1, batch=2))
+
+
+# ---- the command and the file -----------------------------------------------------------------
+
+
+def test_export_command_writes_a_model_with_the_given_weights(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    fcn = str(EXAMPLES[[p.stem for p in EXAMPLES].index("fcn8s")])
+    weights, model_path = tmp_path / "w.safetensors", tmp_path / "fcn.onnx"
+    assert cli.main(["init-weights", fcn, "-o", str(weights), "--seed", "9"]) == 0
+    argv = ["export", fcn, "-o", str(model_path), "--weights", str(weights), "--shape",
+            "H=64,W=32", "--opset", "17"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"wrote {model_path} (opset 17, 29 layers, 39 parameter arrays)"  # 18 convs + 3 transposed
+    )
+    model = onnx.load(str(model_path))
+    onnx.checker.check_model(model, full_check=True)
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["N", 3, 64, 32]
+    net = convdsl.compile_file(fcn, backend="numpy", weights=weights, sizes={"H": 64, "W": 32})
+    assert_same(net, session(model), net.random_inputs(seed=4, batch=1))
+
+    before = model_path.read_bytes()
+    assert cli.main(argv) == 2  # no --force: the file is kept
+    assert "file exists; refusing to overwrite it" in capsys.readouterr().err
+    assert model_path.read_bytes() == before
+    assert cli.main([*argv, "--force", "--opset", "12"]) == 2
+    assert "opset must be an integer from 13 to" in capsys.readouterr().err
+    assert model_path.read_bytes() == before
+
+
+def test_a_failed_export_leaves_no_file(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    conv = tmp_path / "net.conv"
+    conv.write_text(OPEN + "output y = max_pool2d(x, 3, stride=2, padding=same, ceil_mode=true)\n")
+    target = tmp_path / "net.onnx"
+    assert cli.main(["export", str(conv), "-o", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{conv}:2:12: error: cannot export layer 'y' (max_pool2d) to ONNX")
+    assert "hint: export for fixed sizes: --shape" in err
+    assert list(tmp_path.iterdir()) == [conv]
+    assert cli.main(["export", str(conv), "-o", str(target), "--shape", "H=9,W=9"]) == 0
+    assert cli.main(["export", str(conv), "-o", str(tmp_path / "net.pb")]) == 2
+    assert "expected a file name ending in .onnx" in capsys.readouterr().err
+
+
+def test_network_to_onnx(tmp_path: Path) -> None:
+    net = convdsl.compile_string(CASES["conv2d_act"], seed=2)  # llvm, -O2: exported as written
+    path = tmp_path / "m.onnx"
+    net.to_onnx(path, opset=19)
+    model = onnx.load(str(path))
+    assert [n.op_type for n in model.graph.node] == ["Conv", "HardSwish"]
+    assert [n.name for n in model.graph.node] == ["y", "y/hard_swish"]
+    assert [i.name for i in model.graph.initializer] == ["y.weight", "y.bias"]
+    assert_same(net, session(model), net.random_inputs(seed=1, batch=3))
+    with pytest.raises(convdsl.ConvdslError, match="refusing to overwrite"):
+        net.to_onnx(path)
+    net.to_onnx(path, overwrite=True)
