@@ -191,7 +191,7 @@ def test_prefixes_and_renames() -> None:
     model = trained_torch()
     wrapped = torch.nn.DataParallel(model)  # names every parameter "module.<name>"
     net = network()
-    with pytest.raises(ConvdslError, match="missing parameter 'conv1.weight'"):
+    with pytest.raises(ConvdslError, match=r"missing parameter 'conv1\.weight'"):
         net.set_weights(wrapped.state_dict())
     net.set_weights(wrapped.state_dict(), strip_prefix="module.")
     assert_matches_torch(net, model)
