@@ -36,6 +36,7 @@ import numpy as np
 from convdsl import weights as weights_io
 from convdsl.backends.numpy.interpreter import NumpyExecutable
 from convdsl.diagnostics import ConvdslError, Diagnostic, DiagnosticSink, Source, error
+from convdsl.interop.pytorch import Rename, rename_weights
 from convdsl.ir import boundary, limits
 from convdsl.ir.derived import materialize
 from convdsl.ir.graph import Graph, Param
@@ -172,11 +173,31 @@ class Network:
 
     # ---- weights ---------------------------------------------------------------------------
 
-    def load_weights(self, path: str | Path) -> None:
-        """Replace every parameter with the arrays of an ``.npz`` file (checked by name/shape)."""
-        self.set_weights(weights_io.read_npz(path), origin=str(path))
+    def load_weights(
+        self, path: str | Path, *, strip_prefix: str | None = None, rename: Rename | None = None
+    ) -> None:
+        """Replace every parameter with the arrays of an ``.npz`` or ``.safetensors`` file
+        (checked by name and shape; names mapped as ``set_weights`` does)."""
+        self.set_weights(
+            weights_io.read_weights(path), str(path), strip_prefix=strip_prefix, rename=rename
+        )
 
-    def set_weights(self, arrays: Mapping[str, np.ndarray], origin: str = "weights") -> None:
+    def set_weights(
+        self,
+        arrays: Mapping[str, Any],
+        origin: str = "weights",
+        *,
+        strip_prefix: str | None = None,
+        rename: Rename | None = None,
+    ) -> None:
+        """Replace every parameter: ``arrays`` maps names to NumPy arrays or torch tensors (a
+        PyTorch ``state_dict``). ``strip_prefix`` (``"module."``) is removed from the names
+        that start with it, then ``rename`` (a dict or a function) maps names; see
+        ``convdsl.interop.pytorch.rename_weights``."""
+        if strip_prefix is not None or rename is not None:
+            if not isinstance(arrays, Mapping):
+                weights_io.check_weights(arrays, self.graph.params, origin)  # the type error
+            arrays = rename_weights(arrays, strip_prefix, rename)
         self.weights = weights_io.check_weights(arrays, self.graph.params, origin)
         with self._lock:
             if self._executable is not None:
@@ -192,7 +213,16 @@ class Network:
         return executable
 
     def save_weights(self, path: str | Path, overwrite: bool = False) -> None:
-        weights_io.save_npz(path, self.weights, overwrite=overwrite)
+        """Write every parameter to an ``.npz`` or ``.safetensors`` file (by its name)."""
+        weights_io.save_weights(path, self.weights, overwrite=overwrite)
+
+    def to_onnx(self, path: str | Path, opset: int | None = None, overwrite: bool = False) -> None:
+        """Write the network as written, with its weights, as an ONNX model (``opset`` 13 up to
+        the newest the ``onnx`` package knows; default 21). Sizes the network leaves open stay
+        dynamic; see ``docs/interop.md`` and ``convdsl.interop.onnx_export``."""
+        from convdsl.interop.onnx_export import network_to_onnx
+
+        network_to_onnx(self, path, opset=opset, overwrite=overwrite)
 
     # ---- running ---------------------------------------------------------------------------
 
@@ -458,7 +488,7 @@ def compile_string(
     if sizes:
         untyped = specialize_checked(untyped, sizes)
     graph = run_passes(untyped, opt_level=opt_level, check=verify)
-    arrays = weights_io.read_npz(weights) if isinstance(weights, str | Path) else weights
+    arrays = weights_io.read_weights(weights) if isinstance(weights, str | Path) else weights
     origin = str(weights) if isinstance(weights, str | Path) else "weights"
     net = Network(
         graph,

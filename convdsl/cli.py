@@ -36,6 +36,7 @@ from convdsl.api import (
     resolve_threads,
 )
 from convdsl.diagnostics import ConvdslError, DiagnosticSink, error
+from convdsl.interop.optional import require
 from convdsl.ir.boundary import ChannelsLastDecl, declared_type
 from convdsl.ir.constraints import describe, describe_cond, essential
 from convdsl.ir.cost import node_macs, node_param_count
@@ -264,8 +265,7 @@ def _sizes_of(given: dict[str, np.ndarray], net: Network, shape: dict[str, int])
 
 def _refuse_overwrite(path: Path, force: bool) -> None:
     # Checked before compiling and running, so a long run is not lost to a bad file name.
-    if path.suffix != ".npz":
-        raise error(f"{path}: expected a file name ending in .npz")
+    weights_io.check_weights_path(path)
     if not path.parent.is_dir():
         raise error(f"{path}: directory {path.parent} does not exist")
     if path.exists() and not force:
@@ -277,7 +277,7 @@ def _refuse_overwrite(path: Path, force: bool) -> None:
 
 def _save(path: Path, arrays: dict[str, np.ndarray], force: bool) -> None:
     try:
-        weights_io.save_npz(path, arrays, overwrite=force)
+        weights_io.save_weights(path, arrays, overwrite=force)
     except OSError as exc:
         raise error(f"{path}: cannot write ({exc.strerror or exc})") from None
 
@@ -424,10 +424,11 @@ def _check_pass_name(name: str, opt_level: int) -> None:
 
 
 def cmd_init_weights(args: argparse.Namespace) -> None:
-    """Write deterministic initial parameters to an .npz file.
+    """Write deterministic initial parameters to an .npz or .safetensors file.
 
     Initialize every parameter of FILE (deterministically, per parameter name and --seed) and
-    save them to an .npz file for `convdsl run --weights`.
+    save them to an .npz or .safetensors file (by the name's ending) for `convdsl run
+    --weights`.
 
     convdsl init-weights net.conv -o w.npz --seed 1
     """
@@ -437,6 +438,30 @@ def cmd_init_weights(args: argparse.Namespace) -> None:
     _save(args.output, arrays, args.force)
     count = sum(a.size for a in arrays.values())
     print(f"wrote {len(arrays)} arrays ({count:,} parameters) to {args.output}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    """Write the network as an ONNX model.
+
+    Compile FILE as written (shapes checked, nothing folded or fused) and write it with its
+    weights (--weights, else initialized from --seed) as an ONNX model: one node per layer,
+    named as the layer, parameters named as in convdsl. The batch, and the sizes a network
+    written for any size leaves open, stay dynamic unless --shape fixes them. The file passes
+    onnx.checker and runs in onnxruntime; a layer ONNX cannot express exactly is an error
+    naming it. Needs the onnx package (pip install 'convdsl[onnx]').
+
+    convdsl export net.conv -o net.onnx --weights w.safetensors --opset 17
+    """
+    from convdsl.interop.onnx_export import check_opset, check_output_path
+
+    onnx = require("onnx", "onnx", "ONNX export")
+    check_opset(args.opset, onnx)  # before compiling: a bad option should not cost a compile
+    check_output_path(args.output, args.force)
+    net = compile_file(args.file, backend="numpy", opt_level=0, weights=args.weights,
+                       seed=args.seed, sizes=args.shape or None)  # fmt: skip
+    net.to_onnx(args.output, opset=args.opset, overwrite=args.force)
+    print(f"wrote {args.output} (opset {check_opset(args.opset, onnx)}, {len(net.graph.nodes)} "
+          f"layers, {len(net.weights)} parameter arrays)")  # fmt: skip
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -558,9 +583,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input", action="append", default=[], metavar="NAME=PATH.npy",
                      help="read input NAME from a .npy file (repeatable)")  # fmt: skip
     run.add_argument("--weights", type=Path, metavar="W.npz",
-                     help="an .npz of parameters (default: initialized from --seed)")  # fmt: skip
+                     help="an .npz or .safetensors file of parameters (default: initialized "
+                     "from --seed)")  # fmt: skip
     run.add_argument("--output", type=Path, metavar="OUT.npz",
-                     help="save the outputs to an .npz file, keyed by output name")  # fmt: skip
+                     help="save the outputs to an .npz (or .safetensors) file, keyed by output "
+                     "name")  # fmt: skip
     run.add_argument("--seed", type=int, default=0,
                      help="seed of random inputs and (without --weights) parameters")  # fmt: skip
     run.add_argument("--batch", type=_positive, metavar="B", help="batch size of random inputs")
@@ -593,9 +620,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = _subcommand(subs, "init-weights", cmd_init_weights, common)
     init.add_argument("-o", "--output", type=Path, required=True, metavar="W.npz",
-                      help="the .npz file to write")  # fmt: skip
+                      help="the .npz or .safetensors file to write")  # fmt: skip
     init.add_argument("--seed", type=int, default=0, help="initialization seed (default 0)")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    export = _subcommand(subs, "export", cmd_export, common)
+    export.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL.onnx",
+                        help="the .onnx file to write")  # fmt: skip
+    export.add_argument("--weights", type=Path, metavar="W.npz",
+                        help="an .npz or .safetensors file of parameters (default: initialized "
+                        "from --seed)")  # fmt: skip
+    export.add_argument("--seed", type=int, default=0,
+                        help="seed of the parameters without --weights (default 0)")  # fmt: skip
+    export.add_argument("--opset", type=int, default=None, metavar="N",
+                        help="the ONNX opset (default 21; from 13 to the newest the onnx "
+                        "package knows)")  # fmt: skip
+    export.add_argument("--shape", type=_sizes, default={}, metavar="H=224,W=224",
+                        help="fix the sizes of a network written for any size (default: they "
+                        "stay dynamic in the model)")  # fmt: skip
+    export.add_argument("--force", action="store_true", help="overwrite an existing file")
 
     bench = _subcommand(subs, "bench", cmd_bench, common)
     bench.add_argument("--batch", type=_positive, default=1, metavar="B",

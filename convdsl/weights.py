@@ -1,6 +1,9 @@
-"""Parameters: deterministic initialization, loading from ``.npz`` and saving.
+"""Parameters: deterministic initialization, loading from ``.npz`` or ``.safetensors`` and
+saving.
 
-A weights file is untrusted input: it is read with ``allow_pickle=False`` and every missing,
+A weights file is untrusted input: an ``.npz`` is read with ``allow_pickle=False``, a
+``.safetensors`` header is checked before anything is allocated
+(``convdsl.interop.safetensors_io``), a ``torch.save`` file is refused unread, and every missing,
 extra, mis-shaped or non-numeric array is reported by name, all at once. Initialization is
 deterministic per parameter name (seed + CRC32 of the name), so adding a layer leaves every
 other layer's initial weights unchanged.
@@ -48,11 +51,47 @@ def init_param(param: Param, seed: int) -> np.ndarray:
     return array.astype(dtype)
 
 
+WEIGHT_SUFFIXES = (".npz", ".safetensors")
+"""The weights file formats, by file name ending."""
+
+
 def load_weights(path: str | Path, params: Mapping[str, Param]) -> dict[str, np.ndarray]:
-    """Read ``path`` (``.npz``) and check it against ``params``; raise ``ConvdslError`` listing
-    every problem."""
-    arrays = read_npz(path)
+    """Read ``path`` (``.npz`` or ``.safetensors``) and check it against ``params``; raise
+    ``ConvdslError`` listing every problem."""
+    arrays = read_weights(path)
     return check_weights(arrays, params, str(path))
+
+
+def read_weights(path: str | Path) -> dict[str, np.ndarray]:
+    """All arrays of a weights file: ``.safetensors`` by its name, else ``.npz``; a
+    ``torch.save`` file is refused with how to convert it."""
+    from convdsl.interop import pytorch, safetensors_io
+
+    path = Path(path)
+    if path.is_file():
+        pytorch.refuse_torch_save(path)
+    if path.suffix == ".safetensors":
+        return safetensors_io.read_safetensors(path)
+    return read_npz(path)
+
+
+def save_weights(
+    path: str | Path, arrays: Mapping[str, np.ndarray], overwrite: bool = False
+) -> None:
+    """Write ``arrays`` as ``.npz`` or ``.safetensors`` (by the name's ending), atomically."""
+    from convdsl.interop import safetensors_io
+
+    path = Path(path)
+    check_weights_path(path)
+    if path.suffix == ".safetensors":
+        safetensors_io.write_safetensors(path, arrays, overwrite=overwrite)
+    else:
+        save_npz(path, arrays, overwrite=overwrite)
+
+
+def check_weights_path(path: Path) -> None:
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise error(f"{path}: expected a file name ending in {' or '.join(WEIGHT_SUFFIXES)}")
 
 
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
@@ -113,8 +152,11 @@ def check_weights(
     if not isinstance(arrays, Mapping):
         raise error(
             f"{origin}: expected a mapping from parameter names to arrays (or the path "
-            f"of an .npz file), found {type(arrays).__name__}"
+            f"of an .npz or .safetensors file), found {type(arrays).__name__}"
         )
+    from convdsl.interop.pytorch import as_arrays
+
+    arrays = as_arrays(arrays)  # a PyTorch state_dict's tensors, if torch is in use
     sink = DiagnosticSink()
     checked: dict[str, np.ndarray] = {}
     unused = [

@@ -42,6 +42,7 @@ DOC_FILES = (
     "optimizer.md",
     "backends.md",
     "performance.md",
+    "interop.md",
 )
 LANGUAGES = {"conv", "conv-fragment", "python", "console", "text"}
 

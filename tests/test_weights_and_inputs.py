@@ -215,7 +215,7 @@ def test_weights_that_are_not_a_mapping(tmp_path: Path) -> None:
         convdsl.compile_string(SOURCE, "net.conv", weights=[1, 2], backend="numpy")  # type: ignore[arg-type]
     assert str(info.value) == (
         "error: weights: expected a mapping from parameter names to "
-        "arrays (or the path of an .npz file), found list"
+        "arrays (or the path of an .npz or .safetensors file), found list"
     )
 
 
@@ -286,7 +286,9 @@ def test_save_refuses_to_overwrite_unless_asked(net: Network, tmp_path: Path) ->
 def test_save_wants_an_npz_name(net: Network, tmp_path: Path) -> None:
     with pytest.raises(ConvdslError) as info:
         net.save_weights(tmp_path / "w.npy")
-    assert str(info.value) == f"error: {tmp_path / 'w.npy'}: expected a file name ending in .npz"
+    assert str(info.value) == (
+        f"error: {tmp_path / 'w.npy'}: expected a file name ending in .npz or .safetensors"
+    )
     assert not (tmp_path / "w.npy").exists()
 
 
