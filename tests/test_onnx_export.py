@@ -178,6 +178,8 @@ CASES: dict[str, str] = {
     "output v = pad(x, 1, value=-2.5)",
     "crop": X + "input z: f32[N, 3, 4, 5]\noutput y = crop(x, like=z, offset=center)\n"
     "output w = crop(x, size=[3, 8], offset=[6, 0])",
+    "flatten_dense": X + "f = flatten(max_pool2d(x, 2))\noutput y = dense(f, 7)\n"
+    "output z = dense(flatten(global_avg_pool(x)), 5, bias=false, activation=relu)",
 }
 
 
@@ -344,3 +346,12 @@ def test_network_to_onnx(tmp_path: Path) -> None:
     with pytest.raises(convdsl.ConvdslError, match="refusing to overwrite"):
         net.to_onnx(path)
     net.to_onnx(path, overwrite=True)
+
+
+def test_channels_last_boundaries_are_refused_not_exported_wrong(tmp_path: Path) -> None:
+    net = convdsl.compile_string(
+        "input x: nhwc f32[N, 8, 8, 3]\noutput y = conv2d(x, 4, kernel=3)", backend="numpy"
+    )
+    with pytest.raises(convdsl.ConvdslError, match="channels-last inputs and outputs"):
+        net.to_onnx(tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

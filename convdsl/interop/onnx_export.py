@@ -62,6 +62,12 @@ def export_graph(graph: Graph, weights: Mapping[str, np.ndarray], opset: int | N
     from convdsl.interop.onnx_export_ops import EMITTERS
 
     opset = check_opset(opset, onnx)
+    if graph.channels_last_inputs or graph.channels_last_outputs:
+        raise error(
+            "ONNX export of channels-last inputs and outputs is not supported yet",
+            hint="declare them channels-first (the default) for the export; ONNX models are "
+            "channels-first",
+        )
     if any(node.is_fused for node in graph.nodes):
         raise InternalError("ONNX export needs the unfused graph (-O0)")
     builder = Builder(opset, graph)

@@ -224,6 +224,20 @@ def pad_node(b: Builder, node: Node) -> None:
     b.add("Pad", inputs, node.name, output=b.output(node), mode=_PAD_MODES[a["mode"]])
 
 
+def flatten_node(b: Builder, node: Node) -> None:
+    b.add("Flatten", b.inputs(node), node.name, output=b.output(node), axis=1)
+
+
+def dense_node(b: Builder, node: Node) -> None:
+    """``Gemm`` with the weight ``[O, F]`` transposed, as ``nn.Linear`` exports."""
+    a = node.attrs
+    inputs = [b.inputs(node)[0], node.param("weight"), *([node.param("bias")] if a["bias"] else [])]
+    last = a["activation"] == "none"
+    y = b.add("Gemm", inputs, node.name, output=b.output(node) if last else None, transB=1)
+    if not last:
+        epilogue(b, node, y)
+
+
 def concat_node(b: Builder, node: Node) -> None:
     b.add("Concat", b.inputs(node), node.name, output=b.output(node), axis=int(node.attrs["axis"]))
 
@@ -247,5 +261,7 @@ EMITTERS: dict[str, Emitter] = {
     "space_to_depth": space_to_depth_node,
     "pad": pad_node,
     "crop": crop_node,
+    "flatten": flatten_node,
+    "dense": dense_node,
 }  # fmt: skip
 """The ONNX emitter of every op of the language."""
