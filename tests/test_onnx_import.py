@@ -765,12 +765,34 @@ def test_cli_refusal_exits_2_without_a_partial_file(tmp_path: Any, capsys: Any) 
     assert not list(tmp_path.glob("net*")) and len(list(tmp_path.iterdir())) == 1
 
 
-def test_symbolic_network_checks() -> None:
+def test_symbolic_network_checks(tmp_path: Any, capsys: Any) -> None:
     from convdsl import cli
 
-    source, _ = import_onnx(
-        one_node("MaxPool", ["N", 3, "H", "W"], kernel_shape=[2, 2], strides=[2, 2])
-    )
+    model = one_node("MaxPool", ["N", 3, "H", "W"], kernel_shape=[2, 2], strides=[2, 2])
+    source, _ = import_onnx(model)
     assert ": [N, 3, H//2, W//2]" in source
     assert convdsl.compile_string(source, backend="numpy").sizes == ["H", "W"]
-    del cli
+    onnx.save(model, tmp_path / "m.onnx")
+    assert cli.main(["import", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.conv")]) == 0
+    assert not (tmp_path / "m.npz").exists()  # no parameters: no weights file
+    capsys.readouterr()
+    assert cli.main(["check", str(tmp_path / "m.conv")]) == 0
+    assert "outputs: y: f32[N,3,H//2,W//2]" in capsys.readouterr().out
+
+
+# ---- the documentation ---------------------------------------------------------------------------
+
+
+def test_docs_examples_run_and_show_real_output(tmp_path: Any, monkeypatch: Any) -> None:
+    """docs/onnx_import.md: its python block runs, and the text shown for it is the import."""
+    from pathlib import Path
+
+    from test_docs import code_blocks
+
+    blocks = code_blocks(Path(__file__).resolve().parents[1] / "docs" / "onnx_import.md")
+    monkeypatch.chdir(tmp_path)
+    scope: dict[str, Any] = {"__name__": "__docs__"}
+    (python,) = [b for b in blocks if b.lang == "python"]
+    exec(compile(python.text, python.where, "exec"), scope)
+    shown = [b.text for b in blocks if b.lang == "text" and b.text.startswith("# Imported")]
+    assert shown == [scope["source"]]

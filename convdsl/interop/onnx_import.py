@@ -56,9 +56,9 @@ def import_onnx(model: str | os.PathLike[str] | bytes | Any) -> ImportedOnnx:
     program = importer.run()
     producer = loaded.model.producer_name
     made_by = f", made by {producer} {loaded.model.producer_version}".rstrip() if producer else ""
+    origin = "an ONNX model" if loaded.where.startswith("<") else Path(loaded.where).name
     program.header = [
-        f"# Imported from {Path(loaded.where).name} by convdsl import "
-        f"(ONNX opset {loaded.opset}{made_by})."
+        f"# Imported from {origin} by convdsl import (ONNX opset {loaded.opset}{made_by})."
     ]
     plain = program.render()
     shapes = _checked_shapes(plain, f"{loaded.name}.conv", importer)

@@ -319,6 +319,8 @@ def node_hint(node: OnnxNode) -> str:
         qualified = (
             part if not qualified or part.startswith(qualified + ".") else f"{qualified}.{part}"
         )
+    if _TORCH_OP_PART.fullmatch(qualified) and qualified.split("_")[0] == node.op:
+        return qualified.lower()  # `/Resize` or `Resize_3`: the op's own name
     return qualified or (node.outputs[0] if node.outputs else "") or node.op.lower()
 
 
