@@ -9,6 +9,7 @@ Write a network in a ``.conv`` file, have every shape checked, run it::
 
 from convdsl.api import Network, compile_file, compile_string
 from convdsl.diagnostics import ConvdslError, Diagnostic, InternalError
+from convdsl.interop.onnx_import import compile_onnx, import_onnx
 
 __all__ = [
     "ConvdslError",
@@ -16,6 +17,8 @@ __all__ = [
     "InternalError",
     "Network",
     "compile_file",
+    "compile_onnx",
     "compile_string",
+    "import_onnx",
 ]
 __version__ = "0.1.0"

@@ -464,6 +464,24 @@ def cmd_export(args: argparse.Namespace) -> None:
           f"layers, {len(net.weights)} parameter arrays)")  # fmt: skip
 
 
+def cmd_import(args: argparse.Namespace) -> None:
+    """Import an ONNX model as a .conv network and its weights.
+
+    Read the ONNX model FILE and write it as .conv text (-o) and its parameters as an .npz
+    (--weights; by default the -o name with .npz), for `convdsl run -o ... --weights ...`.
+    Layers are named after the model's initializers or nodes; inputs with dynamic dims get
+    size names. An op or attribute convdsl cannot express exactly is refused, naming the
+    node, and nothing is written. Needs the onnx package.
+
+    convdsl import model.onnx -o net.conv --weights net.npz
+    """
+    from convdsl.interop.onnx_import import write_import  # imports onnx only here
+
+    conv, npz, imported = write_import(args.file, args.output, args.weights, args.force)
+    wrote = f" and {len(imported.weights)} arrays to {npz}" if npz is not None else ""
+    print(f"wrote {conv}{wrote}")
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     """Time the network on every backend, side by side.
 
@@ -544,7 +562,8 @@ def _threads(text: str) -> int:
     return value
 
 
-def _subcommand(subs: Any, name: str, handler: Handler, common: Any) -> argparse.ArgumentParser:
+def _subcommand(subs: Any, name: str, handler: Handler, common: Any,
+                file_help: str = "the .conv source file") -> argparse.ArgumentParser:  # fmt: skip
     # `python -OO` strips docstrings: the help gets thinner but the command still works.
     doc = inspect.cleandoc(handler.__doc__ or f"{name}\n\nconvdsl {name} FILE")
     summary, *description, example = doc.split("\n\n")
@@ -554,7 +573,7 @@ def _subcommand(subs: Any, name: str, handler: Handler, common: Any) -> argparse
         epilog=f"example:\n  {example}\n\n{EXIT_STATUS_HELP}", parents=[common],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.add_argument("file", type=Path, metavar="FILE", help="the .conv source file")
+    parser.add_argument("file", type=Path, metavar="FILE", help=file_help)
     parser.set_defaults(handler=handler)
     return parser
 
@@ -639,6 +658,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fix the sizes of a network written for any size (default: they "
                         "stay dynamic in the model)")  # fmt: skip
     export.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    imp = _subcommand(subs, "import", cmd_import, common, file_help="the .onnx model")
+    imp.add_argument("-o", "--output", type=Path, required=True, metavar="NET.conv",
+                     help="the .conv file to write")  # fmt: skip
+    imp.add_argument("--weights", type=Path, metavar="W.npz",
+                     help="the .npz of parameters to write (default: NET.npz)")  # fmt: skip
+    imp.add_argument("--force", action="store_true", help="overwrite existing files")
 
     bench = _subcommand(subs, "bench", cmd_bench, common)
     bench.add_argument("--batch", type=_positive, default=1, metavar="B",

@@ -43,6 +43,7 @@ DOC_FILES = (
     "backends.md",
     "performance.md",
     "interop.md",
+    "onnx_import.md",
 )
 LANGUAGES = {"conv", "conv-fragment", "python", "console", "text"}
 
