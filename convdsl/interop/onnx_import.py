@@ -23,6 +23,7 @@ import numpy as np
 from convdsl.diagnostics import ConvdslError, Diagnostic, Source, error
 from convdsl.interop import (
     onnx_import_ops_conv,
+    onnx_import_ops_dense,
     onnx_import_ops_elementwise,
     onnx_import_ops_movement,
 )
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 CONVERTERS = {
     **onnx_import_ops_conv.CONVERTERS,
+    **onnx_import_ops_dense.CONVERTERS,
     **onnx_import_ops_elementwise.CONVERTERS,
     **onnx_import_ops_movement.CONVERTERS,
 }

@@ -22,10 +22,6 @@ from convdsl.interop.onnx_import_load import LoadedModel, require_onnx, tensor_a
 from convdsl.interop.onnx_import_program import RESERVED, Program, Statement, call, identifier
 from convdsl.ir.types import AXIS_NAMES, DType
 
-NO_DENSE = (
-    "convdsl has no flatten or dense (fully connected) layers yet, so classifier heads "
-    "(Flatten, Reshape, Gemm, MatMul) cannot be imported"
-)
 _TORCH_OP_PART = re.compile(r"([A-Za-z]+)(_\d+)?")
 
 
@@ -81,6 +77,10 @@ class Importer:
         self.emitted: set[str] = set()  # graph outputs written as `output y = ...`
         self.dtype = DType.F32
         self.program = Program(loaded.name, self.dtype)
+        self.consumers: dict[str, list[OnnxNode]] = {}
+        self.skipped: set[int] = set()  # nodes a converter has taken into another's statement
+        self.shape_markers: dict[int, tuple[str, int]] = {}  # marker -> (value, axis) it sizes
+        self.shape_derived: set[str] = set()  # constants holding markers
 
     # ---- the walk ----------------------------------------------------------------------------
 
@@ -88,19 +88,20 @@ class Importer:
         nodes = [OnnxNode(p, i, _attributes(p)) for i, p in enumerate(self.graph.node)]
         for node in nodes:
             self._check_supported(node)
+            for name in node.inputs:
+                self.consumers.setdefault(name, []).append(node)
         self.static = _static_shapes(self.loaded)
         self._constants()
         self._inputs()
         for node in nodes:
-            self._convert(node)
+            if node.index not in self.skipped:
+                self._convert(node)
         self._outputs()
         return self.program
 
     def _check_supported(self, node: OnnxNode) -> None:
         if node.proto.domain not in ("", "ai.onnx"):
             raise self.refuse(node, f"ops of domain '{node.proto.domain}' are not supported")
-        if node.op in ("Flatten", "Reshape", "Gemm", "MatMul"):
-            return  # refused below unless folded (a Reshape of constants is fine)
         if node.op not in self.converters and node.op not in FOLDERS:
             raise self.refuse(
                 node,
@@ -117,9 +118,9 @@ class Importer:
                 raise self.refuse(node, f"cannot fold its constant inputs: {exc}") from None
             if values is not None:
                 self.consts.update(zip(node.outputs, values, strict=False))
+                if any(name in self.shape_derived for name in real_inputs):
+                    self.shape_derived.update(node.outputs)
                 return
-        if node.op in ("Flatten", "Reshape", "Gemm", "MatMul"):
-            raise self.refuse(node, NO_DENSE)
         converter = self.converters.get(node.op)
         if converter is None:
             raise self.refuse(node, "this op type is only supported on constant inputs")
@@ -151,10 +152,10 @@ class Importer:
             if not tensor_type.HasField("shape"):
                 raise error(f"{what}: the model does not declare its shape")
             dims = list(tensor_type.shape.dim)
-            if not 3 <= len(dims) <= 5:
+            if not 2 <= len(dims) <= 5:
                 raise error(
                     f"{what}: has {len(dims)} dims; convdsl tensors are [N, C, spatial...] "
-                    "with 1 to 3 spatial axes"
+                    "with 1 to 3 spatial axes, or features [N, F]"
                 )
             texts = [self._dim(d, axis, len(dims), sizes, what) for axis, d in enumerate(dims)]
             var = self.program.variable(value.name, "x")
@@ -230,6 +231,11 @@ class Importer:
                 f"input '{what}' is computed by the graph; convdsl needs it as a constant "
                 "(an initializer or a Constant node)",
             )
+        if name in self.shape_derived and min(self.consts[name].ravel(), default=0) < -1:
+            raise self.refuse(
+                node, f"input '{what}' depends on a dynamic size of a tensor (a Shape of it); "
+                "convdsl needs a constant",
+            )  # fmt: skip
         return self.consts[name]
 
     def static_shape(self, name: str) -> tuple[int | None, ...] | None:
@@ -239,10 +245,20 @@ class Importer:
         """Output ``index`` is ``tensor`` itself (Identity, Dropout, a one-part Split)."""
         self.tensors[node.outputs[index]] = tensor
 
+    def merged(self, node: OnnxNode, last: OnnxNode) -> OnnxNode:
+        """``node`` computing ``last``'s output: one statement for two nodes (MatMul + Add)."""
+        proto = type(node.proto)()
+        proto.CopyFrom(node.proto)
+        del proto.output[:]
+        proto.output.extend(last.outputs)
+        return OnnxNode(proto, node.index, node.attrs)
+
     def define(self, node: OnnxNode, op: str, *args: object, params: dict[str, Any] | None = None,
-               comment: str | None = None, **kwargs: object) -> str:  # fmt: skip
+               comment: str | None = None, rank: int | None = None,
+               **kwargs: object) -> str:  # fmt: skip
         """One statement ``var = op(args, kwargs)`` for output 0; ``params`` (role -> array)
-        name the layer after the initializers or the node and go to the weights."""
+        name the layer after the initializers or the node and go to the weights; ``rank`` is
+        the output's when it differs from input 0's (flatten, dense)."""
         layer_hint = self._layer_hint(node, params) if params else None
         var, given = self._target(node, 0, layer_hint)
         kwargs = {**kwargs, "name": given}
@@ -250,7 +266,7 @@ class Importer:
         layer = given or var
         for role, array in (params or {}).items():
             self.program.param(layer, role, array)
-        self._emit(node, [var], text, layer, comment)
+        self._emit(node, [var], text, layer, comment, rank)
         return var
 
     def define_expr(self, node: OnnxNode, text: str, comment: str | None = None) -> str:
@@ -266,8 +282,8 @@ class Importer:
         return targets
 
     def _emit(self, node: OnnxNode, targets: list[str], text: str, layer: str,
-              comment: str | None) -> None:  # fmt: skip
-        rank = self._rank(node)
+              comment: str | None, rank: int | None = None) -> None:  # fmt: skip
+        rank = self._rank(node) if rank is None else rank
         for name, var in zip(node.outputs, targets, strict=True):
             self.tensors[name] = Tensor(var, rank)
         output = len(targets) == 1 and node.outputs[0] in self.graph_outputs
