@@ -20,7 +20,20 @@ from convdsl.diagnostics import ConvdslError, error
 from convdsl.interop.onnx_import_fold import FOLDERS, fold
 from convdsl.interop.onnx_import_load import LoadedModel, require_onnx, tensor_array
 from convdsl.interop.onnx_import_program import RESERVED, Program, Statement, call, identifier
+from convdsl.ir.boundary import LAST_NAMES
 from convdsl.ir.types import AXIS_NAMES, DType
+
+
+def to_channels_first(axes: list[int], last: bool) -> list[int]:
+    """``axes`` of a channels-last tensor in channels-first order (the perm of a Transpose
+    from NHWC to NCHW); unchanged when not ``last``."""
+    return [axes[0], axes[-1], *axes[1:-1]] if last else axes
+
+
+def layout_word(rank: int) -> str:
+    """The declaration word of a channels-last tensor of ``rank`` (``nhwc``)."""
+    return LAST_NAMES[rank - 2].lower()
+
 
 _TORCH_OP_PART = re.compile(r"([A-Za-z]+)(_\d+)?")
 
@@ -81,6 +94,9 @@ class Importer:
         self.skipped: set[int] = set()  # nodes a converter has taken into another's statement
         self.shape_markers: dict[int, tuple[str, int]] = {}  # marker -> (value, axis) it sizes
         self.shape_derived: set[str] = set()  # constants holding markers
+        self.output_names: dict[str, str] = {}  # graph output -> its variable
+        self.channels_last_inputs: set[str] = set()
+        self.channels_last_outputs: set[str] = set()  # written transposed by a Transpose
 
     # ---- the walk ----------------------------------------------------------------------------
 
@@ -93,6 +109,8 @@ class Importer:
         self.static = _static_shapes(self.loaded)
         self._constants()
         self._inputs()
+        for out in self.graph_outputs:  # outputs keep their names before any variable takes them
+            self.output_names.setdefault(out, self.program.variable(out, "out"))
         for node in nodes:
             if node.index not in self.skipped:
                 self._convert(node)
@@ -157,11 +175,31 @@ class Importer:
                     f"{what}: has {len(dims)} dims; convdsl tensors are [N, C, spatial...] "
                     "with 1 to 3 spatial axes, or features [N, F]"
                 )
-            texts = [self._dim(d, axis, len(dims), sizes, what) for axis, d in enumerate(dims)]
+            last = self._read_channels_last(value.name, len(dims))
+            order = to_channels_first(list(range(len(dims))), last)
+            texts = {axis: self._dim(dims[axis], logical, len(dims), sizes, what)
+                     for logical, axis in enumerate(order)}  # fmt: skip
             var = self.program.variable(value.name, "x")
             self.tensors[value.name] = Tensor(var, len(dims))
-            shape = ", ".join(texts)
-            self.program.inputs.append(f"input {var}: {self.dtype.value}[{shape}]")
+            shape = ", ".join(texts[axis] for axis in range(len(dims)))
+            word = f"{layout_word(len(dims))} " if last else ""
+            self.program.inputs.append(f"input {var}: {word}{self.dtype.value}[{shape}]")
+            if last:
+                self.channels_last_inputs.add(value.name)
+
+    def _read_channels_last(self, name: str, rank: int) -> bool:
+        """Whether input ``name`` is read only through Transposes from channels-last to
+        channels-first: then it is declared channels-last and the Transposes disappear."""
+        users = self.consumers.get(name, [])
+        wanted = to_channels_first(list(range(rank)), True)
+        return (
+            rank >= 3
+            and bool(users)
+            and all(
+                u.op == "Transpose" and [int(p) for p in u.attr("perm", [])] == wanted
+                for u in users
+            )
+        )
 
     def _dim(self, dim: Any, axis: int, rank: int, sizes: dict[str, str], what: str) -> str:
         if dim.HasField("dim_value"):
@@ -192,10 +230,14 @@ class Importer:
             tensor = self.tensors[name]
             if name in self.emitted:
                 continue
-            if self.output_vars.get(name) == tensor.var:
+            if name in self.channels_last_outputs:
+                var = self.output_names[name]
+                word = layout_word(tensor.rank)
+                self.program.outputs.append(f"output {var}: {word} = {tensor.var}")
+            elif self.output_vars.get(name) == tensor.var:
                 self.program.outputs.append(f"output {tensor.var}")
             else:
-                var = self.program.variable(name, "out")
+                var = self.output_names[name]
                 self.program.outputs.append(f"output {var} = {tensor.var}")
 
     # ---- what converters use -----------------------------------------------------------------
@@ -300,7 +342,7 @@ class Importer:
         out = node.outputs[index]
         fallback = node.op.lower()
         if out in self.graph_outputs:
-            var = self.program.variable(out, "out")
+            var = self.output_names[out]
             self.output_vars[out] = var
             if layer_hint is None:
                 return var, None
