@@ -423,6 +423,44 @@ def _check_pass_name(name: str, opt_level: int) -> None:
         )
 
 
+def cmd_graph(args: argparse.Namespace) -> None:
+    """Write the graph as a picture in Graphviz DOT.
+
+    Write FILE's graph as DOT text: one box per layer (op, name, output shape, source line),
+    inputs and outputs drawn apart, edges labeled with shapes, and at -O2 each fused kernel a
+    cluster of its parts. --after PASS draws the graph right after that pass (see convdsl ir
+    --passes); --shape fixes the sizes of a network written for any size. Graphviz draws the
+    text: dot -Tsvg net.dot -o net.svg.
+
+    convdsl graph net.conv -o net.dot -O0
+    """
+    from convdsl.interop.dot import layers, to_dot
+
+    if args.after is not None:
+        _check_pass_name(args.after, args.opt_level)
+    trace = report.PipelineTrace()
+    graph = compile_source(read_source(args.file), args.opt_level, args.verify, trace, args.shape)
+    if graph.is_symbolic and args.after not in (None, "shapes"):
+        names = ",".join(f"{name}=..." for name in graph.size_names())
+        raise error(f"pass {args.after} runs on the network specialized to its input sizes",
+                    hint=f"give them: --shape {names}")  # fmt: skip
+    if args.after is not None:
+        graph = trace.graph_after(args.after)
+    output: Path = args.output
+    if output.suffix != ".dot":
+        raise error(f"{output}: expected a file name ending in .dot",
+                    hint="convdsl writes DOT text; Graphviz makes SVG of it: "
+                    f"dot -Tsvg {output.with_suffix('.dot')} -o {output}")  # fmt: skip
+    if output.exists() and not args.force:
+        raise error(f"{output}: file exists; refusing to overwrite it", hint="pass --force")
+    try:
+        output.write_text(to_dot(graph), encoding="utf-8")
+    except OSError as exc:
+        raise error(f"{output}: cannot write it ({exc.strerror or exc})") from None
+    kernels = sum(node.is_fused for node in graph.nodes)
+    print(f"wrote {output} ({len(layers(graph))} layers, {kernels} fused kernels)")
+
+
 def cmd_init_weights(args: argparse.Namespace) -> None:
     """Write deterministic initial parameters to an .npz or .safetensors file.
 
@@ -636,6 +674,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print the assembly of one kernel (layer name or kernelN)")  # fmt: skip
     ir.add_argument("--threads", type=_threads, default=None, metavar="N",
                     help="threads the code is built for (default as for run)")  # fmt: skip
+
+    picture = _subcommand(subs, "graph", cmd_graph, common)
+    _add_compile_options(picture)
+    picture.add_argument("-o", "--output", type=Path, required=True, metavar="NET.dot",
+                         help="the .dot file to write")  # fmt: skip
+    picture.add_argument("--after", metavar="PASS",
+                         help="draw the graph right after pass PASS (see ir --passes)")  # fmt: skip
+    picture.add_argument("--force", action="store_true", help="overwrite an existing file")
 
     init = _subcommand(subs, "init-weights", cmd_init_weights, common)
     init.add_argument("-o", "--output", type=Path, required=True, metavar="W.npz",

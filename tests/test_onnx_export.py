@@ -348,10 +348,14 @@ def test_network_to_onnx(tmp_path: Path) -> None:
     net.to_onnx(path, overwrite=True)
 
 
-def test_channels_last_boundaries_are_refused_not_exported_wrong(tmp_path: Path) -> None:
+def test_channels_last_boundaries_take_and_give_the_callers_arrays(tmp_path: Path) -> None:
     net = convdsl.compile_string(
-        "input x: nhwc f32[N, 8, 8, 3]\noutput y = conv2d(x, 4, kernel=3)", backend="numpy"
+        "input x: nhwc f32[N, 8, 8, 3]\noutput y: nhwc = conv2d(x, 4, kernel=3)", backend="numpy"
     )
-    with pytest.raises(convdsl.ConvdslError, match="channels-last inputs and outputs"):
-        net.to_onnx(tmp_path / "m.onnx")
-    assert not (tmp_path / "m.onnx").exists()
+    net.to_onnx(tmp_path / "m.onnx")
+    model = onnx.load(tmp_path / "m.onnx")
+    onnx.checker.check_model(model, full_check=True)
+    dims = [[d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
+            for v in (model.graph.input[0], model.graph.output[0])]  # fmt: skip
+    assert dims == [["N", 8, 8, 3], ["N", 6, 6, 4]]
+    assert_same(net, session(model), net.random_inputs(seed=1, batch=2))

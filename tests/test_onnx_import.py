@@ -688,11 +688,13 @@ REFUSALS = {
         ),
         "node 'n' (Add): input 1 is a constant of shape [1, 1, 3, 3]",
     ),
-    "gemm": (
+    "flatten_axis": (
         make_model(
-            [helper.make_node("Flatten", ["x"], ["y"], name="n")], {"x": ["N", 2, 3, 3]}, {"y": 2}
+            [helper.make_node("Flatten", ["x"], ["y"], name="n", axis=2)],
+            {"x": ["N", 2, 3, 3]},
+            {"y": 2},
         ),
-        "node 'n' (Flatten): convdsl has no flatten or dense",
+        "node 'n' (Flatten): attribute 'axis' = 2: convdsl's flatten keeps the batch axis",
     ),
     "dynamic_weight": (
         make_model(

@@ -33,6 +33,7 @@ import numpy as np
 
 from convdsl.diagnostics import ConvdslError, Diagnostic, InternalError, error
 from convdsl.interop.optional import require
+from convdsl.ir.boundary import caller_order
 from convdsl.ir.graph import Graph, Node
 from convdsl.ir.symbolic import Expr, Symbol
 from convdsl.ir.types import Dim
@@ -62,12 +63,6 @@ def export_graph(graph: Graph, weights: Mapping[str, np.ndarray], opset: int | N
     from convdsl.interop.onnx_export_ops import EMITTERS
 
     opset = check_opset(opset, onnx)
-    if graph.channels_last_inputs or graph.channels_last_outputs:
-        raise error(
-            "ONNX export of channels-last inputs and outputs is not supported yet",
-            hint="declare them channels-first (the default) for the export; ONNX models are "
-            "channels-first",
-        )
     if any(node.is_fused for node in graph.nodes):
         raise InternalError("ONNX export needs the unfused graph (-O0)")
     builder = Builder(opset, graph)
@@ -76,6 +71,7 @@ def export_graph(graph: Graph, weights: Mapping[str, np.ndarray], opset: int | N
         if name not in weights:
             raise InternalError(f"no array for parameter {name}")
         builder.params[name] = np.asarray(weights[name], param.dtype.numpy)
+    builder.channels_last_boundaries()
     for node in graph.nodes:
         emit = EMITTERS.get(node.op)
         if emit is None:
@@ -117,6 +113,8 @@ class Builder:
     node_names: set[str] = field(default_factory=set)
     memo: dict[Any, str] = field(default_factory=dict)
     """Shared helper values (input shapes, size expressions) by what they compute."""
+    renamed: dict[int, str] = field(default_factory=dict)
+    """Values whose name is a channels-last graph input's or output's: the NCHW value inside."""
 
     def __post_init__(self) -> None:
         for value in self.graph.values.values():
@@ -139,7 +137,23 @@ class Builder:
         return name
 
     def value(self, value_id: int) -> str:
-        return self.graph.values[value_id].name
+        return self.renamed.get(value_id) or self.graph.values[value_id].name
+
+    def channels_last_boundaries(self) -> None:
+        """A channels-last input is the caller's array, transposed to NCHW for the network
+        (``x`` -> ``x/nchw``); a channels-last output whose value has its name computes it as
+        ``y/nchw``, transposed back by ``_output``."""
+        graph = self.graph
+        for value_id in graph.channels_last_inputs:
+            name = graph.values[value_id].name
+            rank = len(graph.type_of(value_id).shape)
+            self.renamed[value_id] = self.fresh(f"{name}/nchw")
+            perm = [0, rank - 1, *range(1, rank - 1)]
+            self.add("Transpose", [name], name, "to_nchw", output=self.renamed[value_id],
+                     perm=perm)  # fmt: skip
+        for name, value_id in graph.outputs:
+            if name in graph.channels_last_outputs and self.value(value_id) == name:
+                self.renamed[value_id] = self.fresh(f"{name}/nchw")
 
     def inputs(self, node: Node) -> list[str]:
         return [self.value(v) for v in node.inputs]
@@ -193,7 +207,10 @@ class Builder:
     def model(self, onnx: Any) -> Any:
         helper, numpy_helper = onnx.helper, onnx.numpy_helper
         graph = self.graph
-        inputs = [_value_info(helper, graph, graph.values[v].name, v) for v in graph.inputs]
+        inputs = [
+            _value_info(helper, graph, graph.values[v].name, v, v in graph.channels_last_inputs)
+            for v in graph.inputs
+        ]
         outputs = [self._output(helper, name, v) for name, v in graph.outputs]
         initializers = [
             numpy_helper.from_array(np.ascontiguousarray(a), name)
@@ -212,17 +229,25 @@ class Builder:
     def _output(self, helper: Any, name: str, value_id: int) -> Any:
         """A graph output is its value; an output named apart from its value (or a value that
         is also an input, or output twice) gets an Identity."""
-        value_name = self.graph.values[value_id].name
-        if name != value_name:
+        value_name = self.value(value_id)
+        last = name in self.graph.channels_last_outputs
+        if last:
+            rank = len(self.graph.type_of(value_id).shape)
+            if name != self.graph.values[value_id].name:
+                self.reserve(name)
+            self.add("Transpose", [value_name], name, "to_channels_last", output=name,
+                     perm=[0, *range(2, rank), 1])  # fmt: skip
+        elif name != value_name:
             self.reserve(name)
             self.add("Identity", [value_name], name, "output", output=name)
-        return _value_info(helper, self.graph, name, value_id)
+        return _value_info(helper, self.graph, name, value_id, last)
 
 
-def _value_info(helper: Any, graph: Graph, name: str, value_id: int) -> Any:
+def _value_info(helper: Any, graph: Graph, name: str, value_id: int, last: bool = False) -> Any:
     t = graph.type_of(value_id)
     elem = 1 if t.dtype.numpy == np.float32 else 11  # TensorProto.FLOAT, DOUBLE
-    return helper.make_tensor_value_info(name, elem, [_dim(d) for d in t.shape])
+    shape = caller_order(t.shape, last)
+    return helper.make_tensor_value_info(name, elem, [_dim(d) for d in shape])
 
 
 def _dim(dim: Dim) -> int | str:

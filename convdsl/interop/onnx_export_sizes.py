@@ -93,7 +93,7 @@ def _symbol(b: Builder, name: str) -> str:
     for value_id in graph.inputs:
         for axis, dim in enumerate(graph.type_of(value_id).shape):
             if bare_symbol(dim) == name:
-                shape = _shape(b, graph.values[value_id].name)
+                shape = _shape(b, b.value(value_id))
                 starts, ends = (
                     b.ints(f"{LAYER}/{name}.start", [axis]),
                     b.ints(f"{LAYER}/{name}.end", [axis + 1]),

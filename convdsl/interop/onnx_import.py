@@ -23,7 +23,9 @@ import numpy as np
 from convdsl.diagnostics import ConvdslError, Diagnostic, Source, error
 from convdsl.interop import (
     onnx_import_ops_conv,
+    onnx_import_ops_dense,
     onnx_import_ops_elementwise,
+    onnx_import_ops_layout,
     onnx_import_ops_movement,
 )
 from convdsl.interop.onnx_import_graph import Importer
@@ -35,7 +37,9 @@ if TYPE_CHECKING:
 
 CONVERTERS = {
     **onnx_import_ops_conv.CONVERTERS,
+    **onnx_import_ops_dense.CONVERTERS,
     **onnx_import_ops_elementwise.CONVERTERS,
+    **onnx_import_ops_layout.CONVERTERS,
     **onnx_import_ops_movement.CONVERTERS,
 }
 """ONNX op type -> its converter; ``onnx_import_fold.FOLDERS`` adds ops on constants."""

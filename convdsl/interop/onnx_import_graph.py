@@ -20,12 +20,21 @@ from convdsl.diagnostics import ConvdslError, error
 from convdsl.interop.onnx_import_fold import FOLDERS, fold
 from convdsl.interop.onnx_import_load import LoadedModel, require_onnx, tensor_array
 from convdsl.interop.onnx_import_program import RESERVED, Program, Statement, call, identifier
+from convdsl.ir.boundary import LAST_NAMES
 from convdsl.ir.types import AXIS_NAMES, DType
 
-NO_DENSE = (
-    "convdsl has no flatten or dense (fully connected) layers yet, so classifier heads "
-    "(Flatten, Reshape, Gemm, MatMul) cannot be imported"
-)
+
+def to_channels_first(axes: list[int], last: bool) -> list[int]:
+    """``axes`` of a channels-last tensor in channels-first order (the perm of a Transpose
+    from NHWC to NCHW); unchanged when not ``last``."""
+    return [axes[0], axes[-1], *axes[1:-1]] if last else axes
+
+
+def layout_word(rank: int) -> str:
+    """The declaration word of a channels-last tensor of ``rank`` (``nhwc``)."""
+    return LAST_NAMES[rank - 2].lower()
+
+
 _TORCH_OP_PART = re.compile(r"([A-Za-z]+)(_\d+)?")
 
 
@@ -81,6 +90,13 @@ class Importer:
         self.emitted: set[str] = set()  # graph outputs written as `output y = ...`
         self.dtype = DType.F32
         self.program = Program(loaded.name, self.dtype)
+        self.consumers: dict[str, list[OnnxNode]] = {}
+        self.skipped: set[int] = set()  # nodes a converter has taken into another's statement
+        self.shape_markers: dict[int, tuple[str, int]] = {}  # marker -> (value, axis) it sizes
+        self.shape_derived: set[str] = set()  # constants holding markers
+        self.output_names: dict[str, str] = {}  # graph output -> its variable
+        self.channels_last_inputs: set[str] = set()
+        self.channels_last_outputs: set[str] = set()  # written transposed by a Transpose
 
     # ---- the walk ----------------------------------------------------------------------------
 
@@ -88,19 +104,22 @@ class Importer:
         nodes = [OnnxNode(p, i, _attributes(p)) for i, p in enumerate(self.graph.node)]
         for node in nodes:
             self._check_supported(node)
+            for name in node.inputs:
+                self.consumers.setdefault(name, []).append(node)
         self.static = _static_shapes(self.loaded)
         self._constants()
         self._inputs()
+        for out in self.graph_outputs:  # outputs keep their names before any variable takes them
+            self.output_names.setdefault(out, self.program.variable(out, "out"))
         for node in nodes:
-            self._convert(node)
+            if node.index not in self.skipped:
+                self._convert(node)
         self._outputs()
         return self.program
 
     def _check_supported(self, node: OnnxNode) -> None:
         if node.proto.domain not in ("", "ai.onnx"):
             raise self.refuse(node, f"ops of domain '{node.proto.domain}' are not supported")
-        if node.op in ("Flatten", "Reshape", "Gemm", "MatMul"):
-            return  # refused below unless folded (a Reshape of constants is fine)
         if node.op not in self.converters and node.op not in FOLDERS:
             raise self.refuse(
                 node,
@@ -117,9 +136,9 @@ class Importer:
                 raise self.refuse(node, f"cannot fold its constant inputs: {exc}") from None
             if values is not None:
                 self.consts.update(zip(node.outputs, values, strict=False))
+                if any(name in self.shape_derived for name in real_inputs):
+                    self.shape_derived.update(node.outputs)
                 return
-        if node.op in ("Flatten", "Reshape", "Gemm", "MatMul"):
-            raise self.refuse(node, NO_DENSE)
         converter = self.converters.get(node.op)
         if converter is None:
             raise self.refuse(node, "this op type is only supported on constant inputs")
@@ -151,16 +170,36 @@ class Importer:
             if not tensor_type.HasField("shape"):
                 raise error(f"{what}: the model does not declare its shape")
             dims = list(tensor_type.shape.dim)
-            if not 3 <= len(dims) <= 5:
+            if not 2 <= len(dims) <= 5:
                 raise error(
                     f"{what}: has {len(dims)} dims; convdsl tensors are [N, C, spatial...] "
-                    "with 1 to 3 spatial axes"
+                    "with 1 to 3 spatial axes, or features [N, F]"
                 )
-            texts = [self._dim(d, axis, len(dims), sizes, what) for axis, d in enumerate(dims)]
+            last = self._read_channels_last(value.name, len(dims))
+            order = to_channels_first(list(range(len(dims))), last)
+            texts = {axis: self._dim(dims[axis], logical, len(dims), sizes, what)
+                     for logical, axis in enumerate(order)}  # fmt: skip
             var = self.program.variable(value.name, "x")
             self.tensors[value.name] = Tensor(var, len(dims))
-            shape = ", ".join(texts)
-            self.program.inputs.append(f"input {var}: {self.dtype.value}[{shape}]")
+            shape = ", ".join(texts[axis] for axis in range(len(dims)))
+            word = f"{layout_word(len(dims))} " if last else ""
+            self.program.inputs.append(f"input {var}: {word}{self.dtype.value}[{shape}]")
+            if last:
+                self.channels_last_inputs.add(value.name)
+
+    def _read_channels_last(self, name: str, rank: int) -> bool:
+        """Whether input ``name`` is read only through Transposes from channels-last to
+        channels-first: then it is declared channels-last and the Transposes disappear."""
+        users = self.consumers.get(name, [])
+        wanted = to_channels_first(list(range(rank)), True)
+        return (
+            rank >= 3
+            and bool(users)
+            and all(
+                u.op == "Transpose" and [int(p) for p in u.attr("perm", [])] == wanted
+                for u in users
+            )
+        )
 
     def _dim(self, dim: Any, axis: int, rank: int, sizes: dict[str, str], what: str) -> str:
         if dim.HasField("dim_value"):
@@ -191,10 +230,14 @@ class Importer:
             tensor = self.tensors[name]
             if name in self.emitted:
                 continue
-            if self.output_vars.get(name) == tensor.var:
+            if name in self.channels_last_outputs:
+                var = self.output_names[name]
+                word = layout_word(tensor.rank)
+                self.program.outputs.append(f"output {var}: {word} = {tensor.var}")
+            elif self.output_vars.get(name) == tensor.var:
                 self.program.outputs.append(f"output {tensor.var}")
             else:
-                var = self.program.variable(name, "out")
+                var = self.output_names[name]
                 self.program.outputs.append(f"output {var} = {tensor.var}")
 
     # ---- what converters use -----------------------------------------------------------------
@@ -230,6 +273,11 @@ class Importer:
                 f"input '{what}' is computed by the graph; convdsl needs it as a constant "
                 "(an initializer or a Constant node)",
             )
+        if name in self.shape_derived and min(self.consts[name].ravel(), default=0) < -1:
+            raise self.refuse(
+                node, f"input '{what}' depends on a dynamic size of a tensor (a Shape of it); "
+                "convdsl needs a constant",
+            )  # fmt: skip
         return self.consts[name]
 
     def static_shape(self, name: str) -> tuple[int | None, ...] | None:
@@ -239,10 +287,20 @@ class Importer:
         """Output ``index`` is ``tensor`` itself (Identity, Dropout, a one-part Split)."""
         self.tensors[node.outputs[index]] = tensor
 
+    def merged(self, node: OnnxNode, last: OnnxNode) -> OnnxNode:
+        """``node`` computing ``last``'s output: one statement for two nodes (MatMul + Add)."""
+        proto = type(node.proto)()
+        proto.CopyFrom(node.proto)
+        del proto.output[:]
+        proto.output.extend(last.outputs)
+        return OnnxNode(proto, node.index, node.attrs)
+
     def define(self, node: OnnxNode, op: str, *args: object, params: dict[str, Any] | None = None,
-               comment: str | None = None, **kwargs: object) -> str:  # fmt: skip
+               comment: str | None = None, rank: int | None = None,
+               **kwargs: object) -> str:  # fmt: skip
         """One statement ``var = op(args, kwargs)`` for output 0; ``params`` (role -> array)
-        name the layer after the initializers or the node and go to the weights."""
+        name the layer after the initializers or the node and go to the weights; ``rank`` is
+        the output's when it differs from input 0's (flatten, dense)."""
         layer_hint = self._layer_hint(node, params) if params else None
         var, given = self._target(node, 0, layer_hint)
         kwargs = {**kwargs, "name": given}
@@ -250,7 +308,7 @@ class Importer:
         layer = given or var
         for role, array in (params or {}).items():
             self.program.param(layer, role, array)
-        self._emit(node, [var], text, layer, comment)
+        self._emit(node, [var], text, layer, comment, rank)
         return var
 
     def define_expr(self, node: OnnxNode, text: str, comment: str | None = None) -> str:
@@ -266,8 +324,8 @@ class Importer:
         return targets
 
     def _emit(self, node: OnnxNode, targets: list[str], text: str, layer: str,
-              comment: str | None) -> None:  # fmt: skip
-        rank = self._rank(node)
+              comment: str | None, rank: int | None = None) -> None:  # fmt: skip
+        rank = self._rank(node) if rank is None else rank
         for name, var in zip(node.outputs, targets, strict=True):
             self.tensors[name] = Tensor(var, rank)
         output = len(targets) == 1 and node.outputs[0] in self.graph_outputs
@@ -284,7 +342,7 @@ class Importer:
         out = node.outputs[index]
         fallback = node.op.lower()
         if out in self.graph_outputs:
-            var = self.program.variable(out, "out")
+            var = self.output_names[out]
             self.output_vars[out] = var
             if layer_hint is None:
                 return var, None

@@ -192,7 +192,7 @@ def arithmetic(im: Importer, node: OnnxNode) -> None:
     if value.size == 1:
         _with_number(im, node, x, float(value.ravel()[0]), const_first)
         return
-    vector = _per_channel(value, x.rank)
+    vector = _per_channel(value, x.rank) if x.rank > 2 else None
     if vector is None:
         raise im.refuse(
             node, f"input {0 if const_first else 1} is a constant of shape {list(value.shape)}; "

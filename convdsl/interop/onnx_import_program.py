@@ -105,7 +105,8 @@ class Statement:
 
 class Program:
     def __init__(self, name: str, dtype: DType) -> None:
-        self.name = identifier(name, "imported")
+        base = identifier(name, "imported")
+        self.name = f"{base}_net" if base in RESERVED else base
         self.dtype = dtype
         self.header: list[str] = []
         self.inputs: list[str] = []
