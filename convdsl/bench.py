@@ -364,7 +364,7 @@ PREPARE: dict[str, Callable[[str | Path, Network, Mapping[str, np.ndarray], int]
 
 def report_lines(result: BenchResult) -> list[str]:
     """The header (network, machine, threads) and one table row per backend."""
-    from convdsl.cli import format_table
+    from convdsl.commands.tables import format_table
 
     m = result.machine
     rows = []
@@ -391,7 +391,7 @@ def report_lines(result: BenchResult) -> list[str]:
 
 def profile_lines(kernels: Sequence[KernelRow]) -> list[str]:
     """The llvm kernels, slowest first: median ms per run, share, GFLOP/s, GB/s, what and where."""
-    from convdsl.cli import format_table
+    from convdsl.commands.tables import format_table
 
     total = sum(k.ms for k in kernels) or 1.0
     rows = [

@@ -16,6 +16,7 @@ import pytest
 
 import convdsl
 from convdsl import cli
+from convdsl.commands import handlers, tables
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -132,10 +133,10 @@ def test_check_prints_layers_macs_and_totals(tmp_path: Path) -> None:
 
 
 def test_table_helpers() -> None:
-    lines = cli.format_table(("name", "n"), [("a", "1"), ("long", "1,000")], (False, True))
+    lines = tables.format_table(("name", "n"), [("a", "1"), ("long", "1,000")], (False, True))
     assert lines == ["name      n", "----  -----", "a         1", "long  1,000"]
-    assert cli.human(999, "MAC") == "999 MAC"
-    assert cli.human(1_234_567_890, "MAC") == "1,234,567,890 (1.23 GMAC)"
+    assert tables.human(999, "MAC") == "999 MAC"
+    assert tables.human(1_234_567_890, "MAC") == "1,234,567,890 (1.23 GMAC)"
 
 
 # ---- run -------------------------------------------------------------------------------------
@@ -373,11 +374,11 @@ def test_internal_errors_say_bug_and_exit_70(tmp_path: Path) -> None:
     write(tmp_path / "small.conv", CHECK_SRC)
     # A step of `check` that crashes stands in for a compiler bug.
     crash = (
-        "import sys, convdsl; from convdsl import cli\n"
+        "import sys, convdsl; from convdsl import cli; from convdsl.commands import tables\n"
         "def boom(graph):\n"
         "    if sys.argv[1] == 'internal': raise convdsl.InternalError('lost a node')\n"
         "    raise ZeroDivisionError('boom')\n"
-        "cli.summary_lines = boom\n"
+        "tables.summary_lines = boom\n"
         "sys.exit(cli.main(sys.argv[2:]))\n"
     )
     plain, debug, internal = cli_many(
@@ -409,7 +410,7 @@ def test_keyboard_interrupt_exits_130(
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "compile_source", interrupted)
+    monkeypatch.setattr(handlers, "compile_source", interrupted)
     source = write(tmp_path / "small.conv", CHECK_SRC)
     assert cli.main(["check", str(source)]) == cli.EXIT_INTERRUPTED
     assert capsys.readouterr().err == "interrupted\n"
