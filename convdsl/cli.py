@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     picture = _subcommand(subs, "graph", cmd_graph, common)
     _add_compile_options(picture)
     picture.add_argument("-o", "--output", type=Path, required=True, metavar="NET.dot",
-                         help="the .dot file to write")  # fmt: skip
+                         help="the file to write: .dot (DOT text), or .svg, .png, .pdf (drawn "
+                         "by Graphviz's dot program)")  # fmt: skip
     picture.add_argument("--after", metavar="PASS",
                          help="draw the graph right after pass PASS (see ir --passes)")  # fmt: skip
     picture.add_argument("--force", action="store_true", help="overwrite an existing file")

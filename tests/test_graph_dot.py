@@ -81,7 +81,7 @@ def test_labels_carry_op_name_shape_and_line(tmp_path: Path) -> None:
     assert (
         cli.main(["graph", str(net), "-o", str(out), "--force", "--after", "fold-batch-norm"]) == 0
     )
-    assert cli.main(["graph", str(net), "-o", str(tmp_path / "n.svg")]) == 2
+    assert cli.main(["graph", str(net), "-o", str(tmp_path / "n.txt")]) == 2
     assert cli.main(["graph", str(net), "-o", str(out), "--force", "--after", "nope"]) == 2
 
 
@@ -95,3 +95,33 @@ def test_graphviz_renders_it_where_installed(tmp_path: Path) -> None:
         svg = tmp_path / "q.svg"
         subprocess.run([dot, "-Tsvg", str(out), "-o", str(svg)], check=True, timeout=60)
         assert "<svg" in svg.read_text()
+
+
+FAKE_DOT = """#!/bin/sh
+# Stands in for Graphviz: checks the arguments convdsl passes, writes stdin to the -o file.
+[ "$1" = "-Tsvg" ] && [ "$2" = "-o" ] || { echo "bad arguments: $*" >&2; exit 1; }
+/bin/cat > "$3"
+"""
+
+
+def test_svg_is_drawn_by_dot_into_place_or_the_install_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = EXAMPLES[[p.stem for p in EXAMPLES].index("quickstart")]
+    svg = tmp_path / "q.svg"
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # no dot anywhere
+    assert cli.main(["graph", str(path), "-o", str(svg)]) == 2
+    assert "needs Graphviz's dot program" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temporary left
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "dot"
+    fake.write_text(FAKE_DOT)
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert cli.main(["graph", str(path), "-o", str(svg)]) == 0
+    assert svg.read_text().startswith("digraph")  # what dot was given on stdin
+    fake.write_text("#!/bin/sh\necho 'syntax error in line 3' >&2\nexit 1\n")
+    assert cli.main(["graph", str(path), "-o", str(tmp_path / "r.svg"), "--force"]) == 2
+    assert "could not draw the graph: syntax error in line 3" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "q.svg"]

@@ -173,17 +173,19 @@ def _check_pass_name(name: str, opt_level: int) -> None:
 
 
 def cmd_graph(args: argparse.Namespace) -> None:
-    """Write the graph as a picture in Graphviz DOT.
+    """Draw the graph: Graphviz DOT text, or SVG, PNG or PDF.
 
-    Write FILE's graph as DOT text: one box per layer (op, name, output shape, source line),
-    inputs and outputs drawn apart, edges labeled with shapes, and at -O2 each fused kernel a
-    cluster of its parts. --after PASS draws the graph right after that pass (see convdsl ir
-    --passes); --shape fixes the sizes of a network written for any size. Graphviz draws the
-    text: dot -Tsvg net.dot -o net.svg.
+    Write FILE's graph as DOT text (-o net.dot): one box per layer (op, name, output shape,
+    source line), inputs and outputs drawn apart, edges labeled with shapes, and at -O2 each
+    fused kernel a cluster of its parts. -o net.svg (.png, .pdf) draws it with Graphviz's dot
+    program, which must be installed (DOT text needs nothing). --after PASS draws the graph
+    right after that pass (see convdsl ir --passes); --shape fixes the sizes of a network
+    written for any size.
 
     convdsl graph net.conv -o net.dot -O0
     """
     from convdsl.interop.dot import layers, to_dot
+    from convdsl.interop.render import write_picture
 
     if args.after is not None:
         _check_pass_name(args.after, args.opt_level)
@@ -196,16 +198,9 @@ def cmd_graph(args: argparse.Namespace) -> None:
     if args.after is not None:
         graph = trace.graph_after(args.after)
     output: Path = args.output
-    if output.suffix != ".dot":
-        raise error(f"{output}: expected a file name ending in .dot",
-                    hint="convdsl writes DOT text; Graphviz makes SVG of it: "
-                    f"dot -Tsvg {output.with_suffix('.dot')} -o {output}")  # fmt: skip
     if output.exists() and not args.force:
         raise error(f"{output}: file exists; refusing to overwrite it", hint="pass --force")
-    try:
-        output.write_text(to_dot(graph), encoding="utf-8")
-    except OSError as exc:
-        raise error(f"{output}: cannot write it ({exc.strerror or exc})") from None
+    write_picture(to_dot(graph), output)
     kernels = sum(node.is_fused for node in graph.nodes)
     print(f"wrote {output} ({len(layers(graph))} layers, {kernels} fused kernels)")
 
