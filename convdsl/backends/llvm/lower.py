@@ -4,17 +4,18 @@ and the entry module whose ``run`` calls them in order (``entry``).
 A kernel (a node, or a fused node's parts) is a loop over output points (``kernel.Point``): the
 flat range of (batch, channel block, outer spatial index) work items is split between threads,
 and the last spatial axis is walked one vector at a time, then the tail. A kernel anchored by a
-convolution walks its rows in register tiles of several vectors (``TILE_EMITTERS``,
-``row_segments``): unmasked where every tap is inside the input, masked on the borders; the
-fused parts after the anchor then run once per vector of the tile. A fused kernel
-that does not fit the point model (an anchor followed by pixel_shuffle or crop) runs part by
-part, its internal values in scratch slots after the planned arena.
+convolution walks its rows in register tiles of several vectors (``conv_kernel``): unmasked
+where every tap is inside the input, masked on the borders; the fused parts after the anchor
+then run once per vector of the tile. A fused kernel that does not fit the point model (an
+anchor followed by pixel_shuffle or crop) runs part by part, its internal values in scratch
+slots after the planned arena.
 
 A kernel computes in its output's dtype (``KernelBuilder.dtype``): f32 and f64 kernels are
 the same code over ``<lanes x float>`` or ``<lanes/2 x double>`` (one register either way).
 
-Every part's op must have an emitter here; anything else is a ``ConvdslError`` naming the op and
-its line. A crash while emitting one op is an ``InternalError`` naming that op and line.
+Every part's op must have an emitter (``dispatch``); anything else is a ``ConvdslError``
+naming the op and its line. A crash while emitting one op is an ``InternalError`` naming that
+op and line.
 """
 
 from __future__ import annotations
@@ -31,32 +32,22 @@ from llvmlite import ir
 from convdsl.backends.llvm import (
     bounds,
     codegen,
-    emit_axis,
-    emit_broadcast,
-    emit_conv_tile,
-    emit_data,
     emit_elementwise,
-    emit_flatten,
-    emit_pool,
-    emit_relayout,
-    emit_resample,
-    emit_transpose,
     emit_transpose_phase,
     kernel_reuse,
 )
-from convdsl.backends.llvm.conv_schedule import (
-    blocks_first,
-    channel_stacks,
-    conv_schedule,
-    dilation_stacks,
-    flat_plane,
-    flat_pointwise,
-    interior_range,
-    lane_steps,
-    one_position,
-    row_segments,
+from convdsl.backends.llvm.conv_kernel import ConvKernels
+from convdsl.backends.llvm.conv_schedule import channel_stacks, dilation_stacks, lane_steps
+from convdsl.backends.llvm.dispatch import (
+    BLOCKS,
+    KERNELS,
+    MASKED_TAIL,
+    TILE_EMITTERS,
+    check_lowerable,
+    emit_point,
+    parts,
 )
-from convdsl.backends.llvm.emit_conv_tile import RowTiles, interior_tiles, runtime_interior
+from convdsl.backends.llvm.dispatch import EMITTERS as EMITTERS
 from convdsl.backends.llvm.entry import Worker, build_entry, frame_pointer, images_per_pass
 from convdsl.backends.llvm.kernel import (
     BoundAddresses,
@@ -67,95 +58,25 @@ from convdsl.backends.llvm.kernel import (
     kernel_lanes,
     spatial_of,
 )
-from convdsl.backends.llvm.loops import (
-    I32,
-    entry_alloca,
-    fma,
-    for_range,
-    fsplat,
-    gep,
-    i64,
-    load_vec,
-    splat,
-    unflatten,
-    vec_type,
-)
+from convdsl.backends.llvm.loops import for_range, i64, unflatten
 from convdsl.backends.llvm.parallel import WORKER_TYPE
-from convdsl.diagnostics import ConvdslError, InternalError, error
-from convdsl.ir.graph import RELAYOUT, Graph, Node
+from convdsl.diagnostics import ConvdslError, InternalError
+from convdsl.ir.graph import Graph, Node
 from convdsl.ir.ops import OPS, FusionClass, is_channel_concat
-from convdsl.ir.types import DType, PhaseRows
+from convdsl.ir.types import DType
 
-Emitter = Callable[[KernelBuilder, Node, Point], list[ir.Value]]
-BlockRule = Callable[[Graph, Node], int]
-
-EMITTERS: dict[str, Emitter] = {
-    **emit_elementwise.EMITTERS,
-    **emit_pool.EMITTERS,
-    **emit_data.EMITTERS,
-    **emit_resample.EMITTERS,
-    **emit_axis.EMITTERS,  # after emit_data: its concat takes every axis
-    **emit_transpose.EMITTERS,
-    **emit_flatten.EMITTERS,
-}
-BLOCKS: dict[str, BlockRule] = {**emit_transpose.BLOCKS}
-# Ops with a whole-kernel emitter, used when the op runs alone (not inside a fused kernel).
-KERNELS: dict[str, Callable[[KernelBuilder, Node], None]] = {
-    **emit_data.KERNELS,
-    **emit_transpose.KERNELS,
-    **emit_flatten.KERNELS,
-    RELAYOUT: emit_relayout.relayout_kernel,
-}
-# Ops whose emitters are safe on a tail point (``Point.valid``): their own loads are
-# bounds-masked (windows) or masked through ``KernelBuilder.operand`` (elementwise).
-# Ops computed as a register tile of several vectors, rows walked by ``row_segments``.
-# A dense layer is a convolution over no spatial axes: of one position, so ``_conv_kernel``
-# computes it as a matrix-vector product (``one_position``), never as register tiles.
-TILE_EMITTERS = {**emit_conv_tile.TILE_EMITTERS, "dense": emit_conv_tile.emit_conv_tile}
 # A transposed conv anchoring a fused kernel is split by output phase like one alone, the
 # fused parts applied to each output vector (``emit_transpose_phase.Store``).
 PHASE_EPILOGUES = True
 # Find a kernel that would print the same as one already built by its signature, without
 # building it (``kernel_reuse``); off, every kernel is built and compared by its text.
 REUSE = True
-MASKED_TAIL = {*emit_conv_tile.TILE_EMITTERS, *emit_transpose.EMITTERS, *emit_elementwise.EMITTERS}
 
 
 def light_pipeline(module: ir.Module) -> None:
     """Have LLVM optimize ``module`` (a convolution kernel) with the light pipeline
     (``codegen.TILE_PIPELINE``)."""
     module.add_named_metadata(codegen.TILE_PIPELINE, [ir.MetaDataString(module, "O1 + gvn")])
-
-
-def parts(node: Node) -> tuple[Node, ...]:
-    return node.parts if node.is_fused else (node,)
-
-
-def check_lowerable(graph: Graph) -> None:
-    """Raise a ``ConvdslError`` for the first op this backend cannot lower. A graph with
-    symbolic sizes (not yet specialized, so without layouts or memory plan) is checked op by
-    op."""
-    if graph.is_symbolic:
-        for node in graph.nodes:
-            _check_op(node)
-        return
-    if graph.memory is None:
-        raise InternalError("the llvm backend needs a memory plan (compile at -O2)")
-    for node in graph.nodes:
-        refused = emit_broadcast.batch_problem(graph, node)
-        if refused is not None:
-            raise error(refused[1], refused[0].span)
-        for part in parts(node):
-            _check_op(part)
-            emit_axis.check_batch_axis(part)
-            strided = part.op in TILE_EMITTERS and any(s > 1 for s in part.attrs["stride"][-1:])
-            if strided and not isinstance(graph.type_of(part.inputs[0]).layout, PhaseRows):
-                raise InternalError(f"{part.name} reads a dense input: run choose-layouts")
-
-
-def _check_op(part: Node) -> None:
-    if part.op not in EMITTERS and part.op not in TILE_EMITTERS and part.op != RELAYOUT:
-        raise error(f"llvm backend cannot lower {part.op} yet", part.span)
 
 
 def fits_point_model(graph: Graph, node: Node) -> bool:
@@ -209,6 +130,7 @@ class ModuleBuilder:
         self.arena_bytes = graph.memory.arena_bytes  # planned arena plus scratch, per entry
         self.dilation_stacks = dilation_stacks(graph)
         self.channel_stacks = channel_stacks(graph, lanes)
+        self.convs = ConvKernels(graph, threads, self.dilation_stacks, self.channel_stacks)
 
     def build(self) -> ir.Module:
         for index, node in enumerate(self.graph.nodes):
@@ -345,7 +267,7 @@ class ModuleBuilder:
         out_type = self.graph.type_of(node.output)
         anchor = parts(node)[0]
         if anchor.op in TILE_EMITTERS:
-            self._conv_kernel(k, node)
+            self.convs.emit(k, node)
             return
         if is_channel_concat(node.op, node.attrs):
             self._concat_kernel(k, node)
@@ -358,7 +280,7 @@ class ModuleBuilder:
             # Split by output phase, each output vector through the fused parts: the point
             # loop's transposed conv gathers lane by lane (FCN-8s's upscore2 + add: 8 GFLOP/s).
             def store(point: Point, vector: ir.Value) -> None:
-                self._point(k, node, point, {anchor.output: [vector]})
+                emit_point(k, node, point, {anchor.output: [vector]})
 
             emit_transpose_phase.conv_transpose_kernel(k, anchor, store)
             return
@@ -398,267 +320,11 @@ class ModuleBuilder:
             if lanes == 1 and masked_tail:
                 # One vector with the lanes past the row's end masked off, not a scalar loop.
                 point = dataclasses.replace(row, w=i64(start), lanes=k.lanes)
-                self._point(k, node, dataclasses.replace(point, valid=stop - start))
+                emit_point(k, node, dataclasses.replace(point, valid=stop - start))
                 continue
             with for_range(b, start, stop, lanes, name=f"w{lanes}") as w:
                 point = dataclasses.replace(row, w=w, lanes=lanes)
-                self._point(k, node, point)
-
-    def _conv_kernel(self, k: KernelBuilder, node: Node) -> None:
-        """A kernel anchored by a convolution, walked as ``conv_schedule`` says: per work item
-        (batch entry, outer indices, a group of channel blocks), per chunk of input channels,
-        per register tile of the row, per channel block. An input stored as phase rows
-        (strided convolutions) needs no lane masks."""
-        b = k.builder
-        anchor = parts(node)[0]
-        if one_position(self.graph, anchor):
-            self._channel_vector_kernel(k, node, anchor)
-            return
-        phase_rows = isinstance(self.graph.type_of(anchor.inputs[0]).layout, PhaseRows)
-        # An index map among the parts (a crop or slice of another input) addresses its
-        # input by row and column, which a flattened plane does not keep; an operand broadcast
-        # on some spatial axes only needs the rows (``emit_broadcast``).
-        moves = any(OPS[p.op].fusion is not FusionClass.ELEMENTWISE for p in parts(node)[1:])
-        rows = phase_rows or moves or not emit_broadcast.flattens(self.graph, node)
-        flat = None if rows else flat_pointwise(self.graph, anchor, k.lanes)
-        if flat is not None:
-            anchor, k.flat = flat, True
-        elif anchor.output not in self.dilation_stacks and not rows:
-            k.plane = flat_plane(self.graph, anchor, k.lanes)
-            k.flat = k.plane is not None
-        out_type = self.graph.type_of(node.output)
-        sizes = k.spatial(node.output)
-        width = sizes[-1]
-        plane = k.plane is not None
-        plan = conv_schedule(self.graph, anchor, sizes, k.lanes, self.threads, plane)
-        groups = out_type.channels // plan.block // plan.group
-        per_batch = groups * math.prod(sizes[:-1])
-        group_in = self.graph.type_of(anchor.inputs[0]).channels // anchor.attrs["groups"]
-        chunks = -(-group_in // plan.chunk)
-        chunked = chunks > 1
-        k.runtime_channels = anchor.output in self.channel_stacks
-        if k.runtime_channels:
-            channels_in, chunk_count = k.integer("group_in", group_in), k.integer("chunks", chunks)
-        else:
-            channels_in, chunk_count = i64(group_in), i64(chunks)
-        in_size = k.spatial(anchor.inputs[0])[-1]
-        runtime = k.runtime_dilation = anchor.output in self.dilation_stacks
-        if runtime:  # the border tiles are found at run time: the grid of tiles only
-            lo, hi = 0, width
-            inside = runtime_interior(k, anchor, in_size, k.lanes)
-        elif k.plane is not None:  # every load masked (``emit_conv_tile``): one tile shape
-            lo, hi = 0, width
-        else:
-            lo, hi = (0, width) if phase_rows else interior_range(anchor, in_size, k.lanes)
-        segments = row_segments(width, lo, hi, plan.vectors, k.lanes)
-        blocks_outer = not runtime and blocks_first(self.graph, anchor, plan, k.flat)
-        masked_tail = all(p.op in MASKED_TAIL for p in parts(node))
-        with (
-            k.items(b.mul(k.batch, i64(per_batch)), name="item") as item,
-            for_range(b, 0, chunk_count, name="chunk") as chunk,
-        ):
-            n, *outer, group = unflatten(b, item, (*sizes[:-1], groups))
-            ci_lo = b.mul(chunk, i64(plan.chunk))
-            ci_hi = b.add(ci_lo, i64(plan.chunk))
-            ci_hi = b.select(b.icmp_signed("<", ci_hi, channels_in), ci_hi, channels_in)
-            resume = (b.icmp_signed(">", chunk, i64(0)), node.output) if chunked else None
-            finished = b.icmp_signed("==", chunk, b.sub(chunk_count, i64(1)))
-
-            def finish(point: Point, sums: list[list[ir.Value]]) -> None:
-                self._finish_tile(k, node, anchor, point, sums, finished, chunked)
-
-            start = Point(n, i64(0), 0, tuple(outer), i64(0), 0)
-            row = RowTiles(k, anchor, plan, start, group, (ci_lo, ci_hi), resume, finish)
-            for segment in segments:
-                lanes, masked, stop = k.lanes, segment.masked, segment.stop
-                if segment.valid is not None and not masked_tail:
-                    # a tail some part cannot mask: one element at a time
-                    lanes, masked, stop = 1, (True,), width
-                step = len(masked) * lanes
-                valid = segment.valid if lanes > 1 else None
-                shape = (lanes, valid)
-                if blocks_outer:
-                    # Each block's weights stay in L1 while it walks the segment's tiles;
-                    # the chunk's input rows come from L2 once per block.
-                    for channels in row.blocks(len(masked)):
-                        with for_range(b, segment.start, stop, step, name="w") as w:
-                            row.tile(w, masked, shape, channels)
-                elif not runtime:
-                    with for_range(b, segment.start, stop, step, name="w") as w:
-                        row.tiles(w, masked, shape)
-                elif valid is not None or lanes == 1 or stop - segment.start == step:
-                    with for_range(b, segment.start, stop, step, name="w") as w:
-                        row.tiles(w, (True,) * len(masked), shape)
-                else:
-                    # The interior tiles (the most: no masks), then the border tiles of both
-                    # ends in one loop: with a loop per end, the bigger function made LLVM
-                    # rematerialize the epilogue's constants every iteration (10-30% slower).
-                    first, end = interior_tiles(b, segment.start, stop, step, lanes, inside)
-                    with for_range(b, first, end, step, name="w") as w:
-                        row.tiles(w, (False,) * len(masked), shape)
-                    left = b.sub(first, i64(segment.start))
-                    border = b.add(left, b.sub(i64(stop), end))
-                    with for_range(b, 0, border, step, name="border") as offset:
-                        after = b.add(end, b.sub(offset, left))
-                        before = b.add(i64(segment.start), offset)
-                        w = b.select(b.icmp_signed("<", offset, left), before, after)
-                        row.tiles(w, (True,) * len(masked), shape)
-
-    def _channel_vector_kernel(self, k: KernelBuilder, node: Node, anchor: Node) -> None:
-        """A pointwise convolution of a single position (a classifier head after global
-        pooling, a squeeze-and-excitation gate): a matrix-vector product, vectorized along
-        the output channels (a vector along positions would use one lane of eight). A work
-        item is a batch entry and a block of output channels; per input channel, one load of
-        the block's packed weights and one broadcast input, over four accumulators."""
-        b = k.builder
-        channels = self.graph.type_of(anchor.inputs[0]).channels
-        out_channels = anchor.attrs["out_channels"]
-        block = next(d for d in range(k.lanes, 0, -1) if out_channels % d == 0)
-        blocks = out_channels // block
-        weight = k.packed_param(anchor.param("weight"), block)
-        rank = len(self.graph.type_of(node.output).spatial)
-        accumulators = [entry_alloca(b, vec_type(block, k.element), f"gemv{u}") for u in range(4)]
-        with k.items(b.mul(k.batch, i64(blocks)), name="item") as item:
-            n, out_block = unflatten(b, item, (blocks,))
-            x = k.entry(anchor.inputs[0], n)  # one position: channel ci is element ci
-            rows = gep(b, weight, b.mul(out_block, i64(channels * block)))
-            for acc in accumulators:
-                b.store(fsplat(0.0, block, k.element), acc)
-
-            def step(ci: ir.Value, acc: ir.Value) -> None:
-                xs = splat(b, b.load(gep(b, x, ci)), block)
-                ws = load_vec(b, gep(b, rows, b.mul(ci, i64(block))), block)
-                b.store(fma(b, ws, xs, b.load(acc)), acc)
-
-            main = channels // 4 * 4
-            with for_range(b, 0, main, 4, name="ci") as ci:
-                for u, acc in enumerate(accumulators):
-                    step(b.add(ci, i64(u)), acc)
-            for ci in range(main, channels):
-                step(i64(ci), accumulators[0])
-            total = b.load(accumulators[0])
-            for acc in accumulators[1:]:
-                total = b.fadd(total, b.load(acc))
-            lanes = [
-                b.shuffle_vector(total, total, ir.Constant(ir.VectorType(I32, 1), [j]))
-                for j in range(block)
-            ]
-            channel = b.mul(out_block, i64(block))
-            point = Point(n, channel, block, (i64(0),) * (rank - 1), i64(0), 1)
-            (finished,) = emit_conv_tile.finish_tile(k, anchor, point, [lanes])
-            self._point(k, node, point, {anchor.output: finished})
-
-    def _finish_tile(
-        self,
-        k: KernelBuilder,
-        node: Node,
-        anchor: Node,
-        point: Point,
-        sums: list[list[ir.Value]],
-        finished: ir.Value,
-        chunked: bool,
-    ) -> None:
-        """After the last chunk: bias, activation, the fused parts, the store, vector by vector;
-        after an earlier one: store the partial sums into the output."""
-        b = k.builder
-
-        at = emit_conv_tile.tile_vectors(b, point, len(sums))
-
-        def done() -> None:
-            if costly_epilogue(node, anchor) and len(sums) * point.block > 1:
-                self._looped_epilogue(k, node, anchor, point, sums)
-                return
-            results = emit_conv_tile.finish_tile(k, anchor, point, sums)
-            for where, vectors in zip(at, results, strict=True):
-                self._point(k, node, where, {anchor.output: vectors})
-
-        if not chunked:
-            done()
-            return
-        with b.if_else(finished) as (then, otherwise):
-            with then:
-                done()
-            with otherwise:
-                for where, vectors in zip(at, sums, strict=True):
-                    k.store(node.output, where, vectors)
-
-    def _looped_epilogue(
-        self, k: KernelBuilder, node: Node, anchor: Node, point: Point, sums: list[list[ir.Value]]
-    ) -> None:
-        """The epilogue of a tile, one vector of one channel at a time in a loop: emitted once
-        (twice with a partial last vector) instead of once per vector and channel of the tile.
-        For polynomial activations (WaveNet's tanh and sigmoid) that is most of the kernel's
-        code; the tile's sums wait in a stack slot (L1) meanwhile."""
-        b = k.builder
-        full = len(sums) - (point.valid is not None)
-        runs = [(0, full, None), (full, len(sums), point.valid)]
-        vectors = ir.ArrayType(vec_type(point.lanes, k.element), len(sums) * point.block)
-        stash = entry_alloca(b, vectors)
-        for v, row in enumerate(sums):
-            for j, value in enumerate(row):
-                b.store(
-                    value,
-                    b.gep(stash, [ir.Constant(I32, 0), ir.Constant(I32, v * point.block + j)]),
-                )
-        for first, stop, valid in runs:
-            if stop == first:
-                continue
-            lo, hi = first * point.block, stop * point.block
-            with for_range(b, lo, hi, name="epilogue") as index:
-                v = b.udiv(index, i64(point.block))
-                j = b.urem(index, i64(point.block))
-                one = dataclasses.replace(
-                    point,
-                    c=b.add(point.c, j),
-                    block=1,
-                    w=b.add(point.w, b.mul(v, i64(point.lanes))),
-                    valid=valid,
-                )
-                value = b.load(b.gep(stash, [ir.Constant(I32, 0), index]))
-                (finished,) = emit_conv_tile.finish_tile(k, anchor, one, [[value]])
-                self._point(k, node, one, {anchor.output: finished})
-
-    def _point(self, k: KernelBuilder, node: Node, point: Point, made: dict | None = None) -> None:
-        """Emit the kernel's parts at ``point`` and store its output; ``made`` holds values
-        already computed at the point (a register tile's results), whose parts are skipped."""
-        k.local = dict(made or {})
-        for part in parts(node):
-            if part.output in k.local:
-                continue
-            try:
-                k.local[part.output] = _emit(k, part, point)
-            except (ConvdslError, InternalError):
-                raise
-            except Exception as exc:
-                where = f" in fused kernel '{node.name}'" if node.is_fused else ""
-                raise InternalError(
-                    f"llvm backend failed lowering {part.op} '{part.name}'{where}: "
-                    f"{type(exc).__name__}: {exc}",
-                    part.span,
-                ) from exc
-        k.store(node.output, point, k.local[node.output])
-        k.local = {}
-
-
-def _emit(k: KernelBuilder, part: Node, point: Point) -> list[ir.Value]:
-    """``part`` at ``point``; an index map (a crop or slice of another input in a conv's
-    kernel) computes one channel at a time, so a block of channels is emitted channel by
-    channel."""
-    if point.block == 1 or OPS[part.op].fusion is FusionClass.ELEMENTWISE:
-        return EMITTERS[part.op](k, part, point)
-    vectors = []
-    for j in range(point.block):
-        one = dataclasses.replace(point, c=k.builder.add(point.c, i64(j)), block=1)
-        vectors += EMITTERS[part.op](k, part, one)
-    return vectors
-
-
-def costly_epilogue(node: Node, anchor: Node) -> bool:
-    """Whether a conv kernel's epilogue (the anchor's activation, the fused parts after it)
-    expands to long code per vector: then it is looped, not unrolled, over the tile."""
-    ops = {anchor.attrs.get("activation", "none"), *(part.op for part in parts(node)[1:])}
-    elementwise = all(part.op in emit_elementwise.EMITTERS for part in parts(node)[1:])
-    return elementwise and bool(ops & emit_elementwise.COSTLY)
+                emit_point(k, node, point)
 
 
 def _shares_into(plan, value: int, container: int) -> bool:  # type: ignore[no-untyped-def]
