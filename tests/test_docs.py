@@ -44,6 +44,7 @@ DOC_FILES = (
     "performance.md",
     "interop.md",
     "onnx_import.md",
+    "weights.md",
 )
 LANGUAGES = {"conv", "conv-fragment", "python", "console", "text"}
 
