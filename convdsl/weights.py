@@ -16,8 +16,6 @@ Initializers: ``he`` (conv weights: normal, std sqrt(2 / fan_in)), ``bias`` (uni
 from __future__ import annotations
 
 import difflib
-import os
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -28,6 +26,7 @@ import numpy as np
 from convdsl.diagnostics import Diagnostic, DiagnosticSink, error
 from convdsl.ir.graph import Param
 from convdsl.ir.types import format_shape
+from convdsl.output_files import atomic_target, check_target
 
 
 def init_params(params: Mapping[str, Param], seed: int = 0) -> dict[str, np.ndarray]:
@@ -216,25 +215,9 @@ def _close(name: str, params: Mapping[str, Param]) -> str | None:
 
 def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray], overwrite: bool = False) -> None:
     """Write ``arrays`` to ``path`` atomically; an existing file is kept unless ``overwrite``."""
-    path = Path(path)
-    if path.suffix != ".npz":
-        raise error(f"{path}: expected a file name ending in .npz")
-    if path.exists() and not overwrite:
-        raise error(
-            f"{path}: file exists; refusing to overwrite it",
-            hint="choose another name, or pass overwrite=True (--force on the command line)",
-        )
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise error(f"{path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **{name: np.asarray(a) for name, a in arrays.items()})  # type: ignore[arg-type]
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    path = check_target(path, (".npz",), overwrite)
+    with atomic_target(path) as temporary, temporary.open("wb") as handle:
+        np.savez(handle, **{name: np.asarray(a) for name, a in arrays.items()})  # type: ignore[arg-type]
 
 
 def _is_batch_norm_counter(name: str, params: Mapping[str, Param]) -> bool:

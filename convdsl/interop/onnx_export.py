@@ -22,8 +22,6 @@ when exporting.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ from convdsl.ir.boundary import caller_order
 from convdsl.ir.graph import Graph, Node
 from convdsl.ir.symbolic import Expr, Symbol
 from convdsl.ir.types import Dim
+from convdsl.output_files import atomic_target, check_target
 
 if TYPE_CHECKING:
     from convdsl.api import Network
@@ -286,18 +285,7 @@ def _ir_version(onnx: Any, opset: int) -> int:
 def check_output_path(path: str | Path, overwrite: bool) -> Path:
     """``path`` ends in ``.onnx``, its directory exists, and it is new unless ``overwrite``:
     checked before anything is compiled."""
-    path = Path(path)
-    if path.suffix != ".onnx":
-        raise error(f"{path}: expected a file name ending in .onnx")
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise error(f"{path}: directory {directory} does not exist")
-    if path.exists() and not overwrite:
-        raise error(
-            f"{path}: file exists; refusing to overwrite it",
-            hint="choose another name, or pass overwrite=True (--force on the command line)",
-        )
-    return path
+    return check_target(path, (".onnx",), overwrite)
 
 
 MAX_MODEL_BYTES = 2**31 - 1
@@ -319,17 +307,8 @@ def write_model(model: Any, path: str | Path, overwrite: bool = False) -> None:
     except onnx.checker.ValidationError as exc:
         raise InternalError(f"the exported model fails onnx.checker: {exc}") from None
     data = model.SerializeToString()
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise error(f"{path}: cannot write ({exc.strerror or exc})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_target(path) as temporary:
+        temporary.write_bytes(data)
 
 
 def network_to_onnx(

@@ -7,13 +7,12 @@ file beside the target and renamed into place, so a failed drawing leaves nothin
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 from convdsl.diagnostics import error
+from convdsl.output_files import atomic_target
 
 FORMATS = {".dot": None, ".svg": "svg", ".png": "png", ".pdf": "pdf"}
 """File suffixes ``convdsl graph`` writes, and Graphviz's output format for each."""
@@ -33,21 +32,12 @@ def write_picture(dot_text: str, output: Path) -> None:
     if fmt is not None and program is None:
         raise error(f"{output}: drawing {fmt.upper()} needs Graphviz's dot program, which is not "
                     "installed", hint=INSTALL_HINT)  # fmt: skip
-    handle, temporary = tempfile.mkstemp(prefix=".convdsl-", suffix=output.suffix,
-                                         dir=output.parent)  # fmt: skip
-    os.close(handle)
-    try:
+    with atomic_target(output) as temporary:
         if fmt is None:
-            Path(temporary).write_text(dot_text, encoding="utf-8")
+            temporary.write_text(dot_text, encoding="utf-8")
         else:
             assert program is not None
-            _draw(program, fmt, dot_text, Path(temporary))
-        os.replace(temporary, output)
-    except OSError as exc:
-        raise error(f"{output}: cannot write it ({exc.strerror or exc})") from None
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+            _draw(program, fmt, dot_text, temporary)
 
 
 def _draw(program: str, fmt: str, dot_text: str, target: Path) -> None:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import numpy as np
 from convdsl.diagnostics import DiagnosticSink, error
 from convdsl.interop.optional import require
 from convdsl.ir import limits
+from convdsl.output_files import atomic_target, check_target
 
 MAX_HEADER_BYTES = 100 * 2**20
 """The largest JSON header accepted (the safetensors package's own limit)."""
@@ -154,21 +153,7 @@ def write_safetensors(
 ) -> None:
     """Write ``arrays`` to ``path`` atomically; an existing file is kept unless ``overwrite``."""
     numpy_api = require("safetensors.numpy", "safetensors", "writing .safetensors weights")
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise error(
-            f"{path}: file exists; refusing to overwrite it",
-            hint="choose another name, or pass overwrite=True (--force on the command line)",
-        )
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise error(f"{path}: directory {directory} does not exist")
+    path = check_target(path, (".safetensors",), overwrite)
     tensors = {str(name): np.ascontiguousarray(a) for name, a in arrays.items()}
-    fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=directory)
-    os.close(fd)
-    try:
-        numpy_api.save_file(tensors, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_target(path) as temporary:
+        numpy_api.save_file(tensors, str(temporary))
